@@ -1,0 +1,57 @@
+# revsearch: `make serve` sets everything up and starts the service; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= data
+PORT ?= 50051
+# UNTRAINED=1 builds and serves a seeded untrained ResNet50 when no pretrained weights can be had.
+UNTRAINED ?=
+WEIGHTS ?=
+UNTRAINED_FLAG := $(if $(UNTRAINED),--allow-untrained,)
+WEIGHTS_FLAG := $(if $(WEIGHTS),--weights $(WEIGHTS),)
+PYTEST_ARGS ?=
+
+.PHONY: venv protos models serve test test-unit bench clean help
+
+help:
+	@echo "make serve [UNTRAINED=1] [WEIGHTS=path]  set up .venv, build models, start Triton + server on :$(PORT)"
+	@echo "make test                                 run all tests (unit, service, integration)"
+	@echo "make bench                                run the throughput benchmark into benchmarks/results/"
+	@echo "make protos                               regenerate the gRPC stubs into clients/"
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (Triton stub)"' \
+	  || { echo "set PYTHON=python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	# Only its bundled tritonserver binary is used; its own pins would fight ours.
+	$(PY) -m pip install --quiet --no-deps nvidia-pytriton==0.7.0
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+protos: venv
+	$(PY) scripts/gen_protos.py
+
+models: venv
+	$(PY) scripts/build_models.py $(UNTRAINED_FLAG) $(WEIGHTS_FLAG)
+
+serve: models
+	$(VENV)/bin/revsearch serve --port $(PORT) --data-dir $(DATA_DIR) $(UNTRAINED_FLAG)
+
+test: venv
+	$(PY) scripts/build_models.py --allow-untrained
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) scripts/build_models.py $(UNTRAINED_FLAG)
+	$(PY) benchmarks/bench_embedding_throughput.py $(UNTRAINED_FLAG)
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) model_repository/*/1/model.onnx model_repository/*/build_info.json

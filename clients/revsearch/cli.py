@@ -1,0 +1,249 @@
+"""The `revsearch` command line: serve, index, search, info, collections, drop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .client import BACKEND_NAMES, CROP_MODES, INDEX_BACKENDS, ImageInput, SearchClient, struct_to_dict
+from .errors import RevsearchClientError
+from .v1 import search_service_pb2 as pb
+
+DEFAULT_EXTS = "jpg,jpeg,png,webp,bmp"
+CROP_NAMES = {v: k for k, v in CROP_MODES.items()}
+INDEX_NAMES = {v: k for k, v in INDEX_BACKENDS.items()}
+out = Console()
+err = Console(stderr=True)
+
+
+def find_images(paths: list[str], recursive: bool, exts: str) -> list[Path]:
+    wanted = {"." + e.strip().lower().lstrip(".") for e in exts.split(",") if e.strip()}
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            candidates = p.rglob("*") if recursive else p.iterdir()
+            found.extend(sorted(c for c in candidates if c.is_file() and c.suffix.lower() in wanted))
+        elif p.is_file():
+            found.append(p)
+        else:
+            err.print(f"[yellow]skipping {p}: no such file or directory[/]")
+    return found
+
+
+def warn_untrained(model: str) -> None:
+    err.print(f"[bold red]WARNING: model {model} is UNTRAINED (built without pretrained weights); "
+              "these results are not meaningful.[/]")
+
+
+def cmd_index(client: SearchClient, args) -> int:
+    files = find_images(args.paths, args.recursive, args.ext)
+    if not files:
+        err.print("no images found (check the paths, --recursive and --ext)")
+        return 2
+    created = client.create_collection(args.collection, model=args.model, crop_mode=args.crop,
+                                       index_backend=args.index, exist_ok=True)
+    coll = created.collection
+    if created.created:
+        err.print(f"created collection [bold]{coll.name}[/] (model {coll.model}, crop "
+                  f"{CROP_NAMES[coll.crop_mode]}, index {INDEX_NAMES[coll.index_backend]})")
+    if not coll.model_trained:
+        warn_untrained(coll.model)
+    counts = {"indexed": 0, "duplicate": 0, "failed": 0}
+    failures: list[tuple[str, str]] = []
+
+    def items():
+        for f in files:
+            try:
+                yield ImageInput(image=f.read_bytes(), uri=str(f.resolve()))
+            except OSError as exc:
+                failures.append((str(f), f"unreadable: {exc}"))
+
+    with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                  TimeRemainingColumn(), console=err, disable=args.quiet) as progress:
+        task = progress.add_task("index", total=len(files), rate="")
+        for resp in client.index_images(args.collection, items()):
+            name = pb.ItemStatus.Name(resp.status).removeprefix("ITEM_STATUS_").lower()
+            counts[name] = counts.get(name, 0) + 1
+            if resp.status == pb.ITEM_STATUS_FAILED:
+                failures.append((resp.uri, f"{resp.error.code_name}: {resp.error.message}"))
+            progress.update(task, advance=1)
+    counts["failed"] = len(failures)
+    summary = (f"indexed {counts['indexed']}, skipped {counts['duplicate']} (already indexed), "
+               f"failed {counts['failed']} into {args.collection}")
+    if failures:
+        table = Table("uri", "reason", title="failures", title_justify="left")
+        for uri, reason in failures[:50]:
+            table.add_row(uri, reason)
+        err.print(table)
+        if len(failures) > 50:
+            err.print(f"... and {len(failures) - 50} more")
+    if args.json:
+        print(json.dumps({**counts, "collection": args.collection,
+                          "failures": [{"uri": u, "reason": r} for u, r in failures]}))
+    else:
+        out.print(summary)
+    return 1 if failures else 0
+
+
+def cmd_search(client: SearchClient, args) -> int:
+    query = Path(args.image).read_bytes()
+    resp = client.search(args.collection, image=query, top_k=args.top_k)
+    backend = BACKEND_NAMES.get(resp.inference_backend, "-")
+    if not resp.model_trained:
+        warn_untrained(resp.model)
+    hits = [{"rank": h.rank, "score": h.score, "id": h.id, "uri": h.uri, "metadata": struct_to_dict(h.metadata)}
+            for h in resp.hits]
+    if args.json:
+        print(json.dumps({"query": args.image, "collection": args.collection, "model": resp.model,
+                          "model_trained": resp.model_trained, "inference_backend": backend, "hits": hits},
+                         indent=2))
+    else:
+        table = Table("rank", "score", "id", "uri", title=f"{args.collection}: top {len(hits)} for {args.image}",
+                      caption=f"model {resp.model}{'' if resp.model_trained else ' (UNTRAINED)'}, "
+                              f"inference: {backend}")
+        for h in hits:
+            table.add_row(str(h["rank"]), f"{h['score']:.4f}", h["id"], h["uri"])
+        out.print(table)
+    if args.out:
+        from .contact_sheet import write
+
+        title = f"{Path(args.image).name} in {args.collection} ({resp.model}" \
+                f"{'' if resp.model_trained else ', UNTRAINED'})"
+        path = write(args.out, query, [(h["rank"], h["score"], h["uri"]) for h in hits], title)
+        err.print(f"contact sheet written to {path}")
+    return 0
+
+
+def cmd_info(client: SearchClient, args) -> int:
+    info = client.info()
+    backend = BACKEND_NAMES.get(info.inference_backend, "-")
+    if args.json:
+        from google.protobuf import json_format
+
+        print(json.dumps(json_format.MessageToDict(info, always_print_fields_with_no_presence=True), indent=2))
+        return 0
+    out.print(f"revsearch {info.version} at {args.server}")
+    out.print(f"inference backend: [bold]{backend}[/] ({info.inference_detail}); fallback: {info.fallback}")
+    out.print(f"vector store: {info.vector_store}")
+    table = Table("model", "version", "dimension", "input", "trained", "weights")
+    for m in info.models:
+        table.add_row(m.name + (" (default)" if m.name == info.default_model else ""), m.version, str(m.dimension),
+                      f"{m.input_size}px", "yes" if m.trained else "[bold red]NO (UNTRAINED)[/]", m.weights_source)
+    out.print(table)
+    lim = info.limits
+    out.print(f"limits: image {lim.max_image_bytes} bytes, {lim.max_image_pixels} pixels; top_k <= {lim.max_top_k}; "
+              f"message {lim.max_receive_message_bytes} bytes")
+    return 0
+
+
+def cmd_collections(client: SearchClient, args) -> int:
+    colls = client.list_collections()
+    if args.json:
+        print(json.dumps([{"name": c.name, "model": c.model, "dimension": c.dimension,
+                           "crop_mode": CROP_NAMES.get(c.crop_mode, "none"),
+                           "index_backend": INDEX_NAMES.get(c.index_backend, "milvus"), "items": c.item_count,
+                           "model_trained": c.model_trained} for c in colls], indent=2))
+        return 0
+    table = Table("name", "model", "crop", "index", "items", "created")
+    for c in colls:
+        table.add_row(c.name, c.model + ("" if c.model_trained else " (UNTRAINED)"),
+                      CROP_NAMES.get(c.crop_mode, "none"), INDEX_NAMES.get(c.index_backend, "milvus"),
+                      str(c.item_count), c.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+    return 0
+
+
+def cmd_drop(client: SearchClient, args) -> int:
+    client.drop_collection(args.collection)
+    out.print(f"dropped {args.collection}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import asyncio
+    import logging
+
+    from revsearch_server.app import serve
+    from revsearch_server.config import from_args
+
+    settings = from_args(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="revsearch", description="reverse image search over gRPC")
+    parser.add_argument("--server", default=os.environ.get("REVSEARCH_SERVER", "localhost:50051"),
+                        help="server address host:port (REVSEARCH_SERVER)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the gRPC server (and a managed CPU Triton)")
+    try:
+        from revsearch_server.config import add_arguments
+    except ImportError:  # the client installed without the server
+        pass
+    else:
+        add_arguments(serve)
+    serve.set_defaults(func=None)
+
+    index = sub.add_parser("index", help="index image files or folders into a collection")
+    index.add_argument("paths", nargs="+")
+    index.add_argument("--collection", required=True)
+    index.add_argument("--recursive", "-r", action="store_true")
+    index.add_argument("--ext", default=DEFAULT_EXTS, help=f"extensions to take from folders ({DEFAULT_EXTS})")
+    index.add_argument("--model", default="", help="model for a new collection (server default: resnet50)")
+    index.add_argument("--crop", choices=list(CROP_MODES), default="none", help="crop mode for a new collection")
+    index.add_argument("--index", choices=list(INDEX_BACKENDS), default="milvus",
+                       help="vector index for a new collection")
+    index.add_argument("--json", action="store_true", help="print the counts as JSON")
+    index.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    index.set_defaults(func=cmd_index)
+
+    search = sub.add_parser("search", help="search a collection with a query image")
+    search.add_argument("image")
+    search.add_argument("--collection", required=True)
+    search.add_argument("--top-k", type=int, default=20)
+    search.add_argument("--json", action="store_true", help="print machine-readable hits")
+    search.add_argument("--out", help="write a PNG contact sheet of the query and its hits")
+    search.set_defaults(func=cmd_search)
+
+    info = sub.add_parser("info", help="server version, inference backend, models, limits")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
+
+    colls = sub.add_parser("collections", help="list collections")
+    colls.add_argument("--json", action="store_true")
+    colls.set_defaults(func=cmd_collections)
+
+    drop = sub.add_parser("drop", help="drop a collection and everything in it")
+    drop.add_argument("collection")
+    drop.set_defaults(func=cmd_drop)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)
+    try:
+        with SearchClient(args.server, timeout=args.timeout) as client:
+            return args.func(client, args)
+    except RevsearchClientError as exc:
+        err.print(f"[bold red]error:[/] {exc.code.name}: {exc.details}")
+        return 3
+    except FileNotFoundError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""A small client library over the generated stubs, sync (SearchClient) and asyncio
+(AsyncSearchClient), with typed errors and a deadline on every call.
+
+    with SearchClient("localhost:50051") as c:
+        c.create_collection("photos", exist_ok=True)
+        for r in c.index_images("photos", [ImageInput.from_path("a.jpg")]):
+            print(r.status, r.id)
+        hits = c.search("photos", image=open("q.jpg", "rb").read()).hits
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from google.protobuf import struct_pb2
+
+from .errors import from_rpc_error
+from .v1 import search_service_pb2 as pb
+from .v1 import search_service_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "localhost:50051"
+DEFAULT_TIMEOUT_S = 60.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CROP_MODES = {"none": pb.CROP_MODE_NONE, "largest": pb.CROP_MODE_LARGEST_FACE, "all": pb.CROP_MODE_ALL_FACES}
+INDEX_BACKENDS = {"milvus": pb.INDEX_BACKEND_MILVUS, "exact_knn": pb.INDEX_BACKEND_EXACT_KNN}
+BACKEND_NAMES = {pb.INFERENCE_BACKEND_TRITON: "triton", pb.INFERENCE_BACKEND_ONNXRUNTIME_LOCAL: "onnxruntime-local",
+                 pb.INFERENCE_BACKEND_NONE: "none", pb.INFERENCE_BACKEND_UNSPECIFIED: "-"}
+_CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+
+
+@dataclass
+class ImageInput:
+    """One image to index: its bytes, and optionally its uri, id and metadata."""
+
+    image: bytes
+    uri: str = ""
+    id: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kwargs) -> "ImageInput":
+        return cls(image=Path(path).read_bytes(), uri=kwargs.pop("uri", str(path)), **kwargs)
+
+    def to_pb(self) -> pb.ImageItem:
+        item = pb.ImageItem(id=self.id, uri=self.uri, image=self.image)
+        if self.metadata:
+            item.metadata.update(self.metadata)
+        return item
+
+
+def _create_request(name, model, crop_mode, index_backend, description, exist_ok) -> pb.CreateCollectionRequest:
+    return pb.CreateCollectionRequest(name=name, model=model, crop_mode=CROP_MODES[crop_mode],
+                                      index_backend=INDEX_BACKENDS[index_backend], description=description,
+                                      exist_ok=exist_ok)
+
+
+def _search_request(collection, image, vector, item_id, top_k) -> pb.SearchImagesRequest:
+    req = pb.SearchImagesRequest(collection=collection)
+    if image is not None:
+        req.image = image
+    elif vector is not None:
+        req.vector.values.extend(float(v) for v in vector)
+    elif item_id is not None:
+        req.item_id = item_id
+    if top_k is not None:
+        req.top_k = top_k
+    return req
+
+
+def _index_requests(collection: str, items: Iterable[ImageInput]) -> Iterator[pb.IndexImagesRequest]:
+    for n, item in enumerate(items):
+        yield pb.IndexImagesRequest(collection=collection if n == 0 else "", item=item.to_pb())
+
+
+def _typed_errors(method):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    return wrapper
+
+
+class SearchClient:
+    """Blocking client. Every call takes `timeout` (seconds); the default is the client's."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = DEFAULT_TIMEOUT_S):
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._stub = pb_grpc.SearchServiceStub(self._channel)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    @_typed_errors
+    def info(self, timeout: float | None = None) -> pb.GetServerInfoResponse:
+        return self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=timeout or self.timeout)
+
+    @_typed_errors
+    def create_collection(self, name: str, model: str = "", crop_mode: str = "none", index_backend: str = "milvus",
+                          description: str = "", exist_ok: bool = False,
+                          timeout: float | None = None) -> pb.CreateCollectionResponse:
+        return self._stub.CreateCollection(
+            _create_request(name, model, crop_mode, index_backend, description, exist_ok),
+            timeout=timeout or self.timeout)
+
+    @_typed_errors
+    def list_collections(self, timeout: float | None = None) -> list[pb.Collection]:
+        return list(self._stub.ListCollections(pb.ListCollectionsRequest(),
+                                               timeout=timeout or self.timeout).collections)
+
+    @_typed_errors
+    def describe_collection(self, name: str, timeout: float | None = None) -> pb.Collection:
+        return self._stub.DescribeCollection(pb.DescribeCollectionRequest(name=name),
+                                             timeout=timeout or self.timeout).collection
+
+    @_typed_errors
+    def drop_collection(self, name: str, timeout: float | None = None) -> None:
+        self._stub.DropCollection(pb.DropCollectionRequest(name=name), timeout=timeout or self.timeout)
+
+    def index_images(self, collection: str, items: Iterable[ImageInput],
+                     timeout: float | None = None) -> Iterator[pb.IndexImagesResponse]:
+        """Streams items; yields one response per item in order. `timeout` bounds the whole stream."""
+        try:
+            yield from self._stub.IndexImages(_index_requests(collection, items), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def index_image(self, collection: str, item: ImageInput, timeout: float | None = None) -> pb.IndexImagesResponse:
+        return next(iter(self.index_images(collection, [item], timeout=timeout or self.timeout)))
+
+    @_typed_errors
+    def search(self, collection: str, image: bytes | None = None, vector=None, item_id: str | None = None,
+               top_k: int | None = None, timeout: float | None = None) -> pb.SearchImagesResponse:
+        return self._stub.SearchImages(_search_request(collection, image, vector, item_id, top_k),
+                                       timeout=timeout or self.timeout)
+
+    @_typed_errors
+    def embed(self, image: bytes, model: str = "", collection: str = "",
+              timeout: float | None = None) -> pb.EmbedImageResponse:
+        return self._stub.EmbedImage(pb.EmbedImageRequest(image=image, model=model, collection=collection),
+                                     timeout=timeout or self.timeout)
+
+    @_typed_errors
+    def delete(self, collection: str, ids: list[str], timeout: float | None = None) -> pb.DeleteImagesResponse:
+        return self._stub.DeleteImages(pb.DeleteImagesRequest(collection=collection, ids=ids),
+                                       timeout=timeout or self.timeout)
+
+
+def _async_typed_errors(method):
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    return wrapper
+
+
+class AsyncSearchClient:
+    """asyncio client (grpc.aio) with the same calls as SearchClient."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = DEFAULT_TIMEOUT_S):
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._stub = pb_grpc.SearchServiceStub(self._channel)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    @_async_typed_errors
+    async def info(self, timeout: float | None = None) -> pb.GetServerInfoResponse:
+        return await self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=timeout or self.timeout)
+
+    @_async_typed_errors
+    async def create_collection(self, name: str, model: str = "", crop_mode: str = "none",
+                                index_backend: str = "milvus", description: str = "", exist_ok: bool = False,
+                                timeout: float | None = None) -> pb.CreateCollectionResponse:
+        return await self._stub.CreateCollection(
+            _create_request(name, model, crop_mode, index_backend, description, exist_ok),
+            timeout=timeout or self.timeout)
+
+    @_async_typed_errors
+    async def list_collections(self, timeout: float | None = None) -> list[pb.Collection]:
+        resp = await self._stub.ListCollections(pb.ListCollectionsRequest(), timeout=timeout or self.timeout)
+        return list(resp.collections)
+
+    @_async_typed_errors
+    async def describe_collection(self, name: str, timeout: float | None = None) -> pb.Collection:
+        resp = await self._stub.DescribeCollection(pb.DescribeCollectionRequest(name=name),
+                                                   timeout=timeout or self.timeout)
+        return resp.collection
+
+    @_async_typed_errors
+    async def drop_collection(self, name: str, timeout: float | None = None) -> None:
+        await self._stub.DropCollection(pb.DropCollectionRequest(name=name), timeout=timeout or self.timeout)
+
+    async def index_images(self, collection: str, items: Iterable[ImageInput] | AsyncIterable[ImageInput],
+                           timeout: float | None = None):
+        """Async generator of one response per item, in order."""
+
+        async def requests():
+            n = 0
+            if hasattr(items, "__aiter__"):
+                async for item in items:
+                    yield pb.IndexImagesRequest(collection=collection if n == 0 else "", item=item.to_pb())
+                    n += 1
+            else:
+                for req in _index_requests(collection, items):
+                    yield req
+
+        try:
+            async for resp in self._stub.IndexImages(requests(), timeout=timeout):
+                yield resp
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    @_async_typed_errors
+    async def search(self, collection: str, image: bytes | None = None, vector=None, item_id: str | None = None,
+                     top_k: int | None = None, timeout: float | None = None) -> pb.SearchImagesResponse:
+        return await self._stub.SearchImages(_search_request(collection, image, vector, item_id, top_k),
+                                             timeout=timeout or self.timeout)
+
+    @_async_typed_errors
+    async def embed(self, image: bytes, model: str = "", collection: str = "",
+                    timeout: float | None = None) -> pb.EmbedImageResponse:
+        return await self._stub.EmbedImage(pb.EmbedImageRequest(image=image, model=model, collection=collection),
+                                           timeout=timeout or self.timeout)
+
+    @_async_typed_errors
+    async def delete(self, collection: str, ids: list[str], timeout: float | None = None) -> pb.DeleteImagesResponse:
+        return await self._stub.DeleteImages(pb.DeleteImagesRequest(collection=collection, ids=ids),
+                                             timeout=timeout or self.timeout)
+
+
+def struct_to_dict(s: struct_pb2.Struct) -> dict:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(s)

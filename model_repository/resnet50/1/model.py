@@ -1,0 +1,48 @@
+"""Triton Python-backend runner for an ONNX model (CPU Triton from the nvidia-pytriton wheel).
+
+That Triton build carries only the Python backend, so this runs the same model.onnx with ONNX
+Runtime inside the backend's stub. On GPU hosts, configs/gpu.pbtxt serves the same file with
+Triton's native onnxruntime backend instead (tritonserver --model-config-name=gpu).
+"""
+
+import os
+import sys
+
+# The stub runs an isolated interpreter that ignores PYTHONPATH; the revsearch server passes its
+# own site-packages in TRITON_STUB_PYTHONPATH so numpy (<2, see README) and onnxruntime resolve.
+for _path in reversed([p for p in os.environ.get("TRITON_STUB_PYTHONPATH", "").split(os.pathsep) if p]):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        opts.inter_op_num_threads = 1
+        # Spinning worker threads would take CPU from the revsearch server's decoding.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        batch = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        out = self.session.run([self.output_name], {self.input_name: batch})[0].astype(np.float32, copy=False)
+        responses, start = [], 0
+        for array in arrays:
+            n = array.shape[0]
+            tensor = pb_utils.Tensor(self.output_name, np.ascontiguousarray(out[start:start + n]))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+            start += n
+        return responses

@@ -1,0 +1,157 @@
+"""Collections: their settings (bound model, crop mode, index backend) and their indexes.
+
+Milvus collections keep their settings in the Milvus collection's description, so every
+server process pointed at the same Milvus sees the same catalog. Exact-KNN collections keep
+theirs in a spec.json next to their vectors under the data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import AlreadyExists, InvalidArgument, NotFound
+from .index.base import VectorIndex
+from .index.exact_knn import ExactKnnIndex
+from .index.milvus import MilvusStore
+from .models import ModelSpec
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+MAX_DESCRIPTION = 1024
+
+
+class CropMode(str, enum.Enum):
+    NONE = "none"
+    LARGEST_FACE = "largest"
+    ALL_FACES = "all"
+
+
+class IndexKind(str, enum.Enum):
+    MILVUS = "milvus"
+    EXACT_KNN = "exact_knn"
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    name: str
+    model: str
+    model_version: str
+    dimension: int
+    crop_mode: CropMode
+    index_kind: IndexKind
+    created_at_ms: int
+    description: str
+    model_trained: bool
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["crop_mode"], d["index_kind"] = self.crop_mode.value, self.index_kind.value
+        return json.dumps({"revsearch_collection": 1, **d})
+
+    @classmethod
+    def from_json(cls, text: str) -> "CollectionSpec | None":
+        try:
+            d = json.loads(text)
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(d, dict) or d.pop("revsearch_collection", None) != 1:
+            return None
+        d["crop_mode"], d["index_kind"] = CropMode(d["crop_mode"]), IndexKind(d["index_kind"])
+        return cls(**d)
+
+    def same_settings(self, other: "CollectionSpec") -> bool:
+        return (self.model, self.crop_mode, self.index_kind) == (other.model, other.crop_mode, other.index_kind)
+
+
+def validate_name(name: str) -> str:
+    if not name:
+        raise InvalidArgument("collection name is required")
+    if not NAME_RE.match(name):
+        raise InvalidArgument(
+            f"invalid collection name {name!r}: use 1-63 characters, a letter first, then letters, "
+            "digits or '_'")
+    return name
+
+
+class Catalog:
+    def __init__(self, milvus: MilvusStore, knn_root: Path):
+        self._milvus = milvus
+        self._knn_root = knn_root
+        self._knn: dict[str, tuple[CollectionSpec, ExactKnnIndex]] = {}
+        self._lock = asyncio.Lock()
+        knn_root.mkdir(parents=True, exist_ok=True)
+        for spec_file in sorted(knn_root.glob("*/spec.json")):
+            spec = CollectionSpec.from_json(spec_file.read_text())
+            if spec is not None:
+                self._knn[spec.name] = (spec, ExactKnnIndex(spec_file.parent, spec.dimension))
+
+    async def create(self, name: str, model: ModelSpec, crop_mode: CropMode, index_kind: IndexKind,
+                     description: str, exist_ok: bool) -> tuple[CollectionSpec, bool]:
+        validate_name(name)
+        if len(description) > MAX_DESCRIPTION:
+            raise InvalidArgument(f"description is {len(description)} characters; the limit is {MAX_DESCRIPTION}")
+        spec = CollectionSpec(name=name, model=model.name, model_version=model.version,
+                              dimension=model.dimension, crop_mode=crop_mode, index_kind=index_kind,
+                              created_at_ms=int(time.time() * 1000), description=description,
+                              model_trained=model.trained)
+        async with self._lock:
+            existing = await self.find(name)
+            if existing is not None:
+                if exist_ok and existing.same_settings(spec):
+                    return existing, False
+                raise AlreadyExists(
+                    f"collection {name!r} already exists with model {existing.model}, crop mode "
+                    f"{existing.crop_mode.value}, index {existing.index_kind.value}")
+            if index_kind is IndexKind.EXACT_KNN:
+                directory = self._knn_root / name
+                directory.mkdir(parents=True, exist_ok=True)
+                (directory / "spec.json").write_text(spec.to_json())
+                self._knn[name] = (spec, ExactKnnIndex(directory, spec.dimension))
+            else:
+                created = await self._milvus.create(name, spec.dimension, spec.to_json())
+                if not created:  # another server process created it between our check and now
+                    existing = await self.find(name)
+                    if existing is not None and exist_ok and existing.same_settings(spec):
+                        return existing, False
+                    raise AlreadyExists(f"collection {name!r} already exists")
+        return spec, True
+
+    async def find(self, name: str) -> CollectionSpec | None:
+        if name in self._knn:
+            return self._knn[name][0]
+        description = await self._milvus.description(name)
+        return CollectionSpec.from_json(description) if description is not None else None
+
+    async def get(self, name: str) -> tuple[CollectionSpec, VectorIndex]:
+        validate_name(name)
+        if name in self._knn:
+            return self._knn[name]
+        spec = await self.find(name)
+        if spec is None:
+            raise NotFound(f"collection {name!r} does not exist; create it first (see ListCollections)")
+        return spec, self._milvus.index(name, spec.dimension)
+
+    async def list(self) -> list[CollectionSpec]:
+        specs = [s for s, _ in self._knn.values()]
+        for description in await self._milvus.descriptions():
+            spec = CollectionSpec.from_json(description)
+            if spec is not None:
+                specs.append(spec)
+        return sorted(specs, key=lambda s: s.name)
+
+    async def drop(self, name: str) -> None:
+        validate_name(name)
+        async with self._lock:
+            if name in self._knn:
+                del self._knn[name]
+                await asyncio.to_thread(shutil.rmtree, self._knn_root / name, True)
+                return
+            if await self.find(name) is None:
+                raise NotFound(f"collection {name!r} does not exist")
+            await self._milvus.drop(name)

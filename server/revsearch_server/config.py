@@ -1,0 +1,127 @@
+"""Server settings: read once from flags and REVSEARCH_* environment variables, then passed down.
+
+Precedence: command-line flag > environment variable > default. Nothing else in the server
+reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The repository's model_repository, used when the server runs from a checkout.
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL_REPOSITORY = _REPO_ROOT / "model_repository"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 50051
+    data_dir: Path = Path("data")
+    # Empty: an embedded Milvus Lite file under data_dir.
+    milvus_uri: str = ""
+    milvus_token: str = ""
+    milvus_timeout_s: float = 10.0
+    # Session consistency gives read-your-writes to this process without Strong's wait.
+    milvus_consistency: str = "Session"
+    # Empty: start a managed Triton from the nvidia-pytriton wheel. "off": no Triton at all.
+    triton_url: str = ""
+    triton_timeout_s: float = 30.0
+    triton_startup_timeout_s: float = 180.0
+    fallback: str = "local"
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    default_model: str = "resnet50"
+    allow_untrained: bool = False
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    max_top_k: int = 1000
+    max_receive_message_bytes: int = 32 * 1024 * 1024
+    # Bounded pool for decode and preprocessing (CPU-heavy, kept off the event loop).
+    decode_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    batch_max_size: int = 16
+    batch_max_wait_ms: float = 2.0
+    # Items of an IndexImages stream processed together.
+    index_batch_size: int = 16
+    log_level: str = "INFO"
+
+    @property
+    def milvus_lite_path(self) -> Path:
+        return self.data_dir / "milvus.db"
+
+    @property
+    def uses_milvus_lite(self) -> bool:
+        return not self.milvus_uri
+
+    @property
+    def managed_triton(self) -> bool:
+        return self.triton_url == ""
+
+    @property
+    def triton_enabled(self) -> bool:
+        return self.triton_url != "off"
+
+
+def _env(name: str, default):
+    raw = os.environ.get(f"REVSEARCH_{name.upper()}")
+    if raw is None:
+        return default
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, Path):
+        return Path(raw)
+    return type(default)(raw)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the server flags; defaults come from REVSEARCH_* variables, then Settings."""
+    d = Settings()
+    a = parser.add_argument
+    a("--host", default=_env("host", d.host), help="bind address (REVSEARCH_HOST)")
+    a("--port", type=int, default=_env("port", d.port), help="gRPC port; 0 picks a free one")
+    a("--data-dir", type=Path, default=_env("data_dir", d.data_dir),
+      help="where the embedded Milvus file and exact-KNN collections live")
+    a("--milvus-uri", default=_env("milvus_uri", d.milvus_uri),
+      help="Milvus standalone/cluster URI (e.g. http://milvus:19530); empty: embedded Milvus Lite")
+    a("--milvus-token", default=_env("milvus_token", d.milvus_token), help="Milvus token (user:password)")
+    a("--milvus-timeout", dest="milvus_timeout_s", type=float,
+      default=_env("milvus_timeout_s", d.milvus_timeout_s), help="deadline of each Milvus call, seconds")
+    a("--milvus-consistency", choices=["Session", "Bounded", "Eventually", "Strong"],
+      default=_env("milvus_consistency", d.milvus_consistency), help="consistency level of searches")
+    a("--triton-url", default=_env("triton_url", d.triton_url),
+      help="Triton gRPC address host:port; empty: start a managed CPU Triton; 'off': no Triton")
+    a("--triton-timeout", dest="triton_timeout_s", type=float,
+      default=_env("triton_timeout_s", d.triton_timeout_s), help="deadline of each Triton call, seconds")
+    a("--triton-startup-timeout", dest="triton_startup_timeout_s", type=float,
+      default=_env("triton_startup_timeout_s", d.triton_startup_timeout_s))
+    a("--fallback", choices=["local", "none"], default=_env("fallback", d.fallback),
+      help="when Triton is unreachable: run the model in-process with ONNX Runtime, or answer UNAVAILABLE")
+    a("--model-repository", type=Path, default=_env("model_repository", d.model_repository))
+    a("--default-model", default=_env("default_model", d.default_model))
+    a("--allow-untrained", action="store_true", default=_env("allow_untrained", d.allow_untrained),
+      help="serve models built without pretrained weights (tests only: results are not meaningful)")
+    a("--max-image-bytes", type=int, default=_env("max_image_bytes", d.max_image_bytes))
+    a("--max-image-pixels", type=int, default=_env("max_image_pixels", d.max_image_pixels))
+    a("--max-top-k", type=int, default=_env("max_top_k", d.max_top_k))
+    a("--max-receive-message-bytes", type=int,
+      default=_env("max_receive_message_bytes", d.max_receive_message_bytes))
+    a("--decode-workers", type=int, default=_env("decode_workers", d.decode_workers))
+    a("--batch-max-size", type=int, default=_env("batch_max_size", d.batch_max_size),
+      help="largest inference batch gathered from concurrent requests")
+    a("--batch-max-wait-ms", type=float, default=_env("batch_max_wait_ms", d.batch_max_wait_ms),
+      help="longest wait for a batch to fill, milliseconds")
+    a("--index-batch-size", type=int, default=_env("index_batch_size", d.index_batch_size))
+    a("--log-level", default=_env("log_level", d.log_level))
+
+
+def from_args(args: argparse.Namespace) -> Settings:
+    names = {f for f in Settings.__dataclass_fields__}
+    return Settings(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def parse(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="revsearch-server", description="revsearch gRPC server")
+    add_arguments(parser)
+    return from_args(parser.parse_args(argv))

@@ -1,0 +1,1 @@
+"""Embedding backends: Triton over gRPC, ONNX Runtime in-process, and failover between them."""

@@ -1,0 +1,66 @@
+"""Gathers concurrent embedding requests for one model into batches for the backend.
+
+Inference on CPU and GPU is cheaper per image in batches; requests that arrive within
+`max_wait_s` of each other (up to `max_size` images) share one backend call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+
+class MicroBatcher:
+    def __init__(self, run: Callable[[np.ndarray], Awaitable[np.ndarray]], max_size: int, max_wait_s: float):
+        self._run = run
+        self._max_size = max(1, max_size)
+        self._max_wait_s = max(0.0, max_wait_s)
+        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+
+    async def submit(self, images: np.ndarray) -> np.ndarray:
+        """Embeds [n, ...] images; returns [n, D] in the same order."""
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((images, future))
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            pending = [first]
+            count = len(first[0])
+            deadline = loop.time() + self._max_wait_s
+            while count < self._max_size:
+                timeout = deadline - loop.time()
+                try:
+                    item = self._queue.get_nowait() if timeout <= 0 else \
+                        await asyncio.wait_for(self._queue.get(), timeout)
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+                pending.append(item)
+                count += len(item[0])
+            # Requests whose caller went away (cancelled) need no work.
+            pending = [(x, f) for x, f in pending if not f.done()]
+            if not pending:
+                continue
+            try:
+                out = await self._run(np.concatenate([x for x, _ in pending]))
+            except Exception as exc:  # delivered to every waiting caller
+                for _, f in pending:
+                    if not f.done():
+                        f.set_exception(exc)
+                continue
+            start = 0
+            for x, f in pending:
+                if not f.done():
+                    f.set_result(out[start:start + len(x)])
+                start += len(x)
+
+    async def close(self) -> None:
+        if self._worker:
+            self._worker.cancel()

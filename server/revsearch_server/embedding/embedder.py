@@ -1,0 +1,43 @@
+"""Model-aware embedding: batches per model, calls the backend, L2-normalises."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidArgument
+from ..models import ModelSpec
+from .batcher import MicroBatcher
+from .failover import FailoverBackend
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class Embedder:
+    def __init__(self, backend: FailoverBackend, models: dict[str, ModelSpec], default_model: str,
+                 batch_max_size: int, batch_max_wait_s: float):
+        self.backend = backend
+        self.models = models
+        self.default_model = default_model
+        self._batchers = {
+            name: MicroBatcher(lambda x, spec=spec: backend.embed(spec, x), batch_max_size, batch_max_wait_s)
+            for name, spec in models.items()
+        }
+
+    def model(self, name: str) -> ModelSpec:
+        name = name or self.default_model
+        spec = self.models.get(name)
+        if spec is None:
+            raise InvalidArgument(f"unknown model {name!r}; available: {', '.join(sorted(self.models))}")
+        return spec
+
+    async def embed(self, model: ModelSpec, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, S, S, 3] to L2-normalised float32 [N, D]."""
+        return l2_normalize(await self._batchers[model.name].submit(images))
+
+    async def close(self) -> None:
+        for b in self._batchers.values():
+            await b.close()
+        await self.backend.close()

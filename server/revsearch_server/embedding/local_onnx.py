@@ -1,0 +1,55 @@
+"""ONNX Runtime on CPU inside the server process: the fallback when Triton is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..models import ModelSpec
+from .base import BackendKind
+
+
+def make_session(onnx_path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    # Spinning threads would steal the few cores from decoding and gRPC between batches.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class LocalOnnxBackend:
+    kind = BackendKind.ONNXRUNTIME_LOCAL
+
+    def __init__(self, threads: int | None = None):
+        self._threads = threads
+        self._sessions: dict[str, object] = {}
+        # One runner thread: batches run one after another, each using all intra-op threads,
+        # instead of several runs fighting over two cores.
+        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx-run")
+
+    async def start(self, models: dict[str, ModelSpec]) -> None:
+        loop = asyncio.get_running_loop()
+        for spec in models.values():
+            if spec.name not in self._sessions:
+                self._sessions[spec.name] = await loop.run_in_executor(
+                    self._runner, make_session, spec.onnx_path, self._threads)
+
+    async def embed(self, model: ModelSpec, images: np.ndarray) -> np.ndarray:
+        session = self._sessions[model.name]
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(
+            self._runner, lambda: session.run([model.output_name], {model.input_name: images})[0])
+        return np.asarray(out, dtype=np.float32)
+
+    def describe(self) -> str:
+        return "onnxruntime (CPU) in the server process"
+
+    async def close(self) -> None:
+        self._runner.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,93 @@
+"""Image decoding and ResNet-style preprocessing (pure functions, run in the decode pool).
+
+The model graph itself converts uint8 RGB to normalised float (see model_repository), so
+preprocessing here ends at a 224x224x3 uint8 array: a quarter of the bytes of float input on
+the way to Triton, and one definition of the normalisation for every backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidArgument, ResourceExhausted
+
+SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "MPO"}  # MPO: multi-picture JPEG from cameras
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_image(data: bytes, limits: ImageLimits, draft_size: int | None = None) -> Image.Image:
+    """Decodes bytes into an RGB image with EXIF orientation applied, enforcing the limits.
+
+    draft_size lets the JPEG decoder downscale by DCT while decoding, which is much cheaper than
+    decoding full size and resizing; the result is still at least draft_size on its short side.
+    """
+    if not data:
+        raise InvalidArgument("image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ResourceExhausted(
+            f"image is {len(data)} bytes, over the limit of {limits.max_bytes} bytes (--max-image-bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise InvalidArgument("not an image: the bytes are not JPEG, PNG, WebP or BMP") from None
+    except Image.DecompressionBombError:
+        raise ResourceExhausted(
+            f"image is over the pixel limit of {limits.max_pixels} pixels (--max-image-pixels)") from None
+    if img.format not in SUPPORTED_FORMATS:
+        raise InvalidArgument(f"unsupported image format {img.format}; send JPEG, PNG, WebP or BMP")
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        raise ResourceExhausted(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{limits.max_pixels} pixels (--max-image-pixels)")
+    if width < 1 or height < 1:
+        raise InvalidArgument(f"image has no pixels ({width}x{height})")
+    try:
+        if draft_size and img.format in ("JPEG", "MPO"):
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode != "RGB":
+            img = _to_rgb(img)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidArgument(f"image data is truncated or corrupt ({img.format}): {exc}") from None
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    # Transparent pixels become white, as they show in a viewer, instead of their hidden colour.
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_center_crop(img: Image.Image, size: int, resize_to: int) -> np.ndarray:
+    """ImageNet evaluation transform: short side to resize_to, centre crop size x size."""
+    width, height = img.size
+    scale = resize_to / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def preprocess(data: bytes, limits: ImageLimits, size: int = 224, resize_to: int = 256) -> np.ndarray:
+    """Encoded bytes to the model's uint8 HxWx3 input."""
+    return resize_center_crop(decode_image(data, limits, draft_size=resize_to), size, resize_to)

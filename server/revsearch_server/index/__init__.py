@@ -1,0 +1,1 @@
+"""Vector indexes: Milvus (default) and exact brute-force KNN, behind one interface."""

@@ -1,0 +1,53 @@
+"""What a stored item is, what a hit is, and the interface every vector index implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class Record:
+    id: str
+    vector: np.ndarray  # float32 [D], L2-normalised
+    uri: str
+    sha256: str
+    model: str
+    model_version: str
+    created_at_ms: int
+    metadata: dict = field(default_factory=dict)
+    # [x_min, y_min, x_max, y_max, confidence] of the face the vector came from, if any.
+    face_box: list[float] | None = None
+
+
+@dataclass
+class Hit:
+    id: str
+    uri: str
+    score: float  # cosine similarity, higher is better
+    sha256: str
+    metadata: dict
+    face_box: list[float] | None
+
+
+class VectorIndex(Protocol):
+    """One collection's vectors. Every method may raise errors.Unavailable."""
+
+    async def insert(self, records: list[Record]) -> None:
+        """Stores all records or none of them."""
+
+    async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
+        """queries: float32 [Q, D], L2-normalised; best hit first."""
+
+    async def ids_for_sha256(self, digests: list[str]) -> dict[str, str]:
+        """sha256 -> stored id, for the digests already in the collection."""
+
+    async def get(self, ids: list[str]) -> dict[str, Record]:
+        """The stored records among ids (with vectors)."""
+
+    async def delete(self, ids: list[str]) -> list[str]:
+        """Deletes; returns the ids that existed."""
+
+    async def count(self) -> int: ...

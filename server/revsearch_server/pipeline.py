@@ -1,0 +1,229 @@
+"""The search pipeline: decode, embed, store and query. Knows nothing of gRPC.
+
+The servicer validates transport-level things and maps results to messages; everything about
+images, models, deduplication and collections happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .catalog import Catalog, CollectionSpec, CropMode, IndexKind
+from .embedding.base import BackendKind
+from .embedding.embedder import Embedder, l2_normalize
+from .errors import AlreadyExists, InvalidArgument, NotFound, RevsearchError
+from .imaging import ImageLimits, preprocess, sha256_hex
+from .index.base import Hit, Record, VectorIndex
+from .models import ModelSpec
+
+ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+MAX_URI = 2048
+MAX_METADATA_BYTES = 16 * 1024
+MAX_DELETE_IDS = 1000
+DEFAULT_TOP_K = 20
+
+
+@dataclass
+class IndexInput:
+    id: str
+    uri: str
+    image: bytes
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class IndexOutcome:
+    id: str
+    uri: str
+    status: str  # "indexed" | "duplicate" | "failed"
+    error: RevsearchError | None = None
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    model: ModelSpec
+    backend: BackendKind | None
+
+
+def default_id(digest: str) -> str:
+    """Content-derived id: re-sending the same bytes maps to the same id, so retries are idempotent."""
+    return digest[:32]
+
+
+def validate_item_fields(item: IndexInput) -> None:
+    if item.id and not ID_RE.match(item.id):
+        raise InvalidArgument(f"invalid id {item.id!r}: use 1-64 characters from A-Z a-z 0-9 . _ : -")
+    if len(item.uri) > MAX_URI:
+        raise InvalidArgument(f"uri is {len(item.uri)} characters; the limit is {MAX_URI}")
+    size = len(json.dumps(item.metadata))
+    if size > MAX_METADATA_BYTES:
+        raise InvalidArgument(f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+
+
+def resolve_top_k(top_k: int | None, max_top_k: int) -> int:
+    if top_k is None:
+        return min(DEFAULT_TOP_K, max_top_k)
+    if top_k < 1 or top_k > max_top_k:
+        raise InvalidArgument(f"top_k must be between 1 and {max_top_k}, got {top_k}")
+    return top_k
+
+
+def validate_query_vector(values, dimension: int) -> np.ndarray:
+    vector = np.asarray(values, dtype=np.float32)
+    if vector.shape != (dimension,):
+        raise InvalidArgument(f"query vector has {vector.size} values; this collection's vectors have "
+                              f"{dimension}")
+    if not np.all(np.isfinite(vector)):
+        raise InvalidArgument("query vector contains NaN or infinite values")
+    if not np.any(vector):
+        raise InvalidArgument("query vector is all zeros; it has no direction to compare")
+    return l2_normalize(vector[None, :])
+
+
+class SearchPipeline:
+    def __init__(self, embedder: Embedder, catalog: Catalog, decode_pool: Executor, limits: ImageLimits,
+                 max_top_k: int):
+        self.embedder = embedder
+        self.catalog = catalog
+        self._pool = decode_pool
+        self.limits = limits
+        self.max_top_k = max_top_k
+
+    # -- collections -------------------------------------------------------------------------
+    async def create_collection(self, name: str, model: str, crop_mode: CropMode, index_kind: IndexKind,
+                                description: str, exist_ok: bool) -> tuple[CollectionSpec, bool]:
+        spec = self.embedder.model(model)
+        if crop_mode is not CropMode.NONE:
+            raise InvalidArgument(f"crop mode {crop_mode.value!r} needs face detection, which this server "
+                                  "does not have yet; use crop mode none")
+        return await self.catalog.create(name, spec, crop_mode, index_kind, description, exist_ok)
+
+    async def describe_collection(self, name: str) -> tuple[CollectionSpec, int]:
+        spec, index = await self.catalog.get(name)
+        return spec, await index.count()
+
+    async def list_collections(self) -> list[tuple[CollectionSpec, int]]:
+        out = []
+        for spec in await self.catalog.list():
+            _, index = await self.catalog.get(spec.name)
+            out.append((spec, await index.count()))
+        return out
+
+    async def drop_collection(self, name: str) -> None:
+        await self.catalog.drop(name)
+
+    async def _collection(self, name: str) -> tuple[CollectionSpec, VectorIndex, ModelSpec]:
+        spec, index = await self.catalog.get(name)
+        model = self.embedder.models.get(spec.model)
+        if model is None:
+            raise NotFound(f"collection {name!r} uses model {spec.model!r}, which this server does not "
+                           f"serve (available: {', '.join(sorted(self.embedder.models))})")
+        return spec, index, model
+
+    # -- images ------------------------------------------------------------------------------
+    async def _prepare(self, data: bytes, model: ModelSpec) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, preprocess, data, self.limits, model.input_size, model.resize_to)
+
+    async def embed_image(self, data: bytes, model_name: str = "", collection: str = ""
+                          ) -> tuple[np.ndarray, ModelSpec, BackendKind]:
+        model = (await self._collection(collection))[2] if collection else self.embedder.model(model_name)
+        pixels = await self._prepare(data, model)
+        vectors = await self.embedder.embed(model, pixels[None])
+        return vectors[0], model, self.embedder.backend.kind
+
+    async def index_batch(self, collection: str, items: list[IndexInput]) -> list[IndexOutcome]:
+        """Indexes items; each gets its own outcome. Nothing of a failed item is stored."""
+        spec, index, model = await self._collection(collection)
+        outcomes: list[IndexOutcome | None] = [None] * len(items)
+        digests = [sha256_hex(it.image) if it.image else "" for it in items]
+
+        async def prepare(i: int):
+            try:
+                validate_item_fields(items[i])
+                return await self._prepare(items[i].image, model)
+            except RevsearchError as exc:
+                outcomes[i] = IndexOutcome(items[i].id, items[i].uri, "failed", exc)
+                return None
+
+        pixels = await asyncio.gather(*(prepare(i) for i in range(len(items))))
+        live = [i for i in range(len(items)) if outcomes[i] is None]
+
+        # Deduplicate by content: against the collection, then within this batch.
+        known = await index.ids_for_sha256(sorted({digests[i] for i in live}))
+        ids = {i: items[i].id or default_id(digests[i]) for i in live}
+        clashes = await index.get(sorted({ids[i] for i in live if digests[i] not in known}))
+        first_in_batch: dict[str, int] = {}
+        fresh = []
+        for i in live:
+            digest = digests[i]
+            if digest in known:
+                outcomes[i] = IndexOutcome(known[digest], items[i].uri, "duplicate")
+            elif digest in first_in_batch:
+                outcomes[i] = IndexOutcome(ids[first_in_batch[digest]], items[i].uri, "duplicate")
+            elif ids[i] in clashes or ids[i] in {ids[j] for j in fresh}:
+                outcomes[i] = IndexOutcome(ids[i], items[i].uri, "failed", AlreadyExists(
+                    f"id {ids[i]!r} is already used for a different image in {collection!r}"))
+            else:
+                first_in_batch[digest] = i
+                fresh.append(i)
+        if not fresh:
+            return outcomes  # type: ignore[return-value]
+
+        try:
+            vectors = await self.embedder.embed(model, np.stack([pixels[i] for i in fresh]))
+            now = int(time.time() * 1000)
+            await index.insert([
+                Record(id=ids[i], vector=vectors[k], uri=items[i].uri, sha256=digests[i], model=model.name,
+                       model_version=model.version, created_at_ms=now, metadata=items[i].metadata)
+                for k, i in enumerate(fresh)])
+        except RevsearchError as exc:
+            for i in fresh:
+                outcomes[i] = IndexOutcome(ids[i], items[i].uri, "failed", exc)
+            return outcomes  # type: ignore[return-value]
+        for i in fresh:
+            outcomes[i] = IndexOutcome(ids[i], items[i].uri, "indexed")
+        return outcomes  # type: ignore[return-value]
+
+    async def search(self, collection: str, *, image: bytes | None = None, vector=None,
+                     item_id: str | None = None, top_k: int | None = None) -> SearchResult:
+        k = resolve_top_k(top_k, self.max_top_k)
+        spec, index, model = await self._collection(collection)
+        backend = None
+        if image is not None:
+            query = await self.embedder.embed(model, (await self._prepare(image, model))[None])
+            backend = self.embedder.backend.kind
+        elif vector is not None:
+            query = validate_query_vector(vector, spec.dimension)
+        elif item_id:
+            found = await index.get([item_id])
+            if item_id not in found:
+                raise NotFound(f"no item with id {item_id!r} in collection {collection!r}")
+            query = found[item_id].vector[None, :]
+        else:
+            raise InvalidArgument("a query is required: set image, vector or item_id")
+        hits = (await index.search(query, k))[0]
+        return SearchResult(hits=hits, model=model, backend=backend)
+
+    async def delete(self, collection: str, ids: list[str]) -> tuple[list[str], list[str]]:
+        if not ids:
+            raise InvalidArgument("ids is empty; give 1 to 1000 ids to delete")
+        if len(ids) > MAX_DELETE_IDS:
+            raise InvalidArgument(f"{len(ids)} ids given; delete at most {MAX_DELETE_IDS} per call")
+        bad = [i for i in ids if not ID_RE.match(i)]
+        if bad:
+            raise InvalidArgument(f"invalid id {bad[0]!r}: use 1-64 characters from A-Z a-z 0-9 . _ : -")
+        _, index = await self.catalog.get(collection)
+        deleted = await index.delete(ids)
+        gone = set(deleted)
+        return deleted, [i for i in dict.fromkeys(ids) if i not in gone]
+
+

@@ -1,0 +1,235 @@
+"""The gRPC servicer: validates transport-level input, calls the pipeline, maps to messages.
+
+No search logic lives here. Every error goes through grpc_status.to_status, so clients get a
+canonical code and a readable message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+import grpc
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from revsearch.v1 import search_service_pb2 as pb
+from revsearch.v1 import search_service_pb2_grpc as pb_grpc
+
+from . import __version__
+from .catalog import CollectionSpec, CropMode, IndexKind
+from .embedding.base import BackendKind
+from .errors import InvalidArgument, RevsearchError
+from .grpc_status import to_status
+from .index.base import Hit
+from .pipeline import IndexInput, SearchPipeline
+
+log = logging.getLogger(__name__)
+
+CROP_TO_PB = {CropMode.NONE: pb.CROP_MODE_NONE, CropMode.LARGEST_FACE: pb.CROP_MODE_LARGEST_FACE,
+              CropMode.ALL_FACES: pb.CROP_MODE_ALL_FACES}
+CROP_FROM_PB = {v: k for k, v in CROP_TO_PB.items()} | {pb.CROP_MODE_UNSPECIFIED: CropMode.NONE}
+INDEX_TO_PB = {IndexKind.MILVUS: pb.INDEX_BACKEND_MILVUS, IndexKind.EXACT_KNN: pb.INDEX_BACKEND_EXACT_KNN}
+INDEX_FROM_PB = {v: k for k, v in INDEX_TO_PB.items()} | {pb.INDEX_BACKEND_UNSPECIFIED: IndexKind.MILVUS}
+BACKEND_TO_PB = {BackendKind.TRITON: pb.INFERENCE_BACKEND_TRITON,
+                 BackendKind.ONNXRUNTIME_LOCAL: pb.INFERENCE_BACKEND_ONNXRUNTIME_LOCAL,
+                 BackendKind.NONE: pb.INFERENCE_BACKEND_NONE, None: pb.INFERENCE_BACKEND_UNSPECIFIED}
+ITEM_STATUS = {"indexed": pb.ITEM_STATUS_INDEXED, "duplicate": pb.ITEM_STATUS_DUPLICATE,
+               "failed": pb.ITEM_STATUS_FAILED}
+
+
+def _enum(table: dict, value: int, field: str):
+    if value not in table:
+        raise InvalidArgument(f"{field} has unknown value {value}")
+    return table[value]
+
+
+def rpc(method):
+    """Maps any exception of a unary RPC to a status via the one mapping."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            code, message = to_status(exc)
+            await context.abort(code, message)
+
+    return wrapper
+
+
+def collection_pb(spec: CollectionSpec, count: int) -> pb.Collection:
+    created = timestamp_pb2.Timestamp()
+    created.FromMilliseconds(spec.created_at_ms)
+    return pb.Collection(name=spec.name, model=spec.model, model_version=spec.model_version,
+                         dimension=spec.dimension, crop_mode=CROP_TO_PB[spec.crop_mode],
+                         index_backend=INDEX_TO_PB[spec.index_kind], metric="COSINE", item_count=count,
+                         created_at=created, description=spec.description, model_trained=spec.model_trained)
+
+
+def struct_pb(data: dict) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    if data:
+        s.update(data)
+    return s
+
+
+def hit_pb(rank: int, hit: Hit) -> pb.SearchHit:
+    msg = pb.SearchHit(rank=rank, id=hit.id, uri=hit.uri, score=hit.score, sha256=hit.sha256,
+                       metadata=struct_pb(hit.metadata))
+    if hit.face_box:
+        msg.face_box.CopyFrom(pb.FaceBox(x_min=hit.face_box[0], y_min=hit.face_box[1], x_max=hit.face_box[2],
+                                         y_max=hit.face_box[3], confidence=hit.face_box[4]))
+    return msg
+
+
+class SearchServicer(pb_grpc.SearchServiceServicer):
+    def __init__(self, pipeline: SearchPipeline, info: "InfoProvider", index_batch_size: int):
+        self._p = pipeline
+        self._info = info
+        self._batch = max(1, index_batch_size)
+
+    @rpc
+    async def CreateCollection(self, request, context):
+        spec, created = await self._p.create_collection(
+            request.name, request.model, _enum(CROP_FROM_PB, request.crop_mode, "crop_mode"),
+            _enum(INDEX_FROM_PB, request.index_backend, "index_backend"), request.description, request.exist_ok)
+        count = 0 if created else (await self._p.describe_collection(spec.name))[1]
+        return pb.CreateCollectionResponse(collection=collection_pb(spec, count), created=created)
+
+    @rpc
+    async def ListCollections(self, request, context):
+        return pb.ListCollectionsResponse(
+            collections=[collection_pb(s, n) for s, n in await self._p.list_collections()])
+
+    @rpc
+    async def DescribeCollection(self, request, context):
+        spec, count = await self._p.describe_collection(request.name)
+        return pb.DescribeCollectionResponse(collection=collection_pb(spec, count))
+
+    @rpc
+    async def DropCollection(self, request, context):
+        await self._p.drop_collection(request.name)
+        return pb.DropCollectionResponse()
+
+    @rpc
+    async def SearchImages(self, request, context):
+        which = request.WhichOneof("query")
+        result = await self._p.search(
+            request.collection,
+            image=request.image if which == "image" else None,
+            vector=list(request.vector.values) if which == "vector" else None,
+            item_id=request.item_id if which == "item_id" else None,
+            top_k=request.top_k if request.HasField("top_k") else None)
+        return pb.SearchImagesResponse(
+            hits=[hit_pb(rank, h) for rank, h in enumerate(result.hits, start=1)], model=result.model.name,
+            model_trained=result.model.trained, inference_backend=BACKEND_TO_PB[result.backend])
+
+    @rpc
+    async def EmbedImage(self, request, context):
+        vector, model, backend = await self._p.embed_image(request.image, request.model, request.collection)
+        return pb.EmbedImageResponse(vector=vector.tolist(), model=model.name, model_version=model.version,
+                                     model_trained=model.trained, inference_backend=BACKEND_TO_PB[backend])
+
+    @rpc
+    async def DeleteImages(self, request, context):
+        deleted, missing = await self._p.delete(request.collection, list(request.ids))
+        return pb.DeleteImagesResponse(deleted_ids=deleted, not_found_ids=missing)
+
+    @rpc
+    async def GetServerInfo(self, request, context):
+        return self._info.server_info()
+
+    async def IndexImages(self, request_iterator, context):
+        """Reads ahead into a bounded queue and indexes whatever has arrived as one batch.
+
+        The bound is the flow control: when the queue is full the reader stops reading, and
+        gRPC's window makes the client wait instead of buffering without limit.
+        """
+        queue: asyncio.Queue = asyncio.Queue(maxsize=2 * self._batch)
+        done = object()
+        collection: list[str] = []
+
+        async def read():
+            position = 0
+            async for req in request_iterator:
+                if not collection:
+                    if not req.collection:
+                        raise InvalidArgument("the first IndexImagesRequest must name the collection")
+                    collection.append(req.collection)
+                elif req.collection and req.collection != collection[0]:
+                    raise InvalidArgument(f"one stream indexes into one collection: got {req.collection!r} "
+                                          f"after {collection[0]!r}")
+                item = req.item
+                await queue.put((position, IndexInput(id=item.id, uri=item.uri, image=item.image,
+                                                      metadata=json_format.MessageToDict(item.metadata))))
+                position += 1
+            await queue.put(done)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            finished = False
+            while not finished:
+                first = await _next_or_reader_error(queue, reader)
+                if first is done:
+                    break
+                batch = [first]
+                while len(batch) < self._batch and not queue.empty():
+                    nxt = queue.get_nowait()
+                    if nxt is done:
+                        finished = True
+                        break
+                    batch.append(nxt)
+                outcomes = await self._p.index_batch(collection[0], [it for _, it in batch])
+                for (position, _), out in zip(batch, outcomes):
+                    msg = pb.IndexImagesResponse(item_index=position, id=out.id, uri=out.uri,
+                                                 status=ITEM_STATUS[out.status])
+                    if out.error is not None:
+                        code, message = to_status(out.error)
+                        msg.error.CopyFrom(pb.ItemError(code=code.value[0], code_name=code.name, message=message))
+                    yield msg
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            code, message = to_status(exc)
+            await context.abort(code, message)
+        finally:
+            reader.cancel()
+
+
+async def _next_or_reader_error(queue: asyncio.Queue, reader: asyncio.Task):
+    """The next queued item; if the reader failed first, its error."""
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    if reader.exception() is not None:
+        raise reader.exception()
+    return await queue.get()
+
+
+class InfoProvider:
+    """Builds GetServerInfoResponse from the live state (the active backend can change)."""
+
+    def __init__(self, settings, embedder, vector_store_desc: str):
+        self._s = settings
+        self._embedder = embedder
+        self._store = vector_store_desc
+
+    def server_info(self) -> pb.GetServerInfoResponse:
+        backend = self._embedder.backend
+        return pb.GetServerInfoResponse(
+            version=__version__, inference_backend=BACKEND_TO_PB[backend.kind],
+            inference_detail=backend.describe(), fallback=self._s.fallback,
+            models=[pb.ModelInfo(name=m.name, version=m.version, dimension=m.dimension, trained=m.trained,
+                                 input_size=m.input_size, weights_sha256=m.weights_sha256,
+                                 weights_source=m.weights_source)
+                    for m in self._embedder.models.values()],
+            vector_store=self._store,
+            limits=pb.Limits(max_image_bytes=self._s.max_image_bytes, max_image_pixels=self._s.max_image_pixels,
+                             max_top_k=self._s.max_top_k,
+                             max_receive_message_bytes=self._s.max_receive_message_bytes),
+            default_model=self._embedder.default_model)

@@ -1,0 +1,105 @@
+"""A Triton server managed by revsearch: the CPU `tritonserver` binary from the nvidia-pytriton
+wheel, started on a free port against the model repository and stopped with the server.
+
+That wheel's Triton has only the Python backend; its stub is per Python version and needs our
+site-packages (see model_repository/*/1/model.py). The binary dies with us (PR_SET_PDEATHSIG),
+so a crashed revsearch leaves no orphaned Triton holding memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from .errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def _wheel_dirs() -> tuple[Path, Path]:
+    """(pytriton/tritonserver, nvidia_pytriton.libs) from the installed wheel."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise Unavailable("nvidia-pytriton is not installed, so there is no bundled tritonserver; "
+                          "run `make venv` or give --triton-url")
+    pkg = Path(list(spec.submodule_search_locations)[0])
+    return pkg / "tritonserver", pkg.parent / "nvidia_pytriton.libs"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class ManagedTriton:
+    def __init__(self, repository: Path, log_dir: Path, models):
+        self.repository = repository.resolve()
+        self.log_path = log_dir / "triton.log"
+        self.models = list(models)
+        self.process: subprocess.Popen | None = None
+        self._backend_dir: str | None = None
+
+    def start(self) -> str:
+        """Starts tritonserver; returns its gRPC address. Readiness is awaited by the caller."""
+        server_dir, libs = _wheel_dirs()
+        binary = server_dir / "bin" / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = server_dir / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not binary.exists() or not stub.exists():
+            raise Unavailable(f"the nvidia-pytriton wheel has no tritonserver or no Python {version} stub")
+        # Triton wants backends/<name>/ with the stub beside the backend library; links suffice.
+        self._backend_dir = tempfile.mkdtemp(prefix="revsearch-triton-backends-")
+        python_dir = Path(self._backend_dir) / "python"
+        python_dir.mkdir()
+        for src in (server_dir / "backends" / "python" / "libtriton_python.so",
+                    server_dir / "backends" / "python" / "triton_python_backend_utils.py", stub):
+            (python_dir / src.name).symlink_to(src)
+        port = _free_port()
+        site_packages = os.pathsep.join(dict.fromkeys([sysconfig.get_paths()["purelib"],
+                                                       sysconfig.get_paths()["platlib"]]))
+        env = {**os.environ, "TRITON_STUB_PYTHONPATH": site_packages,
+               "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(libs), os.environ.get("LD_LIBRARY_PATH")]))}
+        cmd = [str(binary), f"--model-repository={self.repository}", f"--backend-directory={self._backend_dir}",
+               f"--grpc-port={port}", "--grpc-address=127.0.0.1", "--allow-http=false", "--allow-metrics=false",
+               "--model-control-mode=explicit", *[f"--load-model={m}" for m in self.models],
+               "--disable-auto-complete-config", "--backend-config=python,shm-default-byte-size=16777216",
+               "--log-verbose=0"]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as logf:
+            self.process = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        log.info("started managed Triton (pid %d) on 127.0.0.1:%d; log: %s", self.process.pid, port, self.log_path)
+        return f"127.0.0.1:{port}"
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            # SIGTERM lets Triton stop its stubs and free their shared memory; SIGKILL leaks it.
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("managed Triton did not stop in %.0fs; killing it", timeout_s)
+                self.process.kill()
+                self.process.wait()
+        if self._backend_dir:
+            shutil.rmtree(self._backend_dir, ignore_errors=True)
+            self._backend_dir = None

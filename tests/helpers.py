@@ -1,0 +1,83 @@
+"""Shared test helpers: an in-process server in its own thread, synthetic images, LFW paths."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from revsearch_server.app import RevsearchServer
+from revsearch_server.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+LFW = SHARED_DATA / "lfw"
+
+
+def base_settings(tmp_path: Path, **overrides) -> Settings:
+    """Test server settings: port 0, a private data dir, the untrained model allowed."""
+    return replace(Settings(), host="127.0.0.1", port=0, data_dir=tmp_path, allow_untrained=True,
+                   triton_url="off", log_level="WARNING", **overrides)
+
+
+class ServerThread:
+    """Runs a RevsearchServer on its own event loop in a thread, so tests can use the sync client."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.server = RevsearchServer(settings)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=300)
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def run(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.run(self.server.stop(grace=1.0), timeout=60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=30)
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def synthetic_image(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A deterministic, textured RGB image; different seeds give clearly different images."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    f = rng.uniform(0.01, 0.08, 3)
+    base = np.stack([np.sin(xx * f[i] + yy * f[(i + 1) % 3] + rng.uniform(0, 6)) for i in range(3)], -1)
+    noise = rng.normal(0, 0.15, (h, w, 3))
+    return Image.fromarray(((base + noise + 1.5) * 85).clip(0, 255).astype(np.uint8), "RGB")
+
+
+def lfw_images(count: int, per_person_max: int = 3) -> list[Path]:
+    """A deterministic sample of LFW images, a few per person, sorted by path."""
+    if not LFW.is_dir():
+        raise FileNotFoundError(f"shared test data missing: {LFW}")
+    picked: list[Path] = []
+    for person in sorted(LFW.iterdir()):
+        picked.extend(sorted(person.glob("*.jpg"))[:per_person_max])
+        if len(picked) >= count:
+            break
+    return picked[:count]
