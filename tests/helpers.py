@@ -21,8 +21,9 @@ LFW = SHARED_DATA / "lfw"
 
 def base_settings(tmp_path: Path, **overrides) -> Settings:
     """Test server settings: port 0, a private data dir, the untrained model allowed."""
-    return replace(Settings(), host="127.0.0.1", port=0, data_dir=tmp_path, allow_untrained=True,
-                   triton_url="off", log_level="WARNING", **overrides)
+    defaults = dict(host="127.0.0.1", port=0, data_dir=tmp_path, allow_untrained=True, triton_url="off",
+                    log_level="WARNING")
+    return replace(Settings(), **{**defaults, **overrides})
 
 
 class ServerThread:
@@ -81,3 +82,12 @@ def lfw_images(count: int, per_person_max: int = 3) -> list[Path]:
         if len(picked) >= count:
             break
     return picked[:count]
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -59,7 +59,7 @@ class RevsearchServer:
         if s.default_model not in models:
             raise SystemExit(f"default model {s.default_model!r} is not servable; available: {sorted(models)}")
 
-        primary, wait_s, reason = None, EXTERNAL_TRITON_WAIT_S, ""
+        primary, wait_s, reason = None, min(EXTERNAL_TRITON_WAIT_S, s.triton_startup_timeout_s), ""
         if s.triton_enabled and not s.managed_triton:
             primary = TritonBackend(s.triton_url, s.triton_timeout_s)
         elif s.managed_triton:
