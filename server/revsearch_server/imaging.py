@@ -47,6 +47,8 @@ def decode_image(data: bytes, limits: ImageLimits, draft_size: int | None = None
     except Image.DecompressionBombError:
         raise ResourceExhausted(
             f"image is over the pixel limit of {limits.max_pixels} pixels (--max-image-pixels)") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # a recognised header that breaks off
+        raise InvalidArgument(f"image data is truncated or corrupt: {exc}") from None
     if img.format not in SUPPORTED_FORMATS:
         raise InvalidArgument(f"unsupported image format {img.format}; send JPEG, PNG, WebP or BMP")
     width, height = img.size

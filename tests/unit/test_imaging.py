@@ -61,6 +61,11 @@ def test_a_truncated_jpeg_is_rejected_as_corrupt():
         preprocess(data[: len(data) // 2], LIMITS)
 
 
+def test_a_jpeg_whose_header_breaks_off_is_rejected_as_corrupt():
+    with pytest.raises(InvalidArgument, match="truncated or corrupt"):
+        preprocess(b"\xff\xd8\xff\xe0 this is not really a jpeg", LIMITS)
+
+
 def test_an_image_over_the_pixel_limit_is_resource_exhausted_naming_the_limit():
     big = encode(Image.new("RGB", (2500, 2000)), "PNG")  # 5 Mpx, compresses to a few KB
     with pytest.raises(ResourceExhausted, match="4000000 pixels"):
@@ -75,3 +80,21 @@ def test_an_image_over_the_byte_limit_is_resource_exhausted():
 def test_preprocessing_is_deterministic():
     data = encode(synthetic_image(3), "JPEG")
     assert np.array_equal(preprocess(data, LIMITS), preprocess(data, LIMITS))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
+def test_corrupted_bytes_only_ever_raise_the_two_client_errors(fmt):
+    """Flipped, cut and spliced bytes of real images: every outcome is a clean image or a client error."""
+    rng = np.random.default_rng(7)
+    data = bytearray(encode(synthetic_image(9, size=(96, 80)), fmt))
+    for trial in range(150):
+        mutated = bytearray(data)
+        for _ in range(rng.integers(1, 8)):
+            mutated[rng.integers(0, len(mutated))] = rng.integers(0, 256)
+        if trial % 3 == 0:
+            mutated = mutated[: rng.integers(1, len(mutated))]
+        try:
+            out = preprocess(bytes(mutated), LIMITS)
+            assert out.shape == (224, 224, 3)
+        except (InvalidArgument, ResourceExhausted):
+            pass

@@ -1,0 +1,155 @@
+"""ResNet50 embedding throughput: raw ONNX Runtime vs the full gRPC path, in one run.
+
+Measures, on the same LFW images:
+  (a) ONNX Runtime called directly in-process on preprocessed batches (the model's ceiling here),
+  (b) EmbedImage over gRPC through the revsearch server with the managed CPU Triton,
+  (c) EmbedImage over gRPC through the revsearch server with the local ONNX Runtime fallback,
+and writes images/s and the ratios b/a and c/a to benchmarks/results/. The servers run as
+separate processes, as users run them; the client sends encoded JPEG bytes, so (b) and (c)
+include decoding, preprocessing, gRPC and (for b) the hop to Triton.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from revsearch.client import AsyncSearchClient  # noqa: E402
+from revsearch_server.embedding.local_onnx import make_session  # noqa: E402
+from revsearch_server.imaging import ImageLimits, preprocess  # noqa: E402
+from revsearch_server.models import load_models  # noqa: E402
+from tests.helpers import lfw_images  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def bench_onnxruntime(model, images: list[bytes], batch: int, seconds: float) -> dict:
+    limits = ImageLimits(1 << 30, 1 << 30)
+    pixels = np.stack([preprocess(b, limits, model.input_size, model.resize_to) for b in images])
+    session = make_session(model.onnx_path)
+    session.run(None, {"images": pixels[:batch]})  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for i in range(0, len(pixels), batch):
+            session.run(None, {"images": pixels[i:i + batch]})
+            done += len(pixels[i:i + batch])
+    elapsed = time.perf_counter() - started
+    return {"images_per_s": done / elapsed, "images": done, "seconds": elapsed, "batch": batch}
+
+
+def start_server(extra: list[str], data_dir: str, allow_untrained: bool) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "revsearch_server", "--host", "127.0.0.1", "--port", "0", "--data-dir", data_dir,
+           "--log-level", "WARNING", *extra] + (["--allow-untrained"] if allow_untrained else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"server exited: rc={proc.poll()}")
+        m = re.search(r"revsearch listening on [^:]+:(\d+)", line)
+        if m:
+            return proc, f"127.0.0.1:{m.group(1)}"
+    raise RuntimeError("server did not start")
+
+
+async def bench_grpc(address: str, images: list[bytes], concurrency: int, seconds: float) -> dict:
+    async with AsyncSearchClient(address, timeout=120) as client:
+        info = await client.info()
+        for b in images[:concurrency]:  # warm-up: loads sessions, fills batches
+            await client.embed(b)
+        latencies: list[float] = []
+        stop_at = time.perf_counter() + seconds
+
+        async def worker(offset: int):
+            i = offset
+            while time.perf_counter() < stop_at:
+                t = time.perf_counter()
+                await client.embed(images[i % len(images)])
+                latencies.append(time.perf_counter() - t)
+                i += concurrency
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    lat = np.array(latencies) * 1000
+    return {"images_per_s": len(latencies) / elapsed, "images": len(latencies), "seconds": elapsed,
+            "concurrency": concurrency, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "backend_detail": info.inference_detail}
+
+
+def run_server_bench(label: str, extra: list[str], images, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{label}-") as data_dir:
+        proc, address = start_server(extra, data_dir, args.allow_untrained)
+        try:
+            result = asyncio.run(bench_grpc(address, images, args.concurrency, args.seconds))
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    print(f"  {label}: {result['images_per_s']:.1f} images/s (p50 {result['p50_ms']:.0f} ms, "
+          f"p99 {result['p99_ms']:.0f} ms) via {result['backend_detail']}", flush=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=8, help="batch size of the direct ONNX Runtime run")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent EmbedImage calls")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measuring time per configuration")
+    parser.add_argument("--allow-untrained", action="store_true")
+    args = parser.parse_args()
+
+    model = load_models(ROOT / "model_repository", allow_untrained=True)["resnet50"]
+    images = [p.read_bytes() for p in lfw_images(args.images)]
+    print(f"ResNet50 ({'trained' if model.trained else 'UNTRAINED'}), {len(images)} LFW images, "
+          f"{os.cpu_count()} CPUs", flush=True)
+    raw = bench_onnxruntime(model, images, args.batch, args.seconds)
+    print(f"  (a) onnxruntime in-process: {raw['images_per_s']:.1f} images/s (batch {args.batch})", flush=True)
+    triton = run_server_bench("(b) grpc+triton", [], images, args)
+    local = run_server_bench("(c) grpc+local-onnxruntime", ["--triton-url", "off"], images, args)
+    result = {
+        "benchmark": "resnet50 embedding throughput",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+        "model": {"name": model.name, "trained": model.trained, "input": "uint8 224x224x3"},
+        "images": len(images),
+        "a_onnxruntime_direct": raw,
+        "b_grpc_triton": triton,
+        "c_grpc_local": local,
+        "ratio_b_over_a": triton["images_per_s"] / raw["images_per_s"],
+        "ratio_c_over_a": local["images_per_s"] / raw["images_per_s"],
+        "target_b_over_a": 0.9,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "embedding_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "embedding_throughput.md").write_text(
+        f"# ResNet50 embedding throughput ({result['date']}, {os.cpu_count()} CPUs)\n\n"
+        f"| path | images/s | setting | ratio to (a) |\n|---|---|---|---|\n"
+        f"| (a) ONNX Runtime in-process | {raw['images_per_s']:.1f} | batch {args.batch} | 1.00 |\n"
+        f"| (b) gRPC EmbedImage, Triton (CPU, Python backend) | {triton['images_per_s']:.1f} | "
+        f"concurrency {args.concurrency}, p99 {triton['p99_ms']:.0f} ms | {result['ratio_b_over_a']:.2f} |\n"
+        f"| (c) gRPC EmbedImage, local ONNX Runtime fallback | {local['images_per_s']:.1f} | "
+        f"concurrency {args.concurrency}, p99 {local['p99_ms']:.0f} ms | {result['ratio_c_over_a']:.2f} |\n\n"
+        f"Target b/a >= 0.9. Server micro-batching: up to 16 images, 2 ms wait; Triton dynamic batching on.\n")
+    print(f"ratios: b/a = {result['ratio_b_over_a']:.3f}, c/a = {result['ratio_c_over_a']:.3f} "
+          f"(target b/a >= 0.9); written to {RESULTS.relative_to(ROOT)}/embedding_throughput.{{json,md}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
