@@ -168,13 +168,12 @@ def cmd_drop(client: SearchClient, args) -> int:
 
 def cmd_serve(args) -> int:
     import asyncio
-    import logging
 
-    from revsearch_server.app import serve
+    from revsearch_server.app import configure_logging, serve
     from revsearch_server.config import from_args
 
     settings = from_args(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     asyncio.run(serve(settings))
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -153,6 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     from .config import parse
 
     settings = parse(argv)
+    configure_logging(settings)
+    asyncio.run(serve(settings))
+
+
+def configure_logging(settings: Settings) -> None:
+    # milvus-lite imports pkg_resources and warns about it on every start; nothing for users to act on.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings))

@@ -1,0 +1,66 @@
+"""The same server against a real Milvus server (embedded Milvus 2.3 standalone) instead of Lite:
+acknowledged inserts are searchable at once (Session consistency), deletes and duplicates behave
+as on Lite, and a revsearch restart keeps the data."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from revsearch import SearchClient
+from revsearch.client import ImageInput
+from revsearch.v1 import search_service_pb2 as pb
+from tests.helpers import ServerThread, base_settings, free_port, lfw_images
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def milvus_uri(tmp_path_factory):
+    base = tmp_path_factory.mktemp("milvus-server")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("milvus_server.py")), str(base),
+                             str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    port = None
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("READY"):
+            port = int(line.split()[1])
+            break
+    if port is None:
+        proc.kill()
+        pytest.fail(f"embedded Milvus server did not start (rc={proc.poll()})")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_index_search_delete_and_restart_against_a_milvus_server(tmp_path, milvus_uri):
+    files = lfw_images(24)
+    settings = base_settings(tmp_path, milvus_uri=milvus_uri)
+    with ServerThread(settings) as srv, SearchClient(srv.address, timeout=120) as client:
+        assert client.info().vector_store == f"milvus:{milvus_uri}"
+        client.create_collection("remote")
+        results = list(client.index_images("remote", [ImageInput.from_path(f) for f in files]))
+        assert [r.status for r in results] == [pb.ITEM_STATUS_INDEXED] * len(files)
+        # Searchable as soon as acknowledged, without Strong consistency.
+        for i in (0, 11, 23):
+            hit = client.search("remote", image=files[i].read_bytes(), top_k=3).hits[0]
+            assert hit.id == results[i].id and hit.score >= 0.99
+        again = list(client.index_images("remote", [ImageInput.from_path(files[4])]))
+        assert again[0].status == pb.ITEM_STATUS_DUPLICATE and again[0].id == results[4].id
+        assert list(client.delete("remote", [results[7].id]).deleted_ids) == [results[7].id]
+        assert client.search("remote", image=files[7].read_bytes(), top_k=1).hits[0].id != results[7].id
+        assert client.describe_collection("remote").item_count == len(files) - 1
+    with ServerThread(settings) as srv, SearchClient(srv.address, timeout=120) as client:
+        assert [c.name for c in client.list_collections()] == ["remote"]
+        assert client.describe_collection("remote").item_count == len(files) - 1
+        assert client.search("remote", image=files[11].read_bytes(), top_k=1).hits[0].id == results[11].id
+        client.drop_collection("remote")
