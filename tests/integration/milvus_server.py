@@ -5,8 +5,15 @@ Usage: python milvus_server.py BASE_DIR PORT  -> prints "READY <port>", stops on
 """
 
 import signal
+import socket
 import sys
 import threading
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -15,6 +22,9 @@ def main() -> None:
     base_dir, port = sys.argv[1], int(sys.argv[2])
     default_server.set_base_dir(base_dir)
     default_server.listen_port = port
+    # Its etcd port is otherwise searched upwards from 2379 by test-binding without SO_REUSEADDR:
+    # a 2379 still in TIME_WAIT makes it pick 2380, which its own etcd peer listener needs.
+    default_server.config.set("etcd_port", _free_port())
     default_server.start()
     print(f"READY {default_server.listen_port}", flush=True)
     stop = threading.Event()

@@ -177,6 +177,11 @@ class MilvusIndex:
         existing = list(await self.get(list(dict.fromkeys(ids))))
         if existing:
             await self._store.call("delete", self._c, ids=existing)
+            # pymilvus does not record a delete's timestamp for Session consistency, so a search
+            # right after could still see the rows. One Strong read waits until the delete is
+            # applied; searches after this answer, from any process, no longer return them.
+            await self._store.call("query", self._c, filter=f"id in {_quote_list(existing)}",
+                                   output_fields=["id"], consistency_level="Strong")
         return existing
 
     async def count(self) -> int:
