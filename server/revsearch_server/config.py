@@ -41,7 +41,7 @@ class Settings:
     max_receive_message_bytes: int = 32 * 1024 * 1024
     # Bounded pool for decode and preprocessing (CPU-heavy, kept off the event loop).
     decode_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
-    batch_max_size: int = 16
+    batch_max_size: int = 8
     batch_max_wait_ms: float = 2.0
     # Items of an IndexImages stream processed together.
     index_batch_size: int = 16

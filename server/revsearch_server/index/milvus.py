@@ -141,7 +141,9 @@ class MilvusIndex:
             "face_box": {"box": r.face_box} if r.face_box else {},
         } for r in records]
         try:
-            await self._store.call("insert", self._c, data=rows)
+            # Upsert, not insert: Milvus keeps both rows of a repeated primary key, so a retried or
+            # racing write of the same content-derived id must replace, not add.
+            await self._store.call("upsert", self._c, data=rows)
         except Unavailable:
             # The insert may have reached Milvus before the failure: remove whatever did, so a
             # failed item is not left half-indexed. Best effort; the ids are unacknowledged.
