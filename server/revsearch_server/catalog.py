@@ -80,8 +80,13 @@ def validate_name(name: str) -> str:
 
 
 class Catalog:
+    # Settings never change after creation; caching them saves two Milvus calls per request.
+    # The short life bounds how long a drop by another server process goes unnoticed here.
+    SPEC_CACHE_S = 5.0
+
     def __init__(self, milvus: MilvusStore, knn_root: Path):
         self._milvus = milvus
+        self._specs: dict[str, tuple[float, CollectionSpec]] = {}
         self._knn_root = knn_root
         self._knn: dict[str, tuple[CollectionSpec, ExactKnnIndex]] = {}
         self._lock = asyncio.Lock()
@@ -101,6 +106,7 @@ class Catalog:
                               created_at_ms=int(time.time() * 1000), description=description,
                               model_trained=model.trained)
         async with self._lock:
+            self._specs.pop(name, None)
             existing = await self.find(name)
             if existing is not None:
                 if exist_ok and existing.same_settings(spec):
@@ -125,8 +131,14 @@ class Catalog:
     async def find(self, name: str) -> CollectionSpec | None:
         if name in self._knn:
             return self._knn[name][0]
+        cached = self._specs.get(name)
+        if cached and time.monotonic() - cached[0] < self.SPEC_CACHE_S:
+            return cached[1]
         description = await self._milvus.description(name)
-        return CollectionSpec.from_json(description) if description is not None else None
+        spec = CollectionSpec.from_json(description) if description is not None else None
+        if spec is not None:
+            self._specs[name] = (time.monotonic(), spec)
+        return spec
 
     async def get(self, name: str) -> tuple[CollectionSpec, VectorIndex]:
         validate_name(name)
@@ -152,6 +164,8 @@ class Catalog:
                 del self._knn[name]
                 await asyncio.to_thread(shutil.rmtree, self._knn_root / name, True)
                 return
+            self._specs.pop(name, None)
             if await self.find(name) is None:
                 raise NotFound(f"collection {name!r} does not exist")
+            self._specs.pop(name, None)
             await self._milvus.drop(name)

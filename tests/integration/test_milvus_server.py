@@ -11,6 +11,7 @@ import pytest
 
 from revsearch import SearchClient
 from revsearch.client import ImageInput
+from revsearch.errors import NotFoundError
 from revsearch.v1 import search_service_pb2 as pb
 from tests.helpers import ServerThread, base_settings, free_port, lfw_images
 
@@ -59,8 +60,14 @@ def test_index_search_delete_and_restart_against_a_milvus_server(tmp_path, milvu
         assert list(client.delete("remote", [results[7].id]).deleted_ids) == [results[7].id]
         assert client.search("remote", image=files[7].read_bytes(), top_k=1).hits[0].id != results[7].id
         assert client.describe_collection("remote").item_count == len(files) - 1
-    with ServerThread(settings) as srv, SearchClient(srv.address, timeout=120) as client:
+    # Two server processes on one Milvus share the catalog; a drop by one is a NOT_FOUND for the other.
+    other = base_settings(tmp_path / "other", milvus_uri=milvus_uri)
+    with ServerThread(settings) as srv, SearchClient(srv.address, timeout=120) as client, \
+            ServerThread(other) as srv2, SearchClient(srv2.address, timeout=120) as client2:
         assert [c.name for c in client.list_collections()] == ["remote"]
         assert client.describe_collection("remote").item_count == len(files) - 1
         assert client.search("remote", image=files[11].read_bytes(), top_k=1).hits[0].id == results[11].id
-        client.drop_collection("remote")
+        assert client2.search("remote", image=files[12].read_bytes(), top_k=1).hits[0].id == results[12].id
+        client2.drop_collection("remote")
+        with pytest.raises(NotFoundError):
+            client.search("remote", image=files[11].read_bytes(), top_k=1)

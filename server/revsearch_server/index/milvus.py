@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import Unavailable
+from ..errors import NotFound, Unavailable
 from .base import Hit, Record
 
 log = logging.getLogger(__name__)
 
 PREFIX = "revsearch_"
+_MISSING_COLLECTION = re.compile(r"collection not found|can't find collection|CollectionNotExists", re.I)
 OUTPUT_FIELDS = ["uri", "sha256", "metadata", "face_box"]
 _ID_MAX, _URI_MAX = 64, 2048
 
@@ -74,7 +76,9 @@ class MilvusStore:
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, run)
-        except Exception as exc:  # pymilvus raises many types; all mean the store failed us
+        except Exception as exc:  # pymilvus raises many types; all but one mean the store failed us
+            if _MISSING_COLLECTION.search(str(exc)):  # dropped by another server process meanwhile
+                raise NotFound(f"collection {args[0].removeprefix(PREFIX)!r} does not exist (dropped)") from exc
             log.warning("milvus %s failed: %s", method, exc)
             raise Unavailable(f"vector store {self.describe()} failed during {method}: {_short(exc)}") from exc
 
