@@ -167,14 +167,12 @@ def cmd_drop(client: SearchClient, args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import asyncio
-
-    from revsearch_server.app import configure_logging, serve
+    from revsearch_server.app import configure_logging, run
     from revsearch_server.config import from_args
 
     settings = from_args(args)
     configure_logging(settings)
-    asyncio.run(serve(settings))
+    run(settings)
     return 0
 
 

@@ -31,7 +31,7 @@ from .embedding.triton import TritonBackend
 from .errors import Unavailable
 from .imaging import ImageLimits
 from .index.milvus import MilvusStore
-from .models import load_models
+from .models import ModelsUnavailable, load_models
 from .pipeline import SearchPipeline
 from .servicer import InfoProvider, SearchServicer
 from .triton_managed import ManagedTriton
@@ -58,7 +58,8 @@ class RevsearchServer:
         s = self.settings
         models = load_models(s.model_repository, s.allow_untrained)
         if s.default_model not in models:
-            raise SystemExit(f"default model {s.default_model!r} is not servable; available: {sorted(models)}")
+            raise ModelsUnavailable(f"default model {s.default_model!r} is not servable; available: "
+                                    f"{', '.join(sorted(models))} (--default-model picks another)")
 
         primary, wait_s, reason = None, min(EXTERNAL_TRITON_WAIT_S, s.triton_startup_timeout_s), ""
         if s.triton_enabled and not s.managed_triton:
@@ -155,7 +156,16 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = parse(argv)
     configure_logging(settings)
-    asyncio.run(serve(settings))
+    run(settings)
+
+
+def run(settings: Settings) -> None:
+    """Runs until SIGINT/SIGTERM; a start-up problem the user can fix exits with its message."""
+    try:
+        asyncio.run(serve(settings))
+    except ModelsUnavailable as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
 
 
 def configure_logging(settings: Settings) -> None:

@@ -33,3 +33,14 @@ def test_the_untrained_build_is_recorded_as_untrained():
         pytest.skip("this machine built the model from real weights")
     assert info["weights_sha256"] == "" and info["weights_source"].startswith("untrained")
     assert (info["dimension"], info["input_name"], info["output_name"]) == (2048, "images", "embeddings")
+
+
+def test_the_server_refuses_an_untrained_model_unless_allowed():
+    from revsearch_server.models import ModelsUnavailable, load_models
+
+    repo = ROOT / "model_repository"
+    if json.loads((repo / "resnet50" / "build_info.json").read_text())["trained"]:
+        pytest.skip("this machine built the model from real weights")
+    with pytest.raises(ModelsUnavailable, match="--allow-untrained"):
+        load_models(repo, allow_untrained=False)
+    assert load_models(repo, allow_untrained=True)["resnet50"].trained is False
