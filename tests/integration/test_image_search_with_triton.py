@@ -63,7 +63,7 @@ def test_every_indexed_image_finds_itself_at_rank_one(client, files, indexed):
     with ThreadPoolExecutor(4) as pool:
         all_hits = list(pool.map(top, files))
     misses = [(str(f), h[0].uri, h[0].score) for f, h in zip(files, all_hits)
-              if h[0].uri != str(f.resolve()) or h[0].score < 0.99]
+              if h[0].uri != str(f) or h[0].score < 0.99]
     assert not misses, f"{len(misses)} images did not find themselves first: {misses[:5]}"
     assert all(h[0].rank == 1 and h[0].score >= h[1].score for h in all_hits)
 
@@ -118,4 +118,4 @@ def test_when_triton_dies_the_server_falls_back_to_local_inference(client, serve
     assert float(np.asarray(resp.vector) @ expected) >= 0.9999
     info = client.info()
     assert info.inference_backend == pb.INFERENCE_BACKEND_ONNXRUNTIME_LOCAL and "fallback" in info.inference_detail
-    assert client.search("lfw", image=files[1].read_bytes(), top_k=1).hits[0].uri == str(files[1].resolve())
+    assert client.search("lfw", image=files[1].read_bytes(), top_k=1).hits[0].uri == str(files[1])

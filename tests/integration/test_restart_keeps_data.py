@@ -25,7 +25,7 @@ def test_indexed_and_deleted_items_are_as_left_after_a_restart(tmp_path):
         for name in ("kept", "kept_knn"):
             assert client.describe_collection(name).item_count == len(files) - 1
             hit = client.search(name, image=files[5].read_bytes(), top_k=1).hits[0]
-            assert hit.id == ids[name][5] and hit.uri == str(files[5].resolve()) and hit.score >= 0.99
+            assert hit.id == ids[name][5] and hit.uri == str(files[5]) and hit.score >= 0.99
             assert client.search(name, image=files[0].read_bytes(), top_k=1).hits[0].id != ids[name][0]
             again = list(client.index_images(name, [ImageInput.from_path(files[3])]))
             assert again[0].status == pb.ITEM_STATUS_DUPLICATE
