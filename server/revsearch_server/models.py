@@ -29,6 +29,13 @@ class ModelSpec:
     trained: bool
     weights_source: str
     weights_sha256: str
+    # "imagenet": whole image, short side to resize_to, centre crop. "face_chip": an aligned face
+    # crop of input_size, so the model needs a collection crop mode that finds faces.
+    preprocess: str = "imagenet"
+
+    @property
+    def needs_face_crop(self) -> bool:
+        return self.preprocess == "face_chip"
 
     @classmethod
     def from_build_info(cls, model_dir: Path) -> "ModelSpec":
@@ -45,6 +52,7 @@ class ModelSpec:
             trained=bool(info["trained"]),
             weights_source=info.get("weights_source", ""),
             weights_sha256=info.get("weights_sha256", ""),
+            preprocess=info.get("preprocess", "imagenet"),
         )
 
 

@@ -88,6 +88,13 @@ def validate_query_vector(values, dimension: int) -> np.ndarray:
     return l2_normalize(vector[None, :])
 
 
+def _check_whole_image_model(model: ModelSpec) -> None:
+    if model.needs_face_crop:
+        raise InvalidArgument(
+            f"model {model.name!r} embeds aligned face crops, which need face detection; this server "
+            "does not detect faces yet, so use a whole-image model such as resnet50")
+
+
 class SearchPipeline:
     def __init__(self, embedder: Embedder, catalog: Catalog, decode_pool: Executor, limits: ImageLimits,
                  max_top_k: int):
@@ -101,6 +108,7 @@ class SearchPipeline:
     async def create_collection(self, name: str, model: str, crop_mode: CropMode, index_kind: IndexKind,
                                 description: str, exist_ok: bool) -> tuple[CollectionSpec, bool]:
         spec = self.embedder.model(model)
+        _check_whole_image_model(spec)
         if crop_mode is not CropMode.NONE:
             raise InvalidArgument(f"crop mode {crop_mode.value!r} needs face detection, which this server "
                                   "does not have yet; use crop mode none")
@@ -136,6 +144,7 @@ class SearchPipeline:
     async def embed_image(self, data: bytes, model_name: str = "", collection: str = ""
                           ) -> tuple[np.ndarray, ModelSpec, BackendKind]:
         model = (await self._collection(collection))[2] if collection else self.embedder.model(model_name)
+        _check_whole_image_model(model)
         pixels = await self._prepare(data, model)
         vectors = await self.embedder.embed(model, pixels[None])
         return vectors[0], model, self.embedder.backend.kind

@@ -70,7 +70,7 @@ def test_search_table_and_info_show_the_backend_and_the_untrained_model(server, 
     assert "onnxruntime-local" in table and query.name in table
     info = json.loads(revsearch(server, "info", "--json").stdout)
     assert info["inferenceBackend"] == "INFERENCE_BACKEND_ONNXRUNTIME_LOCAL"
-    assert info["models"][0]["trained"] is False
+    assert {m["name"]: m.get("trained", False) for m in info["models"]} == {"resnet50": False, "face_dlib": True}
     assert "UNTRAINED" in revsearch(server, "info").stdout
     assert "cli_photos" in revsearch(server, "collections").stdout
 

@@ -54,8 +54,8 @@ def test_server_info_names_the_backend_the_models_and_the_limits(client):
     info = client.info()
     assert info.inference_backend == pb.INFERENCE_BACKEND_ONNXRUNTIME_LOCAL
     assert info.default_model == "resnet50"
-    [model] = info.models
-    assert (model.name, model.dimension, model.trained) == ("resnet50", 2048, False)
+    models = {m.name: (m.dimension, m.trained) for m in info.models}
+    assert models == {"resnet50": (2048, False), "face_dlib": (128, True)}
     assert info.limits.max_image_pixels == MAX_PIXELS and info.limits.max_top_k == 100
     assert info.vector_store.startswith("milvus-lite:")
 
@@ -181,6 +181,8 @@ def test_collection_settings_are_validated(client):
         client.create_collection("x1", model="vgg16")
     with pytest.raises(InvalidArgumentError, match="face detection"):
         client.create_collection("x2", crop_mode="largest")
+    with pytest.raises(InvalidArgumentError, match="aligned face crops"):
+        client.create_collection("x3", model="face_dlib")
     with pytest.raises(InvalidArgumentError, match="invalid collection name"):
         client.create_collection("9lives")
 

@@ -1,8 +1,9 @@
 """Triton Python-backend runner for an ONNX model (CPU Triton from the nvidia-pytriton wheel).
 
-That Triton build carries only the Python backend, so this runs the same model.onnx with ONNX
-Runtime inside the backend's stub. On GPU hosts, configs/gpu.pbtxt serves the same file with
-Triton's native onnxruntime backend instead (tritonserver --model-config-name=gpu).
+That Triton build carries only the Python backend, so this runs the model's model.onnx with ONNX
+Runtime inside the backend's stub. scripts/build_models.py copies this one file to every built
+model as <model>/<version>/model.py. On GPU hosts, each model's configs/gpu.pbtxt serves the same
+model.onnx with Triton's native onnxruntime backend instead (tritonserver --model-config-name=gpu).
 """
 
 import os
