@@ -166,6 +166,30 @@ def cmd_drop(client: SearchClient, args) -> int:
     return 0
 
 
+def cmd_eval(client: SearchClient, args) -> int:
+    import asyncio
+
+    from .evaluation import PIPELINES, evaluate, markdown_table, summary_dict, write_report
+
+    names = [p.strip() for p in args.pipelines.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PIPELINES]
+    if unknown:
+        err.print(f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(PIPELINES)}")
+        return 2
+    report = asyncio.run(evaluate(args.server, Path(args.dir), names, args.concurrency, args.max_identities,
+                                  args.timeout))
+    if args.out:
+        written = write_report(report, Path(args.out))
+        err.print(f"report written to {args.out}/ ({len(written)} files)")
+    if args.json:
+        print(json.dumps(summary_dict(report), indent=2))
+    else:
+        out.print(markdown_table(report))
+    if any(not p.get("model_trained", True) for p in report["pipelines"]):
+        err.print("[bold red]WARNING: untrained models took part; their rows are not meaningful.[/]")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from revsearch_server.app import configure_logging, run
     from revsearch_server.config import from_args
@@ -220,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     colls = sub.add_parser("collections", help="list collections")
     colls.add_argument("--json", action="store_true")
     colls.set_defaults(func=cmd_collections)
+
+    ev = sub.add_parser("eval", help="retrieval quality of pipelines on a folder in LFW layout")
+    ev.add_argument("dir", help="Person/Person_NNNN.jpg folders; same folder = same identity")
+    ev.add_argument("--pipelines", default="baseline,resnet50-face,face",
+                    help="comma-separated: baseline, resnet50-face, face, resnet50-milvus")
+    ev.add_argument("--max-identities", type=int, help="only the first N identities (quick runs)")
+    ev.add_argument("--concurrency", type=int, default=8, help="concurrent queries")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.add_argument("--out", help="folder for report.json, report.md, metrics.png and contact sheets")
+    ev.set_defaults(func=cmd_eval)
 
     drop = sub.add_parser("drop", help="drop a collection and everything in it")
     drop.add_argument("collection")
