@@ -28,6 +28,7 @@ from .embedding.embedder import Embedder
 from .embedding.failover import FailoverBackend
 from .embedding.local_onnx import LocalOnnxBackend
 from .embedding.triton import TritonBackend
+from .faces.cropper import FaceCropper
 from .errors import Unavailable
 from .imaging import ImageLimits
 from .index.milvus import MilvusStore
@@ -52,6 +53,7 @@ class RevsearchServer:
         self._embedder: Embedder | None = None
         self._store: MilvusStore | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._cropper: FaceCropper | None = None
         self.health = health.aio.HealthServicer()
 
     async def start(self) -> int:
@@ -93,7 +95,8 @@ class RevsearchServer:
 
         self._pool = ThreadPoolExecutor(max_workers=s.decode_workers, thread_name_prefix="decode")
         limits = ImageLimits(max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
-        pipeline = SearchPipeline(self._embedder, catalog, self._pool, limits, s.max_top_k)
+        self._cropper = FaceCropper(self._pool, limits)
+        pipeline = SearchPipeline(self._embedder, catalog, self._pool, limits, s.max_top_k, self._cropper)
 
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", s.max_receive_message_bytes),
@@ -127,6 +130,8 @@ class RevsearchServer:
             await self._embedder.close()
         if self._store is not None:
             await self._store.close()
+        if self._cropper is not None:
+            self._cropper.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._triton is not None:

@@ -20,6 +20,7 @@ from .errors import AlreadyExists, InvalidArgument, NotFound
 from .index.base import VectorIndex
 from .index.exact_knn import ExactKnnIndex
 from .index.milvus import MilvusStore
+from .faces.cropper import FaceOptions
 from .models import ModelSpec
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
@@ -48,6 +49,7 @@ class CollectionSpec:
     created_at_ms: int
     description: str
     model_trained: bool
+    face_options: FaceOptions = FaceOptions()
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -63,10 +65,16 @@ class CollectionSpec:
         if not isinstance(d, dict) or d.pop("revsearch_collection", None) != 1:
             return None
         d["crop_mode"], d["index_kind"] = CropMode(d["crop_mode"]), IndexKind(d["index_kind"])
+        d["face_options"] = FaceOptions(**d.get("face_options", {}))
         return cls(**d)
 
+    @property
+    def crops_faces(self) -> bool:
+        return self.crop_mode is not CropMode.NONE
+
     def same_settings(self, other: "CollectionSpec") -> bool:
-        return (self.model, self.crop_mode, self.index_kind) == (other.model, other.crop_mode, other.index_kind)
+        return (self.model, self.crop_mode, self.index_kind, self.face_options) == \
+            (other.model, other.crop_mode, other.index_kind, other.face_options)
 
 
 def validate_name(name: str) -> str:
@@ -97,14 +105,15 @@ class Catalog:
                 self._knn[spec.name] = (spec, ExactKnnIndex(spec_file.parent, spec.dimension))
 
     async def create(self, name: str, model: ModelSpec, crop_mode: CropMode, index_kind: IndexKind,
-                     description: str, exist_ok: bool) -> tuple[CollectionSpec, bool]:
+                     description: str, exist_ok: bool, face_options: FaceOptions = FaceOptions()
+                     ) -> tuple[CollectionSpec, bool]:
         validate_name(name)
         if len(description) > MAX_DESCRIPTION:
             raise InvalidArgument(f"description is {len(description)} characters; the limit is {MAX_DESCRIPTION}")
         spec = CollectionSpec(name=name, model=model.name, model_version=model.version,
                               dimension=model.dimension, crop_mode=crop_mode, index_kind=index_kind,
                               created_at_ms=int(time.time() * 1000), description=description,
-                              model_trained=model.trained)
+                              model_trained=model.trained, face_options=face_options)
         async with self._lock:
             self._specs.pop(name, None)
             existing = await self.find(name)

@@ -19,6 +19,7 @@ from .catalog import Catalog, CollectionSpec, CropMode, IndexKind
 from .embedding.base import BackendKind
 from .embedding.embedder import Embedder, l2_normalize
 from .errors import AlreadyExists, InvalidArgument, NotFound, RevsearchError
+from .faces.cropper import FaceCrop, FaceCropper, FaceOptions, NoFace
 from .imaging import ImageLimits, preprocess, sha256_hex
 from .index.base import Hit, Record, VectorIndex
 from .models import ModelSpec
@@ -42,8 +43,9 @@ class IndexInput:
 class IndexOutcome:
     id: str
     uri: str
-    status: str  # "indexed" | "duplicate" | "failed"
+    status: str  # "indexed" | "duplicate" | "failed" | "no_face"
     error: RevsearchError | None = None
+    face_box: list[float] | None = None
 
 
 @dataclass
@@ -51,6 +53,7 @@ class SearchResult:
     hits: list[Hit]
     model: ModelSpec
     backend: BackendKind | None
+    query_face_box: list[float] | None = None
 
 
 def default_id(digest: str) -> str:
@@ -88,31 +91,37 @@ def validate_query_vector(values, dimension: int) -> np.ndarray:
     return l2_normalize(vector[None, :])
 
 
-def _check_whole_image_model(model: ModelSpec) -> None:
-    if model.needs_face_crop:
-        raise InvalidArgument(
-            f"model {model.name!r} embeds aligned face crops, which need face detection; this server "
-            "does not detect faces yet, so use a whole-image model such as resnet50")
+def check_crop_settings(model: ModelSpec, crop_mode: CropMode, face_options: FaceOptions | None) -> FaceOptions:
+    """The collection's face options (defaults filled in), or an error naming what does not fit."""
+    if crop_mode is CropMode.ALL_FACES:
+        raise InvalidArgument("crop mode 'all' (a vector per face) is not implemented yet; use 'largest'")
+    if crop_mode is CropMode.NONE:
+        if model.needs_face_crop:
+            raise InvalidArgument(f"model {model.name!r} embeds aligned face crops; create the collection "
+                                  "with crop mode 'largest'")
+        if face_options is not None:
+            raise InvalidArgument("face_options apply only to the face crop modes")
+        return FaceOptions()
+    return (face_options or FaceOptions()).validate()
 
 
 class SearchPipeline:
     def __init__(self, embedder: Embedder, catalog: Catalog, decode_pool: Executor, limits: ImageLimits,
-                 max_top_k: int):
+                 max_top_k: int, cropper: FaceCropper):
         self.embedder = embedder
         self.catalog = catalog
+        self.cropper = cropper
         self._pool = decode_pool
         self.limits = limits
         self.max_top_k = max_top_k
 
     # -- collections -------------------------------------------------------------------------
     async def create_collection(self, name: str, model: str, crop_mode: CropMode, index_kind: IndexKind,
-                                description: str, exist_ok: bool) -> tuple[CollectionSpec, bool]:
+                                description: str, exist_ok: bool, face_options: FaceOptions | None = None
+                                ) -> tuple[CollectionSpec, bool]:
         spec = self.embedder.model(model)
-        _check_whole_image_model(spec)
-        if crop_mode is not CropMode.NONE:
-            raise InvalidArgument(f"crop mode {crop_mode.value!r} needs face detection, which this server "
-                                  "does not have yet; use crop mode none")
-        return await self.catalog.create(name, spec, crop_mode, index_kind, description, exist_ok)
+        options = check_crop_settings(spec, crop_mode, face_options)
+        return await self.catalog.create(name, spec, crop_mode, index_kind, description, exist_ok, options)
 
     async def describe_collection(self, name: str) -> tuple[CollectionSpec, int]:
         spec, index = await self.catalog.get(name)
@@ -137,16 +146,41 @@ class SearchPipeline:
         return spec, index, model
 
     # -- images ------------------------------------------------------------------------------
-    async def _prepare(self, data: bytes, model: ModelSpec) -> np.ndarray:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, preprocess, data, self.limits, model.input_size, model.resize_to)
+    async def _prepare(self, images: list[bytes], model: ModelSpec, faces: FaceOptions | None
+                       ) -> list[FaceCrop | RevsearchError]:
+        """The model input of each image (a face crop when faces is set), or its error."""
+        if faces is not None:
+            return await self.cropper.crops(images, model, faces)
+        loop = asyncio.get_running_loop()
+
+        async def one(data: bytes):
+            try:
+                pixels = await loop.run_in_executor(self._pool, preprocess, data, self.limits, model.input_size,
+                                                    model.resize_to)
+                return FaceCrop(pixels, None)
+            except RevsearchError as exc:
+                return exc
+
+        return list(await asyncio.gather(*(one(d) for d in images)))
+
+    async def _prepare_query(self, data: bytes, model: ModelSpec, faces: FaceOptions | None) -> FaceCrop:
+        [prepared] = await self._prepare([data], model, faces)
+        if isinstance(prepared, NoFace):
+            raise NoFace(f"the query image has {prepared}") from None
+        if isinstance(prepared, RevsearchError):
+            raise prepared
+        return prepared
 
     async def embed_image(self, data: bytes, model_name: str = "", collection: str = ""
                           ) -> tuple[np.ndarray, ModelSpec, BackendKind]:
-        model = (await self._collection(collection))[2] if collection else self.embedder.model(model_name)
-        _check_whole_image_model(model)
-        pixels = await self._prepare(data, model)
-        vectors = await self.embedder.embed(model, pixels[None])
+        if collection:
+            spec, _, model = await self._collection(collection)
+            faces = spec.face_options if spec.crops_faces else None
+        else:
+            model = self.embedder.model(model_name)
+            faces = FaceOptions() if model.needs_face_crop else None
+        crop = await self._prepare_query(data, model, faces)
+        vectors = await self.embedder.embed(model, crop.pixels[None])
         return vectors[0], model, self.embedder.backend.kind
 
     async def index_batch(self, collection: str, items: list[IndexInput]) -> list[IndexOutcome]:
@@ -155,15 +189,19 @@ class SearchPipeline:
         outcomes: list[IndexOutcome | None] = [None] * len(items)
         digests = [sha256_hex(it.image) if it.image else "" for it in items]
 
-        async def prepare(i: int):
+        for i, item in enumerate(items):
             try:
-                validate_item_fields(items[i])
-                return await self._prepare(items[i].image, model)
+                validate_item_fields(item)
             except RevsearchError as exc:
-                outcomes[i] = IndexOutcome(items[i].id, items[i].uri, "failed", exc)
-                return None
-
-        pixels = await asyncio.gather(*(prepare(i) for i in range(len(items))))
+                outcomes[i] = IndexOutcome(item.id, item.uri, "failed", exc)
+        todo = [i for i in range(len(items)) if outcomes[i] is None]
+        prepared = dict(zip(todo, await self._prepare([items[i].image for i in todo], model,
+                                                      spec.face_options if spec.crops_faces else None)))
+        for i, result in prepared.items():
+            if isinstance(result, NoFace):
+                outcomes[i] = IndexOutcome(items[i].id, items[i].uri, "no_face", result)
+            elif isinstance(result, RevsearchError):
+                outcomes[i] = IndexOutcome(items[i].id, items[i].uri, "failed", result)
         live = [i for i in range(len(items)) if outcomes[i] is None]
 
         # Deduplicate by content: against the collection, then within this batch.
@@ -188,28 +226,30 @@ class SearchPipeline:
             return outcomes  # type: ignore[return-value]
 
         try:
-            vectors = await self.embedder.embed(model, np.stack([pixels[i] for i in fresh]))
+            vectors = await self.embedder.embed(model, np.stack([prepared[i].pixels for i in fresh]))
             now = int(time.time() * 1000)
             await index.insert([
                 Record(id=ids[i], vector=vectors[k], uri=items[i].uri, sha256=digests[i], model=model.name,
-                       model_version=model.version, created_at_ms=now, metadata=items[i].metadata)
+                       model_version=model.version, created_at_ms=now, metadata=items[i].metadata,
+                       face_box=prepared[i].box)
                 for k, i in enumerate(fresh)])
         except RevsearchError as exc:
             for i in fresh:
                 outcomes[i] = IndexOutcome(ids[i], items[i].uri, "failed", exc)
             return outcomes  # type: ignore[return-value]
         for i in fresh:
-            outcomes[i] = IndexOutcome(ids[i], items[i].uri, "indexed")
+            outcomes[i] = IndexOutcome(ids[i], items[i].uri, "indexed", face_box=prepared[i].box)
         return outcomes  # type: ignore[return-value]
 
     async def search(self, collection: str, *, image: bytes | None = None, vector=None,
                      item_id: str | None = None, top_k: int | None = None) -> SearchResult:
         k = resolve_top_k(top_k, self.max_top_k)
         spec, index, model = await self._collection(collection)
-        backend = None
+        backend, query_box = None, None
         if image is not None:
-            query = await self.embedder.embed(model, (await self._prepare(image, model))[None])
-            backend = self.embedder.backend.kind
+            crop = await self._prepare_query(image, model, spec.face_options if spec.crops_faces else None)
+            query = await self.embedder.embed(model, crop.pixels[None])
+            backend, query_box = self.embedder.backend.kind, crop.box
         elif vector is not None:
             query = validate_query_vector(vector, spec.dimension)
         elif item_id:
@@ -220,7 +260,7 @@ class SearchPipeline:
         else:
             raise InvalidArgument("a query is required: set image, vector or item_id")
         hits = (await index.search(query, k))[0]
-        return SearchResult(hits=hits, model=model, backend=backend)
+        return SearchResult(hits=hits, model=model, backend=backend, query_face_box=query_box)
 
     async def delete(self, collection: str, ids: list[str]) -> tuple[list[str], list[str]]:
         if not ids:

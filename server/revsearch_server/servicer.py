@@ -20,6 +20,7 @@ from . import __version__
 from .catalog import CollectionSpec, CropMode, IndexKind
 from .embedding.base import BackendKind
 from .errors import InvalidArgument, RevsearchError
+from .faces.cropper import FaceOptions
 from .grpc_status import to_status
 from .index.base import Hit
 from .pipeline import IndexInput, SearchPipeline
@@ -35,7 +36,7 @@ BACKEND_TO_PB = {BackendKind.TRITON: pb.INFERENCE_BACKEND_TRITON,
                  BackendKind.ONNXRUNTIME_LOCAL: pb.INFERENCE_BACKEND_ONNXRUNTIME_LOCAL,
                  BackendKind.NONE: pb.INFERENCE_BACKEND_NONE, None: pb.INFERENCE_BACKEND_UNSPECIFIED}
 ITEM_STATUS = {"indexed": pb.ITEM_STATUS_INDEXED, "duplicate": pb.ITEM_STATUS_DUPLICATE,
-               "failed": pb.ITEM_STATUS_FAILED}
+               "failed": pb.ITEM_STATUS_FAILED, "no_face": pb.ITEM_STATUS_NO_FACE}
 
 
 def _enum(table: dict, value: int, field: str):
@@ -63,10 +64,32 @@ def rpc(method):
 def collection_pb(spec: CollectionSpec, count: int) -> pb.Collection:
     created = timestamp_pb2.Timestamp()
     created.FromMilliseconds(spec.created_at_ms)
-    return pb.Collection(name=spec.name, model=spec.model, model_version=spec.model_version,
-                         dimension=spec.dimension, crop_mode=CROP_TO_PB[spec.crop_mode],
-                         index_backend=INDEX_TO_PB[spec.index_kind], metric="COSINE", item_count=count,
-                         created_at=created, description=spec.description, model_trained=spec.model_trained)
+    msg = pb.Collection(name=spec.name, model=spec.model, model_version=spec.model_version,
+                        dimension=spec.dimension, crop_mode=CROP_TO_PB[spec.crop_mode],
+                        index_backend=INDEX_TO_PB[spec.index_kind], metric="COSINE", item_count=count,
+                        created_at=created, description=spec.description, model_trained=spec.model_trained)
+    if spec.crops_faces:
+        f = spec.face_options
+        msg.face_options.CopyFrom(pb.FaceOptions(margin=f.margin, min_face_size=f.min_face_size,
+                                                 min_confidence=f.min_confidence,
+                                                 whole_image_if_no_face=f.whole_image_if_no_face))
+    return msg
+
+
+def face_options_from_pb(request: pb.CreateCollectionRequest) -> FaceOptions | None:
+    if not request.HasField("face_options"):
+        return None
+    f, d = request.face_options, FaceOptions()
+    return FaceOptions(margin=f.margin if f.HasField("margin") else d.margin,
+                       min_face_size=f.min_face_size if f.HasField("min_face_size") else d.min_face_size,
+                       min_confidence=f.min_confidence if f.HasField("min_confidence") else d.min_confidence,
+                       whole_image_if_no_face=f.whole_image_if_no_face)
+
+
+def face_box_pb(box: list[float] | None) -> pb.FaceBox | None:
+    if not box:
+        return None
+    return pb.FaceBox(x_min=box[0], y_min=box[1], x_max=box[2], y_max=box[3], confidence=box[4])
 
 
 def struct_pb(data: dict) -> struct_pb2.Struct:
@@ -77,12 +100,8 @@ def struct_pb(data: dict) -> struct_pb2.Struct:
 
 
 def hit_pb(rank: int, hit: Hit) -> pb.SearchHit:
-    msg = pb.SearchHit(rank=rank, id=hit.id, uri=hit.uri, score=hit.score, sha256=hit.sha256,
-                       metadata=struct_pb(hit.metadata))
-    if hit.face_box:
-        msg.face_box.CopyFrom(pb.FaceBox(x_min=hit.face_box[0], y_min=hit.face_box[1], x_max=hit.face_box[2],
-                                         y_max=hit.face_box[3], confidence=hit.face_box[4]))
-    return msg
+    return pb.SearchHit(rank=rank, id=hit.id, uri=hit.uri, score=hit.score, sha256=hit.sha256,
+                        metadata=struct_pb(hit.metadata), face_box=face_box_pb(hit.face_box))
 
 
 class SearchServicer(pb_grpc.SearchServiceServicer):
@@ -95,7 +114,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     async def CreateCollection(self, request, context):
         spec, created = await self._p.create_collection(
             request.name, request.model, _enum(CROP_FROM_PB, request.crop_mode, "crop_mode"),
-            _enum(INDEX_FROM_PB, request.index_backend, "index_backend"), request.description, request.exist_ok)
+            _enum(INDEX_FROM_PB, request.index_backend, "index_backend"), request.description, request.exist_ok,
+            face_options_from_pb(request))
         count = 0 if created else (await self._p.describe_collection(spec.name))[1]
         return pb.CreateCollectionResponse(collection=collection_pb(spec, count), created=created)
 
@@ -125,7 +145,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             top_k=request.top_k if request.HasField("top_k") else None)
         return pb.SearchImagesResponse(
             hits=[hit_pb(rank, h) for rank, h in enumerate(result.hits, start=1)], model=result.model.name,
-            model_trained=result.model.trained, inference_backend=BACKEND_TO_PB[result.backend])
+            model_trained=result.model.trained, inference_backend=BACKEND_TO_PB[result.backend],
+            query_face_box=face_box_pb(result.query_face_box))
 
     @rpc
     async def EmbedImage(self, request, context):
@@ -185,7 +206,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 outcomes = await self._p.index_batch(collection[0], [it for _, it in batch])
                 for (position, _), out in zip(batch, outcomes):
                     msg = pb.IndexImagesResponse(item_index=position, id=out.id, uri=out.uri,
-                                                 status=ITEM_STATUS[out.status])
+                                                 status=ITEM_STATUS[out.status], face_box=face_box_pb(out.face_box))
                     if out.error is not None:
                         code, message = to_status(out.error)
                         msg.error.CopyFrom(pb.ItemError(code=code.value[0], code_name=code.name, message=message))

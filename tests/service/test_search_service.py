@@ -179,8 +179,8 @@ def test_collections_can_be_created_listed_described_and_dropped(client):
 def test_collection_settings_are_validated(client):
     with pytest.raises(InvalidArgumentError, match="unknown model"):
         client.create_collection("x1", model="vgg16")
-    with pytest.raises(InvalidArgumentError, match="face detection"):
-        client.create_collection("x2", crop_mode="largest")
+    with pytest.raises(InvalidArgumentError, match="not implemented"):
+        client.create_collection("x2", crop_mode="all")
     with pytest.raises(InvalidArgumentError, match="aligned face crops"):
         client.create_collection("x3", model="face_dlib")
     with pytest.raises(InvalidArgumentError, match="invalid collection name"):

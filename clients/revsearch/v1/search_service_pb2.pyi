@@ -37,6 +37,7 @@ class ItemStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ITEM_STATUS_INDEXED: _ClassVar[ItemStatus]
     ITEM_STATUS_DUPLICATE: _ClassVar[ItemStatus]
     ITEM_STATUS_FAILED: _ClassVar[ItemStatus]
+    ITEM_STATUS_NO_FACE: _ClassVar[ItemStatus]
 CROP_MODE_UNSPECIFIED: CropMode
 CROP_MODE_NONE: CropMode
 CROP_MODE_LARGEST_FACE: CropMode
@@ -52,9 +53,22 @@ ITEM_STATUS_UNSPECIFIED: ItemStatus
 ITEM_STATUS_INDEXED: ItemStatus
 ITEM_STATUS_DUPLICATE: ItemStatus
 ITEM_STATUS_FAILED: ItemStatus
+ITEM_STATUS_NO_FACE: ItemStatus
+
+class FaceOptions(_message.Message):
+    __slots__ = ("margin", "min_face_size", "min_confidence", "whole_image_if_no_face")
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    MIN_FACE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_IMAGE_IF_NO_FACE_FIELD_NUMBER: _ClassVar[int]
+    margin: float
+    min_face_size: int
+    min_confidence: float
+    whole_image_if_no_face: bool
+    def __init__(self, margin: _Optional[float] = ..., min_face_size: _Optional[int] = ..., min_confidence: _Optional[float] = ..., whole_image_if_no_face: _Optional[bool] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "model", "model_version", "dimension", "crop_mode", "index_backend", "metric", "item_count", "created_at", "description", "model_trained")
+    __slots__ = ("name", "model", "model_version", "dimension", "crop_mode", "index_backend", "metric", "item_count", "created_at", "description", "model_trained", "face_options")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +80,7 @@ class Collection(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_TRAINED_FIELD_NUMBER: _ClassVar[int]
+    FACE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_version: str
@@ -77,23 +92,26 @@ class Collection(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     description: str
     model_trained: bool
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., dimension: _Optional[int] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., metric: _Optional[str] = ..., item_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., description: _Optional[str] = ..., model_trained: _Optional[bool] = ...) -> None: ...
+    face_options: FaceOptions
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., dimension: _Optional[int] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., metric: _Optional[str] = ..., item_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., description: _Optional[str] = ..., model_trained: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "model", "crop_mode", "index_backend", "description", "exist_ok")
+    __slots__ = ("name", "model", "crop_mode", "index_backend", "description", "exist_ok", "face_options")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CROP_MODE_FIELD_NUMBER: _ClassVar[int]
     INDEX_BACKEND_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     EXIST_OK_FIELD_NUMBER: _ClassVar[int]
+    FACE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     crop_mode: CropMode
     index_backend: IndexBackend
     description: str
     exist_ok: bool
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., description: _Optional[str] = ..., exist_ok: _Optional[bool] = ...) -> None: ...
+    face_options: FaceOptions
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., description: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection", "created")
@@ -166,18 +184,20 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., code_name: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class IndexImagesResponse(_message.Message):
-    __slots__ = ("item_index", "id", "uri", "status", "error")
+    __slots__ = ("item_index", "id", "uri", "status", "error", "face_box")
     ITEM_INDEX_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    FACE_BOX_FIELD_NUMBER: _ClassVar[int]
     item_index: int
     id: str
     uri: str
     status: ItemStatus
     error: ItemError
-    def __init__(self, item_index: _Optional[int] = ..., id: _Optional[str] = ..., uri: _Optional[str] = ..., status: _Optional[_Union[ItemStatus, str]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+    face_box: FaceBox
+    def __init__(self, item_index: _Optional[int] = ..., id: _Optional[str] = ..., uri: _Optional[str] = ..., status: _Optional[_Union[ItemStatus, str]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., face_box: _Optional[_Union[FaceBox, _Mapping]] = ...) -> None: ...
 
 class Vector(_message.Message):
     __slots__ = ("values",)

@@ -1,0 +1,1 @@
+"""Face detection and alignment for face crop modes."""

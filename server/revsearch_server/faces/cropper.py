@@ -1,0 +1,114 @@
+"""Face crop modes for the pipeline: decode, detect (batched), pick the face, crop or align.
+
+MTCNN and dlib are CPU-heavy, so they run in one dedicated worker thread: a batch of images is
+detected in one call rather than several calls fighting over the same cores. Detectors are
+loaded on first use, so servers without face collections never import torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidArgument, RevsearchError
+from ..imaging import ImageLimits, decode_image
+from ..models import ModelSpec
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    margin: float = 0.2
+    min_face_size: int = 20
+    min_confidence: float = 0.9
+    whole_image_if_no_face: bool = False
+
+    def validate(self) -> "FaceOptions":
+        if not 0.0 <= self.margin <= 1.0:
+            raise InvalidArgument(f"face_options.margin must be within 0..1, got {self.margin}")
+        if not 10 <= self.min_face_size <= 2000:
+            raise InvalidArgument(f"face_options.min_face_size must be within 10..2000, got {self.min_face_size}")
+        if not 0.0 < self.min_confidence < 1.0:
+            raise InvalidArgument(f"face_options.min_confidence must be within (0, 1), got {self.min_confidence}")
+        return self
+
+
+class NoFace(InvalidArgument):
+    """No face passed the collection's detection limits."""
+
+
+@dataclass
+class FaceCrop:
+    pixels: np.ndarray  # the model's uint8 input
+    box: list[float] | None  # [x_min, y_min, x_max, y_max, confidence]; None for the whole-image fallback
+
+
+class FaceCropper:
+    def __init__(self, decode_pool: Executor, limits: ImageLimits):
+        self._decode_pool = decode_pool
+        self._limits = limits
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faces")
+        self._detectors: dict[int, object] = {}
+        self._chipper = None
+
+    async def crops(self, images: list[bytes], model: ModelSpec, options: FaceOptions
+                    ) -> list[FaceCrop | RevsearchError]:
+        """One crop (the largest face) or one error per image, in order."""
+        loop = asyncio.get_running_loop()
+
+        async def decode(data: bytes):
+            try:
+                # Full resolution: boxes are reported in the original image's pixels.
+                img = await loop.run_in_executor(self._decode_pool, decode_image, data, self._limits)
+                return np.asarray(img, dtype=np.uint8)
+            except RevsearchError as exc:
+                return exc
+
+        decoded = await asyncio.gather(*(decode(d) for d in images))
+        arrays = [d for d in decoded if isinstance(d, np.ndarray)]
+        crops = iter(await loop.run_in_executor(self._worker, self._crop_all, arrays, model, options))
+        return [d if isinstance(d, RevsearchError) else next(crops) for d in decoded]
+
+    def _crop_all(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions):
+        from .align import margin_crop, whole_image
+        from .detector import largest_face
+
+        out = []
+        for image, faces in zip(images, self._detect(images, options)):
+            face = largest_face(faces)
+            if face is None:
+                if options.whole_image_if_no_face:
+                    out.append(FaceCrop(whole_image(image, model.input_size), None))
+                else:
+                    out.append(NoFace(f"no face found (faces must be at least {options.min_face_size} px with "
+                                      f"confidence >= {options.min_confidence})"))
+                continue
+            if model.needs_face_crop:
+                pixels = self._chip(image, face.box, model.input_size)
+            else:
+                pixels = margin_crop(image, face.box, options.margin, model.input_size)
+            out.append(FaceCrop(pixels, [*face.box, face.confidence]))
+        return out
+
+    def _detect(self, images: list[np.ndarray], options: FaceOptions):
+        from .detector import DetectorSettings, FaceDetector
+
+        detector = self._detectors.get(options.min_face_size)
+        if detector is None:
+            # Confidence is filtered below per collection; the detector keeps every candidate.
+            detector = FaceDetector(DetectorSettings(min_face_size=options.min_face_size, min_confidence=0.0))
+            self._detectors[options.min_face_size] = detector
+        faces = detector.detect(images)
+        return [[f for f in fs if f.confidence >= options.min_confidence] for fs in faces]
+
+    def _chip(self, image: np.ndarray, box, size: int) -> np.ndarray:
+        if self._chipper is None:
+            from .align import FaceChipper
+
+            self._chipper = FaceChipper()
+        return self._chipper.chip(image, box, size)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)

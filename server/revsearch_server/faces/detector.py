@@ -1,0 +1,75 @@
+"""MTCNN face detection (facenet-pytorch, CPU): boxes, confidences and five landmarks per face.
+
+The P-, R- and O-net weights ship inside the facenet-pytorch wheel, so nothing downloads at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from facenet_pytorch import MTCNN
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    min_face_size: int = 20  # pixels, MTCNN's min_face_size
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P-, R-, O-net
+    min_confidence: float = 0.9  # faces below are dropped
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    box: tuple[float, float, float, float]  # x_min, y_min, x_max, y_max in pixels of the given image
+    confidence: float
+    landmarks: np.ndarray  # float32 [5, 2]: left eye, right eye, nose, mouth left, mouth right (x, y)
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.box
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+
+class FaceDetector:
+    def __init__(self, settings: DetectorSettings = DetectorSettings()):
+        self.settings = settings
+        self._mtcnn = MTCNN(keep_all=True, device="cpu", post_process=False,
+                            min_face_size=settings.min_face_size, thresholds=list(settings.thresholds))
+
+    def detect(self, images: list[np.ndarray]) -> list[list[DetectedFace]]:
+        """RGB uint8 HxWx3 arrays -> faces per image, most confident first. Images of the same size are
+        detected in one batched MTCNN call (group by shape, keep the input order in the result)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, img in enumerate(images):
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise ValueError(f"image {i}: expected an RGB uint8 HxWx3 array, got {img.dtype} {img.shape}")
+            groups.setdefault(img.shape, []).append(i)
+        results: list[list[DetectedFace]] = [[] for _ in images]
+        with torch.inference_mode():
+            for (h, w, _), indices in groups.items():
+                # A 4-D array makes MTCNN answer per image even for a batch of one.
+                boxes, probs, points = self._mtcnn.detect(np.stack([images[i] for i in indices]), landmarks=True)
+                for j, i in enumerate(indices):
+                    results[i] = self._faces(boxes[j], probs[j], points[j], w, h)
+        return results
+
+    def _faces(self, boxes, probs, points, width: int, height: int) -> list[DetectedFace]:
+        if boxes is None:
+            return []
+        # MTCNN returns object arrays; its boxes may reach past the image edges.
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+        points = np.asarray(points, dtype=np.float32).reshape(-1, 5, 2)
+        boxes = np.clip(boxes, 0, [width, height, width, height])
+        min_side, faces = self.settings.min_face_size, []
+        for box, prob, pts in zip(boxes, probs, points):
+            if prob < self.settings.min_confidence or min(box[2] - box[0], box[3] - box[1]) < min_side:
+                continue
+            faces.append(DetectedFace(tuple(float(v) for v in box), float(prob), pts.copy()))
+        return sorted(faces, key=lambda f: -f.confidence)
+
+
+def largest_face(faces: list[DetectedFace]) -> DetectedFace | None:
+    """The most prominent face: largest box area (ties: higher confidence); None if no faces."""
+    return max(faces, key=lambda f: (f.area, f.confidence), default=None)
