@@ -55,7 +55,7 @@ def cmd_index(client: SearchClient, args) -> int:
                   f"{CROP_NAMES[coll.crop_mode]}, index {INDEX_NAMES[coll.index_backend]})")
     if not coll.model_trained:
         warn_untrained(coll.model)
-    counts = {"indexed": 0, "duplicate": 0, "failed": 0}
+    counts = {"indexed": 0, "duplicate": 0, "no_face": 0, "failed": 0}
     failures: list[tuple[str, str]] = []
 
     def items():
@@ -76,7 +76,8 @@ def cmd_index(client: SearchClient, args) -> int:
             progress.update(task, advance=1)
     counts["failed"] = len(failures)
     summary = (f"indexed {counts['indexed']}, skipped {counts['duplicate']} (already indexed), "
-               f"failed {counts['failed']} into {args.collection}")
+               + (f"no face {counts['no_face']}, " if counts["no_face"] else "")
+               + f"failed {counts['failed']} into {args.collection}")
     if failures:
         table = Table("uri", "reason", title="failures", title_justify="left")
         for uri, reason in failures[:50]:
