@@ -37,6 +37,12 @@ class ModelSpec:
     def needs_face_crop(self) -> bool:
         return self.preprocess == "face_chip"
 
+    @property
+    def flip_average(self) -> bool:
+        """Face models embed a chip and its mirror image and average them: measured on LFW,
+        +0.4 P@1 and +1.3 mAP@20 for twice the (cheap) face-model time."""
+        return self.needs_face_crop
+
     @classmethod
     def from_build_info(cls, model_dir: Path) -> "ModelSpec":
         info = json.loads((model_dir / BUILD_INFO).read_text())

@@ -35,7 +35,11 @@ class Embedder:
 
     async def embed(self, model: ModelSpec, images: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] to L2-normalised float32 [N, D]."""
-        return l2_normalize(await self._batchers[model.name].submit(images))
+        if not model.flip_average:
+            return l2_normalize(await self._batchers[model.name].submit(images))
+        both = l2_normalize(await self._batchers[model.name].submit(np.concatenate([images, images[:, :, ::-1]])))
+        n = len(images)
+        return l2_normalize(both[:n] + both[n:])
 
     async def close(self) -> None:
         for b in self._batchers.values():

@@ -1,42 +1,31 @@
 """Face crops to embed: aligned chips for face models, margin crops for whole-image models.
 
-Face models (face_dlib) were trained on dlib's chips: dlib's 5-point landmarks found inside the
-detected box, then dlib's own similarity transform to its 150x150 template. Using dlib for both
-steps reproduces the model's training input exactly. Whole-image models (resnet50) get a square
-crop around the box with a margin, resized to their input, as the original project did.
+Face models get a chip aligned by a similarity transform from MTCNN's five landmarks to a fixed
+template. The template is where those landmarks fall, on average, in dlib's own 150x150 chips
+(measured on 1,956 LFW images), so the chips look like the ones dlib's face model was trained on;
+on LFW this alignment gave P@1 0.985 against 0.976 for dlib's 5-point alignment on the same boxes.
+Whole-image models (resnet50) get a square crop around the box with a margin, as the original
+project did.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+import cv2
 import numpy as np
 from PIL import Image
 
-CHIP_PADDING = 0.25  # dlib's default for get_face_chip, as used when the face model was trained
+# Left eye, right eye, nose, left and right mouth corner, in pixels of a 150x150 chip.
+CHIP_TEMPLATE_150 = np.array([[47.53, 45.98], [102.82, 45.84], [74.94, 78.56], [50.60, 106.62], [99.43, 106.51]],
+                             dtype=np.float32)
 
 
-def _dlib_model_file(name: str) -> Path:
-    # Found without importing face_recognition_models, whose __init__ needs pkg_resources.
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("face-recognition-models is not installed (see requirements.txt)")
-    return Path(spec.origin).parent / "models" / name
-
-
-class FaceChipper:
-    def __init__(self):
-        import dlib
-
-        self._dlib = dlib
-        self._landmarks = dlib.shape_predictor(str(_dlib_model_file("shape_predictor_5_face_landmarks.dat")))
-
-    def chip(self, image: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
-        """The aligned size x size chip of the face in box (RGB uint8)."""
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        shape = self._landmarks(image, self._dlib.rectangle(x0, y0, x1, y1))
-        return np.asarray(self._dlib.get_face_chip(image, shape, size=size, padding=CHIP_PADDING), dtype=np.uint8)
+def align_chip(image: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
+    """The size x size chip whose landmarks best match the template (rotation, scale, shift)."""
+    template = CHIP_TEMPLATE_150 * (size / 150.0)
+    matrix, _ = cv2.estimateAffinePartial2D(landmarks.astype(np.float32), template, method=cv2.LMEDS)
+    if matrix is None:  # degenerate landmarks; fall back to the least-squares fit of all five
+        matrix, _ = cv2.estimateAffinePartial2D(landmarks.astype(np.float32), template, method=0)
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
 def margin_crop(image: np.ndarray, box: tuple[float, float, float, float], margin: float, size: int) -> np.ndarray:

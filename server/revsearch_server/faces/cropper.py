@@ -1,6 +1,6 @@
 """Face crop modes for the pipeline: decode, detect (batched), pick the face, crop or align.
 
-MTCNN and dlib are CPU-heavy, so they run in one dedicated worker thread: a batch of images is
+MTCNN is CPU-heavy, so they run in one dedicated worker thread: a batch of images is
 detected in one call rather than several calls fighting over the same cores. Detectors are
 loaded on first use, so servers without face collections never import torch.
 """
@@ -51,11 +51,10 @@ class FaceCropper:
         self._limits = limits
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faces")
         self._detectors: dict[int, object] = {}
-        self._chipper = None
 
     async def crops(self, images: list[bytes], model: ModelSpec, options: FaceOptions
                     ) -> list[FaceCrop | RevsearchError]:
-        """One crop (the largest face) or one error per image, in order."""
+        """One crop (the most prominent face) or one error per image, in order."""
         loop = asyncio.get_running_loop()
 
         async def decode(data: bytes):
@@ -72,12 +71,12 @@ class FaceCropper:
         return [d if isinstance(d, RevsearchError) else next(crops) for d in decoded]
 
     def _crop_all(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions):
-        from .align import margin_crop, whole_image
-        from .detector import largest_face
+        from .align import align_chip, margin_crop, whole_image
+        from .detector import prominent_face
 
         out = []
         for image, faces in zip(images, self._detect(images, options)):
-            face = largest_face(faces)
+            face = prominent_face(faces, image.shape[1], image.shape[0])
             if face is None:
                 if options.whole_image_if_no_face:
                     out.append(FaceCrop(whole_image(image, model.input_size), None))
@@ -86,7 +85,7 @@ class FaceCropper:
                                       f"confidence >= {options.min_confidence})"))
                 continue
             if model.needs_face_crop:
-                pixels = self._chip(image, face.box, model.input_size)
+                pixels = align_chip(image, face.landmarks, model.input_size)
             else:
                 pixels = margin_crop(image, face.box, options.margin, model.input_size)
             out.append(FaceCrop(pixels, [*face.box, face.confidence]))
@@ -102,13 +101,6 @@ class FaceCropper:
             self._detectors[options.min_face_size] = detector
         faces = detector.detect(images)
         return [[f for f in fs if f.confidence >= options.min_confidence] for fs in faces]
-
-    def _chip(self, image: np.ndarray, box, size: int) -> np.ndarray:
-        if self._chipper is None:
-            from .align import FaceChipper
-
-            self._chipper = FaceChipper()
-        return self._chipper.chip(image, box, size)
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
