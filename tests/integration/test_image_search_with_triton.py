@@ -108,6 +108,22 @@ def test_bad_items_fail_alone_through_triton(client, files, indexed):
     assert client.describe_collection("lfw").item_count == len(files) + 1
 
 
+def test_the_face_pipeline_through_triton_finds_the_person(client, server):
+    from tests.helpers import LFW
+
+    people = ["Vladimir_Putin", "Venus_Williams", "Tony_Blair"]
+    client.create_collection("faces", model="face_dlib", crop_mode="largest")
+    items = [ImageInput.from_path(p, metadata={"person": person})
+             for person in people for p in sorted((LFW / person).glob("*.jpg"))[:4]]
+    results = list(client.index_images("faces", items))
+    assert [r.status for r in results] == [pb.ITEM_STATUS_INDEXED] * len(items)
+    for person in people:
+        query = sorted((LFW / person).glob("*.jpg"))[5].read_bytes()
+        resp = client.search("faces", image=query, top_k=4)
+        assert resp.inference_backend == pb.INFERENCE_BACKEND_TRITON
+        assert [h.metadata["person"] for h in resp.hits] == [person] * 4
+
+
 def test_when_triton_dies_the_server_falls_back_to_local_inference(client, server, files, indexed):
     expected = np.asarray(client.embed(files[1].read_bytes()).vector)
     triton = server.server._triton

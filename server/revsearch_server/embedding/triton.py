@@ -16,6 +16,10 @@ from .base import BackendKind
 
 log = logging.getLogger(__name__)
 
+# Requests stay within the smallest max_batch_size of the repository's configs (resnet50: 32);
+# Triton rejects larger ones.
+MAX_REQUEST_BATCH = 32
+
 
 class TritonBackend:
     kind = BackendKind.TRITON
@@ -53,6 +57,10 @@ class TritonBackend:
             await asyncio.sleep(0.5)
 
     async def embed(self, model: ModelSpec, images: np.ndarray) -> np.ndarray:
+        if len(images) > MAX_REQUEST_BATCH:
+            parts = [await self.embed(model, images[i:i + MAX_REQUEST_BATCH])
+                     for i in range(0, len(images), MAX_REQUEST_BATCH)]
+            return np.concatenate(parts)
         inp = triton_aio.InferInput(model.input_name, list(images.shape), "UINT8")
         inp.set_data_from_numpy(np.ascontiguousarray(images))
         out = triton_aio.InferRequestedOutput(model.output_name)
