@@ -19,7 +19,6 @@ Dependencies: numpy, onnx, (onnxruntime for the self-check).
 """
 import argparse
 import math
-import struct
 import sys
 
 import numpy as np

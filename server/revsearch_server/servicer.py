@@ -19,7 +19,7 @@ from revsearch.v1 import search_service_pb2_grpc as pb_grpc
 from . import __version__
 from .catalog import CollectionSpec, CropMode, IndexKind
 from .embedding.base import BackendKind
-from .errors import InvalidArgument, RevsearchError
+from .errors import InvalidArgument
 from .faces.cropper import FaceOptions
 from .grpc_status import to_status
 from .index.base import Hit
