@@ -72,6 +72,11 @@ class CollectionSpec:
     def crops_faces(self) -> bool:
         return self.crop_mode is not CropMode.NONE
 
+    @property
+    def crop_options(self) -> FaceOptions | None:
+        """The face options to crop with, or None for whole-image collections."""
+        return self.face_options if self.crops_faces else None
+
     def same_settings(self, other: "CollectionSpec") -> bool:
         return (self.model, self.crop_mode, self.index_kind, self.face_options) == \
             (other.model, other.crop_mode, other.index_kind, other.face_options)

@@ -175,7 +175,7 @@ class SearchPipeline:
                           ) -> tuple[np.ndarray, ModelSpec, BackendKind]:
         if collection:
             spec, _, model = await self._collection(collection)
-            faces = spec.face_options if spec.crops_faces else None
+            faces = spec.crop_options
         else:
             model = self.embedder.model(model_name)
             faces = FaceOptions() if model.needs_face_crop else None
@@ -195,8 +195,7 @@ class SearchPipeline:
             except RevsearchError as exc:
                 outcomes[i] = IndexOutcome(item.id, item.uri, "failed", exc)
         todo = [i for i in range(len(items)) if outcomes[i] is None]
-        prepared = dict(zip(todo, await self._prepare([items[i].image for i in todo], model,
-                                                      spec.face_options if spec.crops_faces else None)))
+        prepared = dict(zip(todo, await self._prepare([items[i].image for i in todo], model, spec.crop_options)))
         for i, result in prepared.items():
             if isinstance(result, NoFace):
                 outcomes[i] = IndexOutcome(items[i].id, items[i].uri, "no_face", result)
@@ -207,21 +206,22 @@ class SearchPipeline:
         # Deduplicate by content: against the collection, then within this batch.
         known = await index.ids_for_sha256(sorted({digests[i] for i in live}))
         ids = {i: items[i].id or default_id(digests[i]) for i in live}
-        clashes = await index.get(sorted({ids[i] for i in live if digests[i] not in known}))
+        clashes = await index.existing_ids(sorted({ids[i] for i in live if digests[i] not in known}))
         first_in_batch: dict[str, int] = {}
-        fresh = []
+        fresh, fresh_ids = [], set()
         for i in live:
             digest = digests[i]
             if digest in known:
                 outcomes[i] = IndexOutcome(known[digest], items[i].uri, "duplicate")
             elif digest in first_in_batch:
                 outcomes[i] = IndexOutcome(ids[first_in_batch[digest]], items[i].uri, "duplicate")
-            elif ids[i] in clashes or ids[i] in {ids[j] for j in fresh}:
+            elif ids[i] in clashes or ids[i] in fresh_ids:
                 outcomes[i] = IndexOutcome(ids[i], items[i].uri, "failed", AlreadyExists(
                     f"id {ids[i]!r} is already used for a different image in {collection!r}"))
             else:
                 first_in_batch[digest] = i
                 fresh.append(i)
+                fresh_ids.add(ids[i])
         if not fresh:
             return outcomes  # type: ignore[return-value]
 
@@ -247,7 +247,7 @@ class SearchPipeline:
         spec, index, model = await self._collection(collection)
         backend, query_box = None, None
         if image is not None:
-            crop = await self._prepare_query(image, model, spec.face_options if spec.crops_faces else None)
+            crop = await self._prepare_query(image, model, spec.crop_options)
             query = await self.embedder.embed(model, crop.pixels[None])
             backend, query_box = self.embedder.backend.kind, crop.box
         elif vector is not None:

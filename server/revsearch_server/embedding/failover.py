@@ -105,8 +105,8 @@ class FailoverBackend:
     def _use(self, backend, detail: str) -> None:
         self._active = backend
         self._detail = detail
-        log.warning("inference backend: %s", detail) if backend is not self._primary else \
-            log.info("inference backend: %s", detail)
+        # Anything but the primary (Triton) is worth a warning: it is slower or serves nothing.
+        log.log(logging.INFO if backend is self._primary else logging.WARNING, "inference backend: %s", detail)
 
     async def close(self) -> None:
         if self._probe_task:

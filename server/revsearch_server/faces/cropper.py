@@ -1,6 +1,6 @@
 """Face crop modes for the pipeline: decode, detect (batched), pick the face, crop or align.
 
-MTCNN is CPU-heavy, so they run in one dedicated worker thread: a batch of images is
+MTCNN is CPU-heavy, so it runs in one dedicated worker thread: a batch of images is
 detected in one call rather than several calls fighting over the same cores. Detectors are
 loaded on first use, so servers without face collections never import torch.
 """

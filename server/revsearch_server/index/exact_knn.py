@@ -102,6 +102,9 @@ class ExactKnnIndex:
     async def get(self, ids: list[str]) -> dict[str, Record]:
         return {i: self._records[i] for i in ids if i in self._records}
 
+    async def existing_ids(self, ids: list[str]) -> set[str]:
+        return {i for i in ids if i in self._records}
+
     async def delete(self, ids: list[str]) -> list[str]:
         async with self._lock:
             existing = [i for i in dict.fromkeys(ids) if i in self._records]

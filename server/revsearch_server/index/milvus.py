@@ -179,8 +179,17 @@ class MilvusIndex:
                                       output_fields=["*"], consistency_level=self._store.consistency)
         return {r["id"]: _record(r) for r in rows}
 
+    async def existing_ids(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        rows = await self._store.call("query", self._c, filter=f"id in {_quote_list(ids)}", output_fields=["id"],
+                                      consistency_level=self._store.consistency)
+        return {r["id"] for r in rows}
+
     async def delete(self, ids: list[str]) -> list[str]:
-        existing = list(await self.get(list(dict.fromkeys(ids))))
+        unique = list(dict.fromkeys(ids))
+        found = await self.existing_ids(unique)
+        existing = [i for i in unique if i in found]
         if existing:
             await self._store.call("delete", self._c, ids=existing)
             # pymilvus does not record a delete's timestamp for Session consistency, so a search
