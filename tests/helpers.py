@@ -17,6 +17,10 @@ from revsearch_server.config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 LFW = SHARED_DATA / "lfw"
+VIDEO = SHARED_DATA / "video"
+# Frames picked by eye: four guests in the audience (Hamilton clip), a street crowd at 1920x1080.
+HAMILTON_CLIP, HAMILTON_FRAME = "face_recognition_short_hamilton_clip.mp4", 242
+CROWD_CLIP, CROWD_FRAME = "facenet-pytorch_examples_video.mp4", 0
 
 
 def base_settings(tmp_path: Path, **overrides) -> Settings:
@@ -82,6 +86,20 @@ def lfw_images(count: int, per_person_max: int = 3) -> list[Path]:
         if len(picked) >= count:
             break
     return picked[:count]
+
+
+def video_frame(name: str, index: int) -> np.ndarray:
+    """Frame `index` of a clip in the shared video folder, as RGB uint8."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(VIDEO / name))
+    try:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, frame = cap.read()
+    finally:
+        cap.release()
+    assert ok, f"could not read frame {index} of {name}"
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
 def free_port() -> int:

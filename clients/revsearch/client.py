@@ -53,10 +53,14 @@ class ImageInput:
         return item
 
 
-def _create_request(name, model, crop_mode, index_backend, description, exist_ok) -> pb.CreateCollectionRequest:
-    return pb.CreateCollectionRequest(name=name, model=model, crop_mode=CROP_MODES[crop_mode],
-                                      index_backend=INDEX_BACKENDS[index_backend], description=description,
-                                      exist_ok=exist_ok)
+def _create_request(name, model, crop_mode, index_backend, description, exist_ok,
+                    face_options: dict | None) -> pb.CreateCollectionRequest:
+    req = pb.CreateCollectionRequest(name=name, model=model, crop_mode=CROP_MODES[crop_mode],
+                                     index_backend=INDEX_BACKENDS[index_backend], description=description,
+                                     exist_ok=exist_ok)
+    if face_options is not None:  # keys as in pb.FaceOptions, e.g. {"max_faces": 8, "min_face_size": 40}
+        req.face_options.CopyFrom(pb.FaceOptions(**face_options))
+    return req
 
 
 def _search_request(collection, image, vector, item_id, top_k) -> pb.SearchImagesRequest:
@@ -113,9 +117,10 @@ class SearchClient:
     @_typed_errors
     def create_collection(self, name: str, model: str = "", crop_mode: str = "none", index_backend: str = "milvus",
                           description: str = "", exist_ok: bool = False,
-                          timeout: float | None = None) -> pb.CreateCollectionResponse:
+                          face_options: dict | None = None, timeout: float | None = None
+                          ) -> pb.CreateCollectionResponse:
         return self._stub.CreateCollection(
-            _create_request(name, model, crop_mode, index_backend, description, exist_ok),
+            _create_request(name, model, crop_mode, index_backend, description, exist_ok, face_options),
             timeout=timeout or self.timeout)
 
     @_typed_errors
@@ -197,9 +202,10 @@ class AsyncSearchClient:
     @_async_typed_errors
     async def create_collection(self, name: str, model: str = "", crop_mode: str = "none",
                                 index_backend: str = "milvus", description: str = "", exist_ok: bool = False,
-                                timeout: float | None = None) -> pb.CreateCollectionResponse:
+                                face_options: dict | None = None, timeout: float | None = None
+                                ) -> pb.CreateCollectionResponse:
         return await self._stub.CreateCollection(
-            _create_request(name, model, crop_mode, index_backend, description, exist_ok),
+            _create_request(name, model, crop_mode, index_backend, description, exist_ok, face_options),
             timeout=timeout or self.timeout)
 
     @_async_typed_errors

@@ -14,6 +14,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
+FACE_PREPROCESS = ("face_chip", "face_margin")
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,13 @@ class ModelSpec:
     weights_source: str
     weights_sha256: str
     # "imagenet": whole image, short side to resize_to, centre crop. "face_chip": an aligned face
-    # crop of input_size, so the model needs a collection crop mode that finds faces.
+    # crop of input_size. "face_margin": the MTCNN box plus a margin, square, resized to input_size,
+    # not aligned (facenet-pytorch's own crops). Face inputs need a collection crop mode that finds faces.
     preprocess: str = "imagenet"
 
     @property
     def needs_face_crop(self) -> bool:
-        return self.preprocess == "face_chip"
+        return self.preprocess in FACE_PREPROCESS
 
     @property
     def flip_average(self) -> bool:

@@ -23,12 +23,16 @@ from .faces.cropper import FaceCrop, FaceCropper, FaceOptions, NoFace
 from .imaging import ImageLimits, preprocess, sha256_hex
 from .index.base import Hit, Record, VectorIndex
 from .models import ModelSpec
+from .rows import collapse_hits, item_of, row_id, rows_of
 
 ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_URI = 2048
 MAX_METADATA_BYTES = 16 * 1024
 MAX_DELETE_IDS = 1000
 DEFAULT_TOP_K = 20
+# Crop mode "all" searches rows (faces) and returns items, so it fetches more rows than items;
+# Milvus caps a search's limit at 16384.
+MAX_ROW_FETCH = 16384
 
 
 @dataclass
@@ -45,7 +49,12 @@ class IndexOutcome:
     uri: str
     status: str  # "indexed" | "duplicate" | "failed" | "no_face"
     error: RevsearchError | None = None
-    face_box: list[float] | None = None
+    # Every stored face, most prominent first (one for crop mode "largest", none without faces).
+    face_boxes: list[list[float]] = field(default_factory=list)
+
+    @property
+    def face_box(self) -> list[float] | None:
+        return self.face_boxes[0] if self.face_boxes else None
 
 
 @dataclass
@@ -93,8 +102,6 @@ def validate_query_vector(values, dimension: int) -> np.ndarray:
 
 def check_crop_settings(model: ModelSpec, crop_mode: CropMode, face_options: FaceOptions | None) -> FaceOptions:
     """The collection's face options (defaults filled in), or an error naming what does not fit."""
-    if crop_mode is CropMode.ALL_FACES:
-        raise InvalidArgument("crop mode 'all' (a vector per face) is not implemented yet; use 'largest'")
     if crop_mode is CropMode.NONE:
         if model.needs_face_crop:
             raise InvalidArgument(f"model {model.name!r} embeds aligned face crops; create the collection "
@@ -146,18 +153,18 @@ class SearchPipeline:
         return spec, index, model
 
     # -- images ------------------------------------------------------------------------------
-    async def _prepare(self, images: list[bytes], model: ModelSpec, faces: FaceOptions | None
-                       ) -> list[FaceCrop | RevsearchError]:
-        """The model input of each image (a face crop when faces is set), or its error."""
+    async def _prepare(self, images: list[bytes], model: ModelSpec, faces: FaceOptions | None,
+                       all_faces: bool = False) -> list[list[FaceCrop] | RevsearchError]:
+        """The model inputs of each image (its face crops when faces is set), or its error."""
         if faces is not None:
-            return await self.cropper.crops(images, model, faces)
+            return await self.cropper.crops(images, model, faces, all_faces)
         loop = asyncio.get_running_loop()
 
         async def one(data: bytes):
             try:
                 pixels = await loop.run_in_executor(self._pool, preprocess, data, self.limits, model.input_size,
                                                     model.resize_to)
-                return FaceCrop(pixels, None)
+                return [FaceCrop(pixels, None)]
             except RevsearchError as exc:
                 return exc
 
@@ -169,7 +176,7 @@ class SearchPipeline:
             raise NoFace(f"the query image has {prepared}") from None
         if isinstance(prepared, RevsearchError):
             raise prepared
-        return prepared
+        return prepared[0]  # the most prominent face: what a query photo is about
 
     async def embed_image(self, data: bytes, model_name: str = "", collection: str = ""
                           ) -> tuple[np.ndarray, ModelSpec, BackendKind]:
@@ -186,6 +193,8 @@ class SearchPipeline:
     async def index_batch(self, collection: str, items: list[IndexInput]) -> list[IndexOutcome]:
         """Indexes items; each gets its own outcome. Nothing of a failed item is stored."""
         spec, index, model = await self._collection(collection)
+        multi = spec.crop_mode is CropMode.ALL_FACES  # several rows per item, keyed by rows.row_id
+        key = (lambda item_id: row_id(item_id, 0)) if multi else (lambda item_id: item_id)
         outcomes: list[IndexOutcome | None] = [None] * len(items)
         digests = [sha256_hex(it.image) if it.image else "" for it in items]
 
@@ -195,7 +204,8 @@ class SearchPipeline:
             except RevsearchError as exc:
                 outcomes[i] = IndexOutcome(item.id, item.uri, "failed", exc)
         todo = [i for i in range(len(items)) if outcomes[i] is None]
-        prepared = dict(zip(todo, await self._prepare([items[i].image for i in todo], model, spec.crop_options)))
+        prepared = dict(zip(todo, await self._prepare([items[i].image for i in todo], model, spec.crop_options,
+                                                      all_faces=multi)))
         for i, result in prepared.items():
             if isinstance(result, NoFace):
                 outcomes[i] = IndexOutcome(items[i].id, items[i].uri, "no_face", result)
@@ -204,9 +214,10 @@ class SearchPipeline:
         live = [i for i in range(len(items)) if outcomes[i] is None]
 
         # Deduplicate by content: against the collection, then within this batch.
-        known = await index.ids_for_sha256(sorted({digests[i] for i in live}))
+        known = {d: item_of(r) for d, r in (await index.ids_for_sha256(sorted({digests[i] for i in live}))).items()}
         ids = {i: items[i].id or default_id(digests[i]) for i in live}
-        clashes = await index.existing_ids(sorted({ids[i] for i in live if digests[i] not in known}))
+        clashes = {item_of(r) for r in await index.existing_ids(
+            sorted({key(ids[i]) for i in live if digests[i] not in known}))}
         first_in_batch: dict[str, int] = {}
         fresh, fresh_ids = [], set()
         for i in live:
@@ -225,26 +236,30 @@ class SearchPipeline:
         if not fresh:
             return outcomes  # type: ignore[return-value]
 
+        crops = [(i, k, crop) for i in fresh for k, crop in enumerate(prepared[i])]
         try:
-            vectors = await self.embedder.embed(model, np.stack([prepared[i].pixels for i in fresh]))
+            vectors = await self.embedder.embed(model, np.stack([c.pixels for _, _, c in crops]))
             now = int(time.time() * 1000)
             await index.insert([
-                Record(id=ids[i], vector=vectors[k], uri=items[i].uri, sha256=digests[i], model=model.name,
-                       model_version=model.version, created_at_ms=now, metadata=items[i].metadata,
-                       face_box=prepared[i].box)
-                for k, i in enumerate(fresh)])
+                Record(id=row_id(ids[i], k) if multi else ids[i], vector=vectors[n], uri=items[i].uri,
+                       sha256=digests[i], model=model.name, model_version=model.version, created_at_ms=now,
+                       metadata=items[i].metadata, face_box=crop.box,
+                       face_count=len(prepared[i]) if multi else None)
+                for n, (i, k, crop) in enumerate(crops)])
         except RevsearchError as exc:
             for i in fresh:
                 outcomes[i] = IndexOutcome(ids[i], items[i].uri, "failed", exc)
             return outcomes  # type: ignore[return-value]
         for i in fresh:
-            outcomes[i] = IndexOutcome(ids[i], items[i].uri, "indexed", face_box=prepared[i].box)
+            outcomes[i] = IndexOutcome(ids[i], items[i].uri, "indexed",
+                                       face_boxes=[c.box for c in prepared[i] if c.box is not None])
         return outcomes  # type: ignore[return-value]
 
     async def search(self, collection: str, *, image: bytes | None = None, vector=None,
                      item_id: str | None = None, top_k: int | None = None) -> SearchResult:
         k = resolve_top_k(top_k, self.max_top_k)
         spec, index, model = await self._collection(collection)
+        multi = spec.crop_mode is CropMode.ALL_FACES
         backend, query_box = None, None
         if image is not None:
             crop = await self._prepare_query(image, model, spec.crop_options)
@@ -253,14 +268,28 @@ class SearchPipeline:
         elif vector is not None:
             query = validate_query_vector(vector, spec.dimension)
         elif item_id:
-            found = await index.get([item_id])
-            if item_id not in found:
+            key = row_id(item_id, 0) if multi else item_id  # an item's most prominent face
+            found = await index.get([key])
+            if key not in found:
                 raise NotFound(f"no item with id {item_id!r} in collection {collection!r}")
-            query = found[item_id].vector[None, :]
+            query = found[key].vector[None, :]
         else:
             raise InvalidArgument("a query is required: set image, vector or item_id")
-        hits = (await index.search(query, k))[0]
-        return SearchResult(hits=hits, model=model, backend=backend, query_face_box=query_box)
+        hits = await (self._search_items(index, query, k) if multi else index.search(query, k))
+        return SearchResult(hits=hits[0], model=model, backend=backend, query_face_box=query_box)
+
+    @staticmethod
+    async def _search_items(index: VectorIndex, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top k items when items have several rows: fetch more rows until k distinct items are
+        found or the collection (or Milvus's limit) is exhausted."""
+        fetch = min(MAX_ROW_FETCH, max(4 * k, k + 32))
+        while True:
+            rows = await index.search(queries, fetch)
+            items = [collapse_hits(r, k) for r in rows]
+            short = any(len(it) < k and len(r) == fetch for it, r in zip(items, rows))
+            if not short or fetch == MAX_ROW_FETCH:
+                return items
+            fetch = min(MAX_ROW_FETCH, fetch * 4)
 
     async def delete(self, collection: str, ids: list[str]) -> tuple[list[str], list[str]]:
         if not ids:
@@ -270,9 +299,12 @@ class SearchPipeline:
         bad = [i for i in ids if not ID_RE.match(i)]
         if bad:
             raise InvalidArgument(f"invalid id {bad[0]!r}: use 1-64 characters from A-Z a-z 0-9 . _ : -")
-        _, index = await self.catalog.get(collection)
-        deleted = await index.delete(ids)
+        spec, index = await self.catalog.get(collection)
+        if spec.crop_mode is CropMode.ALL_FACES:
+            firsts = await index.get([row_id(i, 0) for i in dict.fromkeys(ids)])
+            rows = [r for first in firsts.values() for r in rows_of(item_of(first.id), first.face_count or 1)]
+            deleted = list(dict.fromkeys(item_of(r) for r in await index.delete(rows)))
+        else:
+            deleted = await index.delete(ids)
         gone = set(deleted)
         return deleted, [i for i in dict.fromkeys(ids) if i not in gone]
-
-

@@ -72,7 +72,8 @@ def collection_pb(spec: CollectionSpec, count: int) -> pb.Collection:
         f = spec.face_options
         msg.face_options.CopyFrom(pb.FaceOptions(margin=f.margin, min_face_size=f.min_face_size,
                                                  min_confidence=f.min_confidence,
-                                                 whole_image_if_no_face=f.whole_image_if_no_face))
+                                                 whole_image_if_no_face=f.whole_image_if_no_face,
+                                                 max_faces=f.max_faces))
     return msg
 
 
@@ -83,7 +84,8 @@ def face_options_from_pb(request: pb.CreateCollectionRequest) -> FaceOptions | N
     return FaceOptions(margin=f.margin if f.HasField("margin") else d.margin,
                        min_face_size=f.min_face_size if f.HasField("min_face_size") else d.min_face_size,
                        min_confidence=f.min_confidence if f.HasField("min_confidence") else d.min_confidence,
-                       whole_image_if_no_face=f.whole_image_if_no_face)
+                       whole_image_if_no_face=f.whole_image_if_no_face,
+                       max_faces=f.max_faces if f.HasField("max_faces") else d.max_faces)
 
 
 def face_box_pb(box: list[float] | None) -> pb.FaceBox | None:
@@ -206,7 +208,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 outcomes = await self._p.index_batch(collection[0], [it for _, it in batch])
                 for (position, _), out in zip(batch, outcomes):
                     msg = pb.IndexImagesResponse(item_index=position, id=out.id, uri=out.uri,
-                                                 status=ITEM_STATUS[out.status], face_box=face_box_pb(out.face_box))
+                                                 status=ITEM_STATUS[out.status], face_box=face_box_pb(out.face_box),
+                                                 face_boxes=[face_box_pb(b) for b in out.face_boxes])
                     if out.error is not None:
                         code, message = to_status(out.error)
                         msg.error.CopyFrom(pb.ItemError(code=code.value[0], code_name=code.name, message=message))

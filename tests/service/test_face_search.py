@@ -4,13 +4,15 @@ images without a face say so, and face options are validated."""
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
 
 from revsearch import SearchClient
 from revsearch.client import ImageInput
 from revsearch.errors import InvalidArgumentError
 from revsearch.v1 import search_service_pb2 as pb
 from revsearch.v1 import search_service_pb2_grpc as pb_grpc
-from tests.helpers import LFW, ServerThread, base_settings, encode, synthetic_image
+from tests.helpers import (CROWD_CLIP, CROWD_FRAME, LFW, ServerThread, base_settings, encode, synthetic_image,
+                           video_frame)
 
 PEOPLE = ["Colin_Powell", "Vladimir_Putin", "Tony_Blair", "Venus_Williams"]
 
@@ -100,3 +102,73 @@ def test_resnet50_on_face_crops_and_embedding_with_the_face_model(client, people
     resp = client.embed(people["Tony_Blair"].read_bytes(), model="face_dlib")
     assert len(resp.vector) == 128 and resp.model_trained
     assert abs(np.linalg.norm(resp.vector) - 1.0) < 1e-4
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _box(fb) -> tuple[float, float, float, float]:
+    return fb.x_min, fb.y_min, fb.x_max, fb.y_max
+
+
+@pytest.fixture(scope="module")
+def crowd(client):
+    """A street-crowd video frame (1920x1080) indexed with a vector per face, beside three portraits."""
+    frame = Image.fromarray(video_frame(CROWD_CLIP, CROWD_FRAME))
+    client.create_collection("crowd", model="face_dlib", crop_mode="all")
+    portraits = [ImageInput.from_path(_photos(p, 1)[0], id=f"portrait_{n}") for n, p in enumerate(PEOPLE[:3])]
+    results = list(client.index_images("crowd", [ImageInput(image=encode(frame, quality=95), id="crowd_frame"),
+                                                 *portraits]))
+    assert [r.status for r in results] == [pb.ITEM_STATUS_INDEXED] * 4
+    return frame, results[0]
+
+
+def test_all_mode_stores_a_vector_for_every_face_of_a_crowd_frame(client, crowd):
+    _, result = crowd
+    boxes = [_box(b) for b in result.face_boxes]
+    assert len(boxes) >= 5  # the frame shows seven people; MTCNN finds at least five at min size 20
+    assert _box(result.face_box) == boxes[0]
+    assert all(0 <= x0 < x1 <= 1920 and 0 <= y0 < y1 <= 1080 for x0, y0, x1, y1 in boxes)
+    assert all(_iou(a, b) < 0.3 for i, a in enumerate(boxes) for b in boxes[i + 1:])  # distinct faces
+    assert client.describe_collection("crowd").item_count == len(boxes) + 3  # one vector per face
+
+
+def test_a_group_photo_is_found_by_any_of_its_people_at_that_persons_face(client, crowd):
+    frame, result = crowd
+    for face in list(result.face_boxes)[1:4]:  # not the most prominent face
+        x0, y0, x1, y1 = _box(face)
+        side = 2.5 * max(x1 - x0, y1 - y0)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        query = frame.crop((int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2)))
+        query = query.resize((250, 250), Image.BILINEAR)
+        resp = client.search("crowd", image=encode(query, quality=95), top_k=4)
+        assert resp.hits[0].id == "crowd_frame" and resp.hits[0].score > 0.9
+        assert _iou(_box(resp.hits[0].face_box), (x0, y0, x1, y1)) > 0.8  # the hit says where the person is
+        assert len({h.id for h in resp.hits}) == len(resp.hits) == 4  # each image once, not once per face
+
+
+def test_deleting_a_group_photo_removes_all_its_faces_and_it_can_be_indexed_again(client, crowd):
+    frame, result = crowd
+    before = client.describe_collection("crowd").item_count
+    resp = client.delete("crowd", ["crowd_frame", "never_stored"])
+    assert list(resp.deleted_ids) == ["crowd_frame"] and list(resp.not_found_ids) == ["never_stored"]
+    assert client.describe_collection("crowd").item_count == before - len(result.face_boxes)
+    hits = client.search("crowd", vector=client.embed(encode(frame, quality=95), collection="crowd").vector).hits
+    assert "crowd_frame" not in {h.id for h in hits}
+    item = ImageInput(image=encode(frame, quality=95), id="crowd_frame")
+    again, duplicate = list(client.index_images("crowd", [item])), list(client.index_images("crowd", [item]))
+    assert again[0].status == pb.ITEM_STATUS_INDEXED and len(again[0].face_boxes) == len(result.face_boxes)
+    assert duplicate[0].status == pb.ITEM_STATUS_DUPLICATE and duplicate[0].id == "crowd_frame"
+
+
+def test_max_faces_limits_the_faces_stored_per_image(client, crowd):
+    frame, _ = crowd
+    client.create_collection("crowd_two", model="face_dlib", crop_mode="all", face_options={"max_faces": 2})
+    [result] = list(client.index_images("crowd_two", [ImageInput(image=encode(frame, quality=95))]))
+    assert len(result.face_boxes) == 2 and client.describe_collection("crowd_two").item_count == 2
+    with pytest.raises(InvalidArgumentError, match="max_faces"):
+        client.create_collection("crowd_bad", model="face_dlib", crop_mode="all", face_options={"max_faces": 65})

@@ -15,6 +15,7 @@ from revsearch import SearchClient
 from revsearch.client import AsyncSearchClient, ImageInput
 from revsearch.errors import (AlreadyExistsError, InvalidArgumentError, NotFoundError, ResourceExhaustedError)
 from revsearch.v1 import search_service_pb2 as pb
+from revsearch.v1 import search_service_pb2_grpc as pb_grpc
 from tests.helpers import ServerThread, base_settings, encode, synthetic_image
 
 MAX_PIXELS = 2_000_000
@@ -179,8 +180,11 @@ def test_collections_can_be_created_listed_described_and_dropped(client):
 def test_collection_settings_are_validated(client):
     with pytest.raises(InvalidArgumentError, match="unknown model"):
         client.create_collection("x1", model="vgg16")
-    with pytest.raises(InvalidArgumentError, match="not implemented"):
-        client.create_collection("x2", crop_mode="all")
+    with grpc.insecure_channel(client.target) as channel:  # an enum value this server does not know
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.SearchServiceStub(channel).CreateCollection(pb.CreateCollectionRequest(name="x2", crop_mode=42),
+                                                                timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "crop_mode" in info.value.details()
     with pytest.raises(InvalidArgumentError, match="aligned face crops"):
         client.create_collection("x3", model="face_dlib")
     with pytest.raises(InvalidArgumentError, match="invalid collection name"):

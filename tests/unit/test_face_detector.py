@@ -2,18 +2,13 @@
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from revsearch_server.faces.detector import DetectedFace, DetectorSettings, FaceDetector, largest_face
-from tests.helpers import SHARED_DATA, lfw_images, synthetic_image
-
-VIDEO = SHARED_DATA / "video"
-# Frames picked by eye: four guests in the audience (Hamilton clip), a street crowd at 1920x1080.
-HAMILTON_FRAME = 242
-CROWD_FRAME = 0
+from tests.helpers import (CROWD_CLIP, CROWD_FRAME, HAMILTON_CLIP, HAMILTON_FRAME, lfw_images, synthetic_image,
+                           video_frame)
 
 
 def load_rgb(path: Path, size: tuple[int, int] | None = None, crop: tuple[int, int, int, int] | None = None):
@@ -23,17 +18,6 @@ def load_rgb(path: Path, size: tuple[int, int] | None = None, crop: tuple[int, i
     if size:
         img = img.resize(size, Image.BILINEAR)
     return np.asarray(img)
-
-
-def video_frame(name: str, index: int) -> np.ndarray:
-    cap = cv2.VideoCapture(str(VIDEO / name))
-    try:
-        cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-        ok, frame = cap.read()
-    finally:
-        cap.release()
-    assert ok, f"could not read frame {index} of {name}"
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +72,7 @@ def test_images_of_different_sizes_come_back_in_input_order(detector):
 
 
 def test_a_hamilton_clip_frame_with_several_people_has_at_least_two_faces(detector):
-    frame = video_frame("face_recognition_short_hamilton_clip.mp4", HAMILTON_FRAME)
+    frame = video_frame(HAMILTON_CLIP, HAMILTON_FRAME)
     assert frame.shape == (360, 640, 3)
     faces = detector.detect([frame])[0]
     assert len(faces) >= 2
@@ -96,7 +80,7 @@ def test_a_hamilton_clip_frame_with_several_people_has_at_least_two_faces(detect
 
 
 def test_a_1080p_crowd_frame_gives_several_faces_all_inside_the_frame(detector):
-    frame = video_frame("facenet-pytorch_examples_video.mp4", CROWD_FRAME)
+    frame = video_frame(CROWD_CLIP, CROWD_FRAME)
     h, w = frame.shape[:2]
     assert (w, h) == (1920, 1080)
     faces = detector.detect([frame])[0]

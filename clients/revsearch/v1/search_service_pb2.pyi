@@ -56,16 +56,18 @@ ITEM_STATUS_FAILED: ItemStatus
 ITEM_STATUS_NO_FACE: ItemStatus
 
 class FaceOptions(_message.Message):
-    __slots__ = ("margin", "min_face_size", "min_confidence", "whole_image_if_no_face")
+    __slots__ = ("margin", "min_face_size", "min_confidence", "whole_image_if_no_face", "max_faces")
     MARGIN_FIELD_NUMBER: _ClassVar[int]
     MIN_FACE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     WHOLE_IMAGE_IF_NO_FACE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FACES_FIELD_NUMBER: _ClassVar[int]
     margin: float
     min_face_size: int
     min_confidence: float
     whole_image_if_no_face: bool
-    def __init__(self, margin: _Optional[float] = ..., min_face_size: _Optional[int] = ..., min_confidence: _Optional[float] = ..., whole_image_if_no_face: _Optional[bool] = ...) -> None: ...
+    max_faces: int
+    def __init__(self, margin: _Optional[float] = ..., min_face_size: _Optional[int] = ..., min_confidence: _Optional[float] = ..., whole_image_if_no_face: _Optional[bool] = ..., max_faces: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
     __slots__ = ("name", "model", "model_version", "dimension", "crop_mode", "index_backend", "metric", "item_count", "created_at", "description", "model_trained", "face_options")
@@ -184,20 +186,22 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., code_name: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class IndexImagesResponse(_message.Message):
-    __slots__ = ("item_index", "id", "uri", "status", "error", "face_box")
+    __slots__ = ("item_index", "id", "uri", "status", "error", "face_box", "face_boxes")
     ITEM_INDEX_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     FACE_BOX_FIELD_NUMBER: _ClassVar[int]
+    FACE_BOXES_FIELD_NUMBER: _ClassVar[int]
     item_index: int
     id: str
     uri: str
     status: ItemStatus
     error: ItemError
     face_box: FaceBox
-    def __init__(self, item_index: _Optional[int] = ..., id: _Optional[str] = ..., uri: _Optional[str] = ..., status: _Optional[_Union[ItemStatus, str]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., face_box: _Optional[_Union[FaceBox, _Mapping]] = ...) -> None: ...
+    face_boxes: _containers.RepeatedCompositeFieldContainer[FaceBox]
+    def __init__(self, item_index: _Optional[int] = ..., id: _Optional[str] = ..., uri: _Optional[str] = ..., status: _Optional[_Union[ItemStatus, str]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., face_box: _Optional[_Union[FaceBox, _Mapping]] = ..., face_boxes: _Optional[_Iterable[_Union[FaceBox, _Mapping]]] = ...) -> None: ...
 
 class Vector(_message.Message):
     __slots__ = ("values",)

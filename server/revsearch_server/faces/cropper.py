@@ -17,6 +17,8 @@ from ..errors import InvalidArgument, RevsearchError
 from ..imaging import ImageLimits, decode_image
 from ..models import ModelSpec
 
+MAX_FACES_LIMIT = 64
+
 
 @dataclass(frozen=True)
 class FaceOptions:
@@ -24,6 +26,9 @@ class FaceOptions:
     min_face_size: int = 20
     min_confidence: float = 0.9
     whole_image_if_no_face: bool = False
+    # Crop mode "all": at most this many faces per image are stored, the most prominent first, so
+    # a crowd photo cannot flood a collection.
+    max_faces: int = 16
 
     def validate(self) -> "FaceOptions":
         if not 0.0 <= self.margin <= 1.0:
@@ -32,6 +37,8 @@ class FaceOptions:
             raise InvalidArgument(f"face_options.min_face_size must be within 10..2000, got {self.min_face_size}")
         if not 0.0 < self.min_confidence < 1.0:
             raise InvalidArgument(f"face_options.min_confidence must be within (0, 1), got {self.min_confidence}")
+        if not 1 <= self.max_faces <= MAX_FACES_LIMIT:
+            raise InvalidArgument(f"face_options.max_faces must be within 1..{MAX_FACES_LIMIT}, got {self.max_faces}")
         return self
 
 
@@ -52,9 +59,10 @@ class FaceCropper:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faces")
         self._detectors: dict[int, object] = {}
 
-    async def crops(self, images: list[bytes], model: ModelSpec, options: FaceOptions
-                    ) -> list[FaceCrop | RevsearchError]:
-        """One crop (the most prominent face) or one error per image, in order."""
+    async def crops(self, images: list[bytes], model: ModelSpec, options: FaceOptions, all_faces: bool = False
+                    ) -> list[list[FaceCrop] | RevsearchError]:
+        """Per image, in order: its crops (the most prominent face only, or with all_faces up to
+        options.max_faces faces, most prominent first), or its error."""
         loop = asyncio.get_running_loop()
 
         async def decode(data: bytes):
@@ -67,28 +75,34 @@ class FaceCropper:
 
         decoded = await asyncio.gather(*(decode(d) for d in images))
         arrays = [d for d in decoded if isinstance(d, np.ndarray)]
-        crops = iter(await loop.run_in_executor(self._worker, self._crop_all, arrays, model, options))
+        crops = iter(await loop.run_in_executor(self._worker, self.crop_arrays, arrays, model, options, all_faces))
         return [d if isinstance(d, RevsearchError) else next(crops) for d in decoded]
 
-    def _crop_all(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions):
+    def crop_arrays(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions, all_faces: bool = False
+                    ) -> list[list[FaceCrop] | RevsearchError]:
+        """crops() for decoded RGB arrays; blocking, so callers run it in this cropper's worker."""
         from .align import align_chip, margin_crop, whole_image
-        from .detector import prominent_face
+        from .detector import faces_by_prominence
 
-        out = []
+        out: list[list[FaceCrop] | RevsearchError] = []
         for image, faces in zip(images, self._detect(images, options)):
-            face = prominent_face(faces, image.shape[1], image.shape[0])
-            if face is None:
+            ranked = faces_by_prominence(faces, image.shape[1], image.shape[0])
+            if not ranked:
                 if options.whole_image_if_no_face:
-                    out.append(FaceCrop(whole_image(image, model.input_size), None))
+                    out.append([FaceCrop(whole_image(image, model.input_size), None)])
                 else:
                     out.append(NoFace(f"no face found (faces must be at least {options.min_face_size} px with "
                                       f"confidence >= {options.min_confidence})"))
                 continue
-            if model.needs_face_crop:
-                pixels = align_chip(image, face.landmarks, model.input_size)
-            else:
-                pixels = margin_crop(image, face.box, options.margin, model.input_size)
-            out.append(FaceCrop(pixels, [*face.box, face.confidence]))
+            chosen = ranked[:options.max_faces] if all_faces else ranked[:1]
+            crops = []
+            for face in chosen:
+                if model.preprocess == "face_chip":  # landmark-aligned chip, the face model's template
+                    pixels = align_chip(image, face.landmarks, model.input_size)
+                else:  # a box-with-margin crop (whole-image models, box-trained face models)
+                    pixels = margin_crop(image, face.box, options.margin, model.input_size)
+                crops.append(FaceCrop(pixels, [*face.box, face.confidence]))
+            out.append(crops)
         return out
 
     def _detect(self, images: list[np.ndarray], options: FaceOptions):

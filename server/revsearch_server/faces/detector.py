@@ -75,14 +75,20 @@ def largest_face(faces: list[DetectedFace]) -> DetectedFace | None:
     return max(faces, key=lambda f: (f.area, f.confidence), default=None)
 
 
+def _prominence(f: DetectedFace, width: int, height: int) -> float:
+    x0, y0, x1, y1 = f.box
+    return f.area - 2.0 * (((x0 + x1) / 2 - width / 2) ** 2 + ((y0 + y1) / 2 - height / 2) ** 2)
+
+
 def prominent_face(faces: list[DetectedFace], width: int, height: int) -> DetectedFace | None:
     """The face a photo is about: large and near the centre (area - 2 * distance-to-centre^2, in pixels).
 
     Plain largest-area picks a cut-off neighbour at the edge in some portraits; measured on LFW
     (3,685 queries) this choice lifts P@1 from 0.950 to 0.976 for the face model.
     """
-    def score(f: DetectedFace) -> float:
-        x0, y0, x1, y1 = f.box
-        return f.area - 2.0 * (((x0 + x1) / 2 - width / 2) ** 2 + ((y0 + y1) / 2 - height / 2) ** 2)
+    return max(faces, key=lambda f: (_prominence(f, width, height), f.confidence), default=None)
 
-    return max(faces, key=lambda f: (score(f), f.confidence), default=None)
+
+def faces_by_prominence(faces: list[DetectedFace], width: int, height: int) -> list[DetectedFace]:
+    """Every face, the most prominent first (the order prominent_face picks by)."""
+    return sorted(faces, key=lambda f: (_prominence(f, width, height), f.confidence), reverse=True)

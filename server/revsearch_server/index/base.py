@@ -20,6 +20,8 @@ class Record:
     metadata: dict = field(default_factory=dict)
     # [x_min, y_min, x_max, y_max, confidence] of the face the vector came from, if any.
     face_box: list[float] | None = None
+    # Crop mode "all": how many rows (faces) the record's item has; set on its row 0.
+    face_count: int | None = None
 
 
 @dataclass

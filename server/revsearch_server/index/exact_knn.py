@@ -18,7 +18,8 @@ import numpy as np
 
 from .base import Hit, Record
 
-_RECORD_FIELDS = ("id", "uri", "sha256", "model", "model_version", "created_at_ms", "metadata", "face_box")
+_RECORD_FIELDS = ("id", "uri", "sha256", "model", "model_version", "created_at_ms", "metadata", "face_box",
+                  "face_count")
 
 
 def _atomic_write(path: Path, write) -> None:

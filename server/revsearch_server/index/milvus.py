@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 PREFIX = "revsearch_"
 _MISSING_COLLECTION = re.compile(r"collection not found|can't find collection|CollectionNotExists", re.I)
 OUTPUT_FIELDS = ["uri", "sha256", "metadata", "face_box"]
-_ID_MAX, _URI_MAX = 64, 2048
+# Row keys: a 64-character item id plus "~<face>" in crop mode "all" (see rows.py).
+_ID_MAX, _URI_MAX = 80, 2048
 
 
 def milvus_name(name: str) -> str:
@@ -142,7 +143,7 @@ class MilvusIndex:
         rows = [{
             "id": r.id, "vector": r.vector.tolist(), "uri": r.uri, "sha256": r.sha256, "model": r.model,
             "model_version": r.model_version, "created_at_ms": r.created_at_ms, "metadata": r.metadata,
-            "face_box": {"box": r.face_box} if r.face_box else {},
+            "face_box": _face_json(r),
         } for r in records]
         try:
             # Upsert, not insert: Milvus keeps both rows of a repeated primary key, so a retried or
@@ -205,6 +206,17 @@ class MilvusIndex:
         return int(rows[0]["count(*)"]) if rows else 0
 
 
+def _face_json(r: Record) -> dict:
+    out: dict = {"box": r.face_box} if r.face_box else {}
+    if r.face_count is not None:
+        out["faces"] = r.face_count
+    return out
+
+
+def _face_count(value) -> int | None:
+    return value.get("faces") if isinstance(value, dict) else None
+
+
 def _face_box(value) -> list[float] | None:
     return (value or {}).get("box") if isinstance(value, dict) else None
 
@@ -219,7 +231,7 @@ def _record(r: dict) -> Record:
     return Record(id=r["id"], vector=np.asarray(r["vector"], dtype=np.float32), uri=r["uri"],
                   sha256=r["sha256"], model=r["model"], model_version=r["model_version"],
                   created_at_ms=int(r["created_at_ms"]), metadata=r.get("metadata") or {},
-                  face_box=_face_box(r.get("face_box")))
+                  face_box=_face_box(r.get("face_box")), face_count=_face_count(r.get("face_box")))
 
 
 def _short(exc: Exception) -> str:
