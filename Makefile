@@ -9,7 +9,6 @@ PORT ?= 50051
 UNTRAINED ?=
 WEIGHTS ?=
 UNTRAINED_FLAG := $(if $(UNTRAINED),--allow-untrained,)
-WEIGHTS_FLAG := $(if $(WEIGHTS),--weights $(WEIGHTS),)
 PYTEST_ARGS ?=
 
 .PHONY: venv protos models serve test test-unit bench clean help
@@ -17,7 +16,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make serve [UNTRAINED=1] [WEIGHTS=path]  set up .venv, build models, start Triton + server on :$(PORT)"
 	@echo "make test                                 run all tests (unit, service, integration)"
-	@echo "make bench                                run the throughput benchmark into benchmarks/results/"
+	@echo "make bench                                run the benchmarks into benchmarks/results/"
 	@echo "make protos                               regenerate the gRPC stubs into clients/"
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -36,8 +35,10 @@ venv: $(VENV)/.installed
 protos: venv
 	$(PY) scripts/gen_protos.py
 
+# WEIGHTS is ResNet50's weights file; the other models find theirs themselves.
 models: venv
-	$(PY) scripts/build_models.py $(UNTRAINED_FLAG) $(WEIGHTS_FLAG)
+	$(if $(WEIGHTS),$(PY) scripts/build_models.py --models resnet50 --weights $(WEIGHTS))
+	$(PY) scripts/build_models.py $(UNTRAINED_FLAG)
 
 serve: models
 	$(VENV)/bin/revsearch serve --port $(PORT) --data-dir $(DATA_DIR) $(UNTRAINED_FLAG)
@@ -52,6 +53,7 @@ test-unit: venv
 bench: venv
 	$(PY) scripts/build_models.py $(UNTRAINED_FLAG)
 	$(PY) benchmarks/bench_embedding_throughput.py $(UNTRAINED_FLAG)
+	$(PY) benchmarks/bench_face_pipeline.py
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) model_repository/*/1/model.onnx model_repository/*/build_info.json

@@ -16,8 +16,6 @@ import asyncio
 import json
 import os
 import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,9 @@ from revsearch_server.embedding.local_onnx import make_session  # noqa: E402
 from revsearch_server.imaging import ImageLimits, preprocess  # noqa: E402
 from revsearch_server.models import load_models  # noqa: E402
 from tests.helpers import lfw_images  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import start_server, stop_server  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -50,21 +51,6 @@ def bench_onnxruntime(model, images: list[bytes], batch: int, seconds: float, sp
     elapsed = time.perf_counter() - started
     return {"images_per_s": done / elapsed, "images": done, "seconds": elapsed, "batch": batch,
             "intra_op_spinning": spinning}
-
-
-def start_server(extra: list[str], data_dir: str, allow_untrained: bool) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "revsearch_server", "--host", "127.0.0.1", "--port", "0", "--data-dir", data_dir,
-           "--log-level", "WARNING", *extra] + (["--allow-untrained"] if allow_untrained else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"server exited: rc={proc.poll()}")
-        m = re.search(r"revsearch listening on [^:]+:(\d+)", line)
-        if m:
-            return proc, f"127.0.0.1:{m.group(1)}"
-    raise RuntimeError("server did not start")
 
 
 async def bench_grpc(address: str, images: list[bytes], concurrency: int, seconds: float) -> dict:
@@ -104,8 +90,7 @@ class Servers:
 
     def close(self) -> None:
         for proc in self.procs.values():
-            proc.terminate()
-            proc.wait(60)
+            stop_server(proc)
         for d in self._dirs:
             d.cleanup()
 

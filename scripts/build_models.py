@@ -10,6 +10,10 @@ Weights: the standard torchvision download/cache, or --weights PATH (sha256-chec
 can be had the build stops, unless --allow-untrained: then a deterministically seeded, untrained
 network is built and recorded as untrained in build_info.json, which the server, the info RPC
 and the CLI report.
+
+Optional models (OPTIONAL: facenet) are built by a plain run only when their weights can be had;
+otherwise the run skips them with a one-line notice, --allow-untrained or not, so `make serve` and
+`make test` never build an untrained one. Named in --models they follow the rules above.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ UNTRAINED_BANNER = """
   UNTRAINED MODEL: {name} was built WITHOUT pretrained weights ({why}).
   Its embeddings are deterministic but meaningless for search. It is recorded as
   untrained; the server serves it only with --allow-untrained (tests, CI).
-  For real results: python scripts/build_models.py --weights /path/to/{filename}
+  For real results: python scripts/build_models.py --models {name} --weights /path/to/{filename}
 ================================================================================
 """
 
@@ -175,34 +179,193 @@ def build_face_dlib(out_dir: Path, weights_path: Path | None, allow_untrained: b
             "weights_sha256": sha256_file(dat), "onnx_sha256": sha256_file(version_dir / "model.onnx")}
 
 
-BUILDERS = {"resnet50": build_resnet50, "face_dlib": build_face_dlib}
+FACENET_FILENAME = "20180402-114759-vggface2.pt"
+FACENET_URL = f"https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/{FACENET_FILENAME}"
+# sha256 of that release asset (111,898,327 bytes). facenet-pytorch itself publishes no checksum (its
+# load_weights() checks none); this value is the one pinned, identically, by many independent public
+# projects that sha256-check the download from exactly this URL (Dockerfiles running `sha256sum -c`,
+# pinned-weights registries that also record the size above), found by code search. A file is checked
+# against it, and then structurally: it must load into InceptionResnetV1 with strict=True.
+FACENET_VGGFACE2_SHA256 = "281cebca8662831adb987a874bdcb36e73f5b1c6dc5ee5878f305e985625d99b"
+FACENET_VGGFACE2_CLASSES = 8631  # the logits layer of the VGGFace2 file (CASIA-Webface's has 10575)
+
+
+class SkipOptional(Exception):
+    """An optional model that this run does not build; the message is the one-line notice."""
+
+
+def _facenet_state_dict(path: Path) -> dict:
+    """The file's weights for InceptionResnetV1(classify=False), checked structurally: every key
+    and shape of the network, nothing else but the VGGFace2 logits layer (which is dropped)."""
+    import torch
+    from facenet_pytorch import InceptionResnetV1
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SystemExit(f"{path}: not a PyTorch state dict ({type(exc).__name__}: {exc}); refusing to build")
+    if not isinstance(state, dict):
+        raise SystemExit(f"{path}: holds a {type(state).__name__}, not a state dict; refusing to build")
+    logits = state.get("logits.weight")
+    if logits is None or tuple(logits.shape) != (FACENET_VGGFACE2_CLASSES, 512):
+        raise SystemExit(f"{path}: no VGGFace2 logits layer [{FACENET_VGGFACE2_CLASSES}, 512] "
+                         f"(found {None if logits is None else tuple(logits.shape)}); refusing to build")
+    state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+    expected = InceptionResnetV1(pretrained=None, classify=False).state_dict()
+    bad = [k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k].shape)]
+    extra = [k for k in state if k not in expected]
+    if bad or extra:
+        raise SystemExit(f"{path}: does not fit InceptionResnetV1 (missing or misshapen: {bad[:5]}, "
+                         f"unexpected: {extra[:5]}); refusing to build")
+    return state
+
+
+def _facenet_weights(weights_path: Path | None):
+    """(state_dict, source, sha256) from --weights, torch's checkpoint caches or the download."""
+    import torch
+    from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
+
+    def checked(path: Path, what: str):
+        digest = sha256_file(path)
+        if digest != FACENET_VGGFACE2_SHA256:
+            raise SystemExit(f"{path}: sha256 {digest} is not that of facenet-pytorch's {FACENET_FILENAME} "
+                             f"({FACENET_VGGFACE2_SHA256}); refusing to build{what}")
+        return _facenet_state_dict(path), f"facenet-pytorch VGGFace2 ({FACENET_FILENAME})", digest
+
+    if weights_path is not None:
+        return checked(weights_path, "")
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / FACENET_FILENAME
+    # torch hub's checkpoint cache, then facenet-pytorch's own (<torch home>/checkpoints).
+    for cached in (hub_file, Path(get_torch_home()) / "checkpoints" / FACENET_FILENAME):
+        if cached.is_file():
+            return checked(cached, " (delete that cached file to download it again)")
+    try:
+        socket.setdefaulttimeout(20)
+        hub_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(FACENET_URL, str(hub_file), hash_prefix=FACENET_VGGFACE2_SHA256)
+    except Exception as exc:  # no network, blocked host, bad hash (the partial file is removed)
+        raise WeightsUnavailable(f"could not download {FACENET_URL}: {type(exc).__name__}: {exc}") from None
+    return checked(hub_file, "")
+
+
+def build_facenet(out_dir: Path, weights_path: Path | None, allow_untrained: bool, required: bool = True) -> dict:
+    """FaceNet (facenet-pytorch's InceptionResnetV1, VGGFace2 weights): 512-d, 160 px face crops.
+    Not required (a plain run): built only when its weights can be had, else SkipOptional."""
+    import torch
+    from facenet_pytorch import InceptionResnetV1
+
+    try:
+        state, source, digest = _facenet_weights(weights_path)
+        trained = True
+    except WeightsUnavailable as exc:
+        how = f"python scripts/build_models.py --models facenet --weights /path/to/{FACENET_FILENAME}"
+        if not required:
+            raise SkipOptional(f"facenet: skipped (optional; no weights: {exc}); build it with: {how}")
+        if not allow_untrained:
+            raise SystemExit(
+                f"No FaceNet weights: {exc}.\n"
+                f"Give them with --models facenet --weights /path/to/{FACENET_FILENAME} (facenet-pytorch's "
+                f"VGGFace2 file, {FACENET_URL}), or put that file in torch's hub cache "
+                f"({Path(torch.hub.get_dir()) / 'checkpoints'}), or build an UNTRAINED model for tests with "
+                f"--models facenet --allow-untrained.")
+        print(UNTRAINED_BANNER.format(name="facenet", why="no weights file given and the download failed",
+                                      filename=FACENET_FILENAME), file=sys.stderr)
+        state, source, digest, trained = None, "untrained: torch.manual_seed(0), facenet-pytorch init", "", False
+
+    torch.manual_seed(0)
+    backbone = InceptionResnetV1(pretrained=None, classify=False)
+    if state is not None:
+        backbone.load_state_dict(state, strict=True)
+    model = _UInt8FixedStandardization(backbone).eval()
+
+    version_dir = out_dir / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = version_dir / "model.onnx"
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter, as for resnet50
+    example = torch.randint(0, 256, (2, 160, 160, 3), dtype=torch.uint8)
+    torch.onnx.export(model, (example,), str(onnx_path), input_names=["images"], output_names=["embeddings"],
+                      dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}}, opset_version=17,
+                      dynamo=False)
+    _check_onnx(model, onnx_path, example)
+    # "face_margin": the MTCNN box plus a margin, square, resized to input_size, not landmark-aligned
+    # (the crops facenet-pytorch's own MTCNN makes for this model).
+    return {"name": "facenet", "version": "1", "dimension": 512, "input_size": 160, "resize_to": 160,
+            "preprocess": "face_margin", "input_name": "images", "output_name": "embeddings", "trained": trained,
+            "weights_source": source, "weights_sha256": digest, "onnx_sha256": sha256_file(onnx_path)}
+
+
+def _UInt8FixedStandardization(backbone):
+    from torch import nn
+
+    class UInt8FixedStandardization(nn.Module):
+        """uint8 NHWC RGB in; facenet-pytorch's fixed_image_standardization, (x - 127.5) / 128,
+        into the backbone as float NCHW."""
+
+        def __init__(self):
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, images):
+            x = images.permute(0, 3, 1, 2).float()
+            return self.backbone((x - 127.5) / 128.0)
+
+    return UInt8FixedStandardization()
+
+
+BUILDERS = {"resnet50": build_resnet50, "face_dlib": build_face_dlib, "facenet": build_facenet}
+# Built by a run that does not name them in --models only when their weights can be had.
+OPTIONAL = {"facenet"}
 RUNNER = ROOT / "model_repository" / "onnx_runner.py"
+
+
+def plan(models: str | None) -> list[tuple[str, bool]]:
+    """(name, required) per model to build: --models given names only required models; without it,
+    every model in BUILDERS, the OPTIONAL ones not required."""
+    if models is None:
+        return [(name, name not in OPTIONAL) for name in BUILDERS]
+    return [(name, True) for name in models.split(",") if name]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
-    parser.add_argument("--models", default=",".join(BUILDERS), help="comma-separated: " + ", ".join(BUILDERS))
+    parser.add_argument("--models", default=None,
+                        help=f"comma-separated: {', '.join(BUILDERS)} (default: all; the optional "
+                             f"{', '.join(sorted(OPTIONAL))} only when its weights can be had)")
     parser.add_argument("--weights", type=Path, help="local weights file (single model builds only)")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="build a seeded untrained model when no weights can be had (tests only)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the build record is current")
     args = parser.parse_args(argv)
-    names = [n for n in args.models.split(",") if n]
-    for name in names:
+    builds = plan(args.models)
+    for name, required in builds:
         if name not in BUILDERS:
             parser.error(f"unknown model {name!r}; known: {', '.join(BUILDERS)}")
+    for name, required in builds:
         out_dir = args.repository / name
         info_file = out_dir / "build_info.json"
-        if info_file.exists() and not args.force and args.weights is None:
+        if info_file.exists() and not args.force and (args.weights is None or not required):
             info = json.loads(info_file.read_text())
             built = all((out_dir / "1" / f).exists() for f in ("model.onnx", "model.py"))
-            if built and (info["trained"] or args.allow_untrained):
+            # An optional model not asked for is kept only when trained (an untrained one is never
+            # made by a plain run; the build below then skips or replaces it).
+            if built and (info["trained"] or (args.allow_untrained and required)):
                 print(f"{name}: already built ({'trained' if info['trained'] else 'UNTRAINED'}); --force rebuilds")
                 continue
         started = time.time()
-        print(f"{name}: building into {out_dir}")
-        info = BUILDERS[name](out_dir, args.weights, args.allow_untrained)
+        if required:
+            print(f"{name}: building into {out_dir}")
+            info = BUILDERS[name](out_dir, args.weights, args.allow_untrained)
+        else:
+            # --weights belongs to the model named in --models; an optional model in a plain run
+            # takes its weights from the cache or the download only, and is skipped without them.
+            try:
+                info = BUILDERS[name](out_dir, None, False, required=False)
+            except SkipOptional as notice:
+                left = " (an UNTRAINED build is left in place, served only with --allow-untrained)" \
+                    if info_file.exists() else ""
+                print(f"{notice}{left}")
+                continue
         info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         shutil.copyfile(RUNNER, out_dir / info["version"] / "model.py")
         info_file.write_text(json.dumps(info, indent=2) + "\n")

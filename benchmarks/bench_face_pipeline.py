@@ -1,0 +1,205 @@
+"""Face pipeline speed: each stage alone, then the whole pipeline through the server, in one run.
+
+On the same LFW images it measures, in this process and one stage at a time (as the server runs
+them: detection batched 8 images at a time, the face model on chips and their mirror images):
+  decode   JPEG bytes -> RGB array (PIL, EXIF applied)
+  detect   MTCNN (facenet-pytorch, min face 20 px) -> faces/s and images/s
+  align    five landmarks -> 150 px chip (similarity transform)
+  embed    the face model (ONNX Runtime, in-process, flip-averaged like the server) -> faces/s
+  store    Milvus Lite upserts of the 128-d vectors, 8 per call
+and then IndexImages over gRPC into a `largest`-face collection of a revsearch server process
+(managed CPU Triton, Milvus Lite), the way users index. It writes each stage's seconds per image,
+its share of the sum, and the served images/s against the sequential sum of the stages to
+benchmarks/results/face_pipeline.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import machine, now_utc, start_server, stop_server, write_results  # noqa: E402
+from revsearch.client import AsyncSearchClient, ImageInput  # noqa: E402
+from revsearch_server.embedding.local_onnx import make_session  # noqa: E402
+from revsearch_server.faces.align import align_chip  # noqa: E402
+from revsearch_server.faces.detector import DetectorSettings, FaceDetector, prominent_face  # noqa: E402
+from revsearch_server.imaging import ImageLimits, decode_image  # noqa: E402
+from revsearch_server.index.base import Record  # noqa: E402
+from revsearch_server.index.milvus import MilvusStore  # noqa: E402
+from revsearch_server.models import load_models  # noqa: E402
+from tests.helpers import lfw_images  # noqa: E402
+
+DETECT_BATCH = 8  # the server's micro-batch: detection runs on the images of one index batch
+
+
+def timed(fn):
+    started = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - started
+
+
+def stage_decode(blobs: list[bytes]) -> tuple[list[np.ndarray], float]:
+    limits = ImageLimits(1 << 30, 1 << 30)
+    return timed(lambda: [np.asarray(decode_image(b, limits), dtype=np.uint8) for b in blobs])
+
+
+def stage_detect(images: list[np.ndarray]) -> tuple[list, float]:
+    detector = FaceDetector(DetectorSettings(min_face_size=20, min_confidence=0.9))
+    detector.detect(images[:DETECT_BATCH])  # warm-up (first call builds the networks' kernels)
+
+    def run():
+        faces = []
+        for i in range(0, len(images), DETECT_BATCH):
+            faces += detector.detect(images[i:i + DETECT_BATCH])
+        return faces
+
+    return timed(run)
+
+
+def stage_align(images: list[np.ndarray], faces: list, size: int) -> tuple[np.ndarray, float]:
+    def run():
+        chips = []
+        for img, fs in zip(images, faces):
+            face = prominent_face(fs, img.shape[1], img.shape[0])
+            if face is not None:
+                chips.append(align_chip(img, face.landmarks, size))
+        return np.stack(chips)
+
+    return timed(run)
+
+
+def stage_embed(model, chips: np.ndarray, batch: int) -> tuple[np.ndarray, float]:
+    session = make_session(model.onnx_path, spinning=True)
+    session.run(None, {model.input_name: chips[:batch]})  # warm-up
+
+    def run():
+        out = []
+        for i in range(0, len(chips), batch):
+            part = chips[i:i + batch]
+            both = session.run(None, {model.input_name: np.concatenate([part, part[:, :, ::-1]])})[0]
+            out.append(both[:len(part)] + both[len(part):])
+        return np.concatenate(out)
+
+    return timed(run)
+
+
+async def stage_store(vectors: np.ndarray, workdir: str) -> float:
+    store = MilvusStore(f"{workdir}/store.db", token="", timeout_s=60, consistency="Session")
+    await store.start()
+    await store.create("bench", vectors.shape[1], "benchmark")
+    index = store.index("bench", vectors.shape[1])
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    records = [Record(id=f"r{i}", vector=v.astype(np.float32), uri=f"img{i}", sha256=f"{i:064x}", model="face_dlib",
+                      model_version="1", created_at_ms=0, metadata={}, face_box=[0, 0, 1, 1, 1.0])
+               for i, v in enumerate(unit)]
+    await index.insert(records[:DETECT_BATCH])  # warm-up, then overwrite: upserts of the same ids
+    started = time.perf_counter()
+    for i in range(0, len(records), DETECT_BATCH):
+        await index.insert(records[i:i + DETECT_BATCH])
+    elapsed = time.perf_counter() - started
+    await store.close()
+    return elapsed
+
+
+async def served(address: str, paths: list[Path], streams: int) -> dict:
+    """IndexImages over `streams` concurrent streams (the images split between them)."""
+    async with AsyncSearchClient(address, timeout=600) as client:
+        info = await client.info()
+        await client.create_collection("bench_faces", model="face_dlib", crop_mode="largest")
+        await client.create_collection("bench_warmup", model="face_dlib", crop_mode="largest")
+        warm = [ImageInput.from_path(p) for p in paths[:16]]
+        async for _ in client.index_images("bench_warmup", warm):
+            pass
+        items = [ImageInput.from_path(p) for p in paths]
+        statuses: list[int] = []
+
+        async def stream(part: list[ImageInput]):
+            async for r in client.index_images("bench_faces", part):
+                statuses.append(r.status)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(stream(items[k::streams]) for k in range(streams)))
+        elapsed = time.perf_counter() - started
+    return {"images_per_s": len(items) / elapsed, "seconds": elapsed, "images": len(items), "streams": streams,
+            "indexed": sum(1 for s in statuses if s == 1), "no_face": sum(1 for s in statuses if s == 4),
+            "backend": info.inference_detail}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=400, help="LFW images (a few per person)")
+    parser.add_argument("--embed-batch", type=int, default=16)
+    parser.add_argument("--streams", type=int, default=4, help="concurrent IndexImages streams")
+    args = parser.parse_args()
+
+    model = load_models(ROOT / "model_repository", allow_untrained=True)["face_dlib"]
+    paths = lfw_images(args.images, per_person_max=4)
+    blobs = [p.read_bytes() for p in paths]
+    n = len(blobs)
+    print(f"face pipeline on {n} LFW images (250x250 JPEG), {machine()['cpus']} CPUs", flush=True)
+
+    images, t_decode = stage_decode(blobs)
+    faces, t_detect = stage_detect(images)
+    n_faces = sum(len(f) for f in faces)
+    chips, t_align = stage_align(images, faces, model.input_size)
+    vectors, t_embed = stage_embed(model, chips, args.embed_batch)
+    with tempfile.TemporaryDirectory(prefix="bench-faces-") as workdir:
+        t_store = asyncio.run(stage_store(vectors, workdir))
+    stages = {"decode": t_decode, "detect": t_detect, "align": t_align, "embed": t_embed, "store": t_store}
+    per_image = {k: v / n for k, v in stages.items()}
+    total = sum(per_image.values())
+    for k, v in per_image.items():
+        print(f"  {k:7s} {v * 1000:7.2f} ms/image  {100 * v / total:5.1f}%", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-faces-srv-") as data_dir:
+        proc, address = start_server([], data_dir, allow_untrained=True)
+        try:
+            e2e = asyncio.run(served(address, paths, args.streams))
+        finally:
+            stop_server(proc)
+    ceiling = 1.0 / total
+    print(f"  served: {e2e['images_per_s']:.1f} images/s ({e2e['indexed']} indexed, {e2e['no_face']} no face); "
+          f"stage sum allows {ceiling:.1f} images/s sequentially -> ratio {e2e['images_per_s'] / ceiling:.2f}")
+
+    result = {
+        "benchmark": "face pipeline (MTCNN + face_dlib) stages and served indexing",
+        "date": now_utc(), "machine": machine(), "images": n, "faces_detected": n_faces, "chips": len(chips),
+        "detection": {"faces_per_s": n_faces / t_detect, "images_per_s": n / t_detect, "batch": DETECT_BATCH,
+                      "min_face_size": 20},
+        "face_model": {"faces_per_s": len(chips) / t_embed, "batch": args.embed_batch, "flip_average": True,
+                       "forward_passes_per_s": 2 * len(chips) / t_embed, "backend": "onnxruntime in-process"},
+        "stages_ms_per_image": {k: 1000 * v for k, v in per_image.items()},
+        "stage_share": {k: v / total for k, v in per_image.items()},
+        "stage_sum_images_per_s": ceiling,
+        "served": e2e,
+        "served_over_stage_sum": e2e["images_per_s"] / ceiling,
+    }
+    rows = "\n".join(f"| {k} | {1000 * v:.2f} | {100 * v / total:.1f}% |" for k, v in per_image.items())
+    write_results("face_pipeline", result, (
+        f"# Face pipeline speed ({result['date']}, {machine()['cpus']} CPUs, {n} LFW images)\n\n"
+        f"| stage | ms per image | share |\n|---|---|---|\n{rows}\n| **sum** | {1000 * total:.2f} | 100% |\n\n"
+        f"- Detection (MTCNN, batches of {DETECT_BATCH}, min face 20 px): "
+        f"**{result['detection']['faces_per_s']:.1f} faces/s** ({result['detection']['images_per_s']:.1f} images/s, "
+        f"{n_faces} faces in {n} images).\n"
+        f"- Face model (face_dlib ONNX, in-process, batch {args.embed_batch}, chip + mirror image): "
+        f"**{result['face_model']['faces_per_s']:.1f} faces/s** ({result['face_model']['forward_passes_per_s']:.0f} "
+        f"forward passes/s).\n"
+        f"- Whole pipeline through the server (IndexImages, {args.streams} concurrent streams, managed CPU Triton, "
+        f"Milvus Lite): **{e2e['images_per_s']:.1f} images/s**; {e2e['images_per_s'] / ceiling:.2f} of the "
+        f"{ceiling:.1f} images/s that the stages allow run one after another in one process.\n"))
+    print("written to benchmarks/results/face_pipeline.{json,md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
