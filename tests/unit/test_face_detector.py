@@ -114,3 +114,27 @@ def test_largest_face_prefers_area_then_confidence():
     assert big.area == 900
     assert largest_face([small, big]) is big
     assert largest_face([big, big_sure, small]) is big_sure
+
+
+def test_images_too_small_for_any_face_have_none_and_do_not_break_their_batch(detector, lfw_batch):
+    images, _ = lfw_batch
+    tiny = [np.zeros((8, 8, 3), np.uint8), np.zeros((1, 1, 3), np.uint8), np.zeros((3000, 12, 3), np.uint8)]
+    faces = detector.detect([images[0], *tiny])
+    assert len(faces[0]) >= 1 and faces[1:] == [[], [], []]
+
+
+def test_an_image_mtcnn_fails_on_is_reported_alone_and_the_rest_of_its_batch_is_detected(detector, lfw_batch,
+                                                                                          monkeypatch):
+    images, _ = lfw_batch
+    poisoned = images[2].copy()
+    poisoned[0, 0] = [1, 2, 3]  # a marker the stand-in failure looks for
+    real_detect = detector._mtcnn.detect
+
+    def failing(batch, landmarks):
+        if any(np.array_equal(img[0, 0], [1, 2, 3]) for img in batch):
+            raise ValueError("torch.cat(): expected a non-empty list of Tensors")
+        return real_detect(batch, landmarks=landmarks)
+
+    monkeypatch.setattr(detector._mtcnn, "detect", failing)
+    faces = detector.detect([images[0], poisoned, images[1]])
+    assert faces[1] is None and len(faces[0]) >= 1 and len(faces[2]) >= 1

@@ -86,6 +86,11 @@ class FaceCropper:
 
         out: list[list[FaceCrop] | RevsearchError] = []
         for image, faces in zip(images, self._detect(images, options)):
+            if faces is None:
+                out.append(InvalidArgument(
+                    f"face detection (MTCNN) failed on this {image.shape[1]}x{image.shape[0]} image; check that "
+                    "it is a photo, or index it into a collection with crop mode 'none'"))
+                continue
             ranked = faces_by_prominence(faces, image.shape[1], image.shape[0])
             if not ranked:
                 if options.whole_image_if_no_face:
@@ -114,7 +119,7 @@ class FaceCropper:
             detector = FaceDetector(DetectorSettings(min_face_size=options.min_face_size, min_confidence=0.0))
             self._detectors[options.min_face_size] = detector
         faces = detector.detect(images)
-        return [[f for f in fs if f.confidence >= options.min_confidence] for fs in faces]
+        return [None if fs is None else [f for f in fs if f.confidence >= options.min_confidence] for fs in faces]
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
