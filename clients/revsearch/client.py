@@ -26,6 +26,7 @@ DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT_S = 60.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CROP_MODES = {"none": pb.CROP_MODE_NONE, "largest": pb.CROP_MODE_LARGEST_FACE, "all": pb.CROP_MODE_ALL_FACES}
+MEDIA_TYPES = {"image": pb.MEDIA_TYPE_IMAGE, "video": pb.MEDIA_TYPE_VIDEO}
 INDEX_BACKENDS = {"milvus": pb.INDEX_BACKEND_MILVUS, "exact_knn": pb.INDEX_BACKEND_EXACT_KNN}
 BACKEND_NAMES = {pb.INFERENCE_BACKEND_TRITON: "triton", pb.INFERENCE_BACKEND_ONNXRUNTIME_LOCAL: "onnxruntime-local",
                  pb.INFERENCE_BACKEND_NONE: "none", pb.INFERENCE_BACKEND_UNSPECIFIED: "-"}
@@ -54,13 +55,44 @@ class ImageInput:
 
 
 def _create_request(name, model, crop_mode, index_backend, description, exist_ok,
-                    face_options: dict | None) -> pb.CreateCollectionRequest:
-    req = pb.CreateCollectionRequest(name=name, model=model, crop_mode=CROP_MODES[crop_mode],
-                                     index_backend=INDEX_BACKENDS[index_backend], description=description,
-                                     exist_ok=exist_ok)
+                    face_options: dict | None, media_type: str = "image",
+                    video_sampling: dict | None = None) -> pb.CreateCollectionRequest:
+    req = pb.CreateCollectionRequest(
+        name=name, model=model, crop_mode=CROP_MODES[crop_mode] if crop_mode else pb.CROP_MODE_UNSPECIFIED,
+        index_backend=INDEX_BACKENDS[index_backend], description=description, exist_ok=exist_ok,
+        media_type=MEDIA_TYPES[media_type])
+    if video_sampling is not None:  # keys: frames, mode ("uniform" | "jitter" | "scene"), seed
+        req.video_sampling.CopyFrom(_sampling(video_sampling.get("frames"), video_sampling.get("mode"),
+                                              video_sampling.get("seed")))
     if face_options is not None:  # keys as in pb.FaceOptions, e.g. {"max_faces": 8, "min_face_size": 40}
         req.face_options.CopyFrom(pb.FaceOptions(**face_options))
     return req
+
+
+VIDEO_CHUNK_BYTES = 1024 * 1024
+SAMPLING_MODES = {"uniform": pb.SAMPLING_MODE_UNIFORM, "jitter": pb.SAMPLING_MODE_JITTER, "scene": pb.SAMPLING_MODE_SCENE}
+RANKINGS = {"frames": pb.VIDEO_RANKING_FRAMES, "mean_vector": pb.VIDEO_RANKING_MEAN_VECTOR}
+
+
+def _sampling(frames: int | None, mode: str | None, seed: int | None) -> pb.VideoSampling:
+    msg = pb.VideoSampling(mode=SAMPLING_MODES[mode] if mode else pb.SAMPLING_MODE_UNSPECIFIED, seed=seed or 0)
+    if frames is not None:
+        msg.frames = frames
+    return msg
+
+
+def _file_chunks(source: str | Path | bytes, chunk_bytes: int) -> Iterator[bytes]:
+    if isinstance(source, (bytes, bytearray)):
+        for i in range(0, len(source), chunk_bytes):
+            yield bytes(source[i:i + chunk_bytes])
+        return
+    with open(source, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            yield chunk
+
+
+def _video_size(source: str | Path | bytes) -> int:
+    return len(source) if isinstance(source, (bytes, bytearray)) else Path(source).stat().st_size
 
 
 def _search_request(collection, image, vector, item_id, top_k) -> pb.SearchImagesRequest:
@@ -115,12 +147,15 @@ class SearchClient:
         return self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=timeout or self.timeout)
 
     @_typed_errors
-    def create_collection(self, name: str, model: str = "", crop_mode: str = "none", index_backend: str = "milvus",
-                          description: str = "", exist_ok: bool = False,
-                          face_options: dict | None = None, timeout: float | None = None
+    def create_collection(self, name: str, model: str = "", crop_mode: str | None = None,
+                          index_backend: str = "milvus", description: str = "", exist_ok: bool = False,
+                          face_options: dict | None = None, media_type: str = "image",
+                          video_sampling: dict | None = None, timeout: float | None = None
                           ) -> pb.CreateCollectionResponse:
+        """crop_mode None: the server's default (whole image; every face for video collections)."""
         return self._stub.CreateCollection(
-            _create_request(name, model, crop_mode, index_backend, description, exist_ok, face_options),
+            _create_request(name, model, crop_mode, index_backend, description, exist_ok, face_options,
+                            media_type, video_sampling),
             timeout=timeout or self.timeout)
 
     @_typed_errors
@@ -136,6 +171,46 @@ class SearchClient:
     @_typed_errors
     def drop_collection(self, name: str, timeout: float | None = None) -> None:
         self._stub.DropCollection(pb.DropCollectionRequest(name=name), timeout=timeout or self.timeout)
+
+    @_typed_errors
+    def index_video(self, collection: str, video: str | Path | bytes, id: str = "", uri: str | None = None,
+                    metadata: dict | None = None, frames: int | None = None, mode: str | None = None,
+                    seed: int | None = None, chunk_bytes: int = VIDEO_CHUNK_BYTES,
+                    timeout: float | None = None) -> pb.IndexVideoResponse:
+        """Uploads a video file (path or bytes) in chunks and indexes it."""
+        header = pb.VideoHeader(collection=collection, id=id, sampling=_sampling(frames, mode, seed),
+                                uri=uri if uri is not None else ("" if isinstance(video, bytes) else str(video)),
+                                size_bytes=_video_size(video))
+        if metadata:
+            header.metadata.update(metadata)
+
+        def requests():
+            yield pb.IndexVideoRequest(header=header)
+            for chunk in _file_chunks(video, chunk_bytes):
+                yield pb.IndexVideoRequest(chunk=chunk)
+
+        return self._stub.IndexVideo(requests(), timeout=timeout or self.timeout)
+
+    @_typed_errors
+    def search_videos(self, collection: str, clip: str | Path | bytes | None = None, image: bytes | None = None,
+                      top_k: int | None = None, ranking: str = "frames", frames: int | None = None,
+                      mode: str | None = None, seed: int | None = None, chunk_bytes: int = VIDEO_CHUNK_BYTES,
+                      timeout: float | None = None) -> pb.SearchVideosResponse:
+        """Searches a video collection with a query clip (path or bytes, uploaded in chunks) or an image."""
+        if (clip is None) == (image is None):
+            raise ValueError("give exactly one of clip or image")
+        header = pb.SearchVideosHeader(collection=collection, ranking=RANKINGS[ranking],
+                                       sampling=_sampling(frames, mode, seed), image=image or b"")
+        if top_k is not None:
+            header.top_k = top_k
+
+        def requests():
+            yield pb.SearchVideosRequest(header=header)
+            if clip is not None:
+                for chunk in _file_chunks(clip, chunk_bytes):
+                    yield pb.SearchVideosRequest(chunk=chunk)
+
+        return self._stub.SearchVideos(requests(), timeout=timeout or self.timeout)
 
     def index_images(self, collection: str, items: Iterable[ImageInput],
                      timeout: float | None = None) -> Iterator[pb.IndexImagesResponse]:
@@ -200,12 +275,14 @@ class AsyncSearchClient:
         return await self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=timeout or self.timeout)
 
     @_async_typed_errors
-    async def create_collection(self, name: str, model: str = "", crop_mode: str = "none",
+    async def create_collection(self, name: str, model: str = "", crop_mode: str | None = None,
                                 index_backend: str = "milvus", description: str = "", exist_ok: bool = False,
-                                face_options: dict | None = None, timeout: float | None = None
+                                face_options: dict | None = None, media_type: str = "image",
+                                video_sampling: dict | None = None, timeout: float | None = None
                                 ) -> pb.CreateCollectionResponse:
         return await self._stub.CreateCollection(
-            _create_request(name, model, crop_mode, index_backend, description, exist_ok, face_options),
+            _create_request(name, model, crop_mode, index_backend, description, exist_ok, face_options,
+                            media_type, video_sampling),
             timeout=timeout or self.timeout)
 
     @_async_typed_errors

@@ -35,6 +35,8 @@ from .index.milvus import MilvusStore
 from .models import ModelsUnavailable, load_models
 from .pipeline import SearchPipeline
 from .servicer import InfoProvider, SearchServicer
+from .video.pipeline import VideoPipeline
+from .video.sampling import VideoLimits
 from .triton_managed import ManagedTriton
 
 log = logging.getLogger("revsearch")
@@ -96,14 +98,19 @@ class RevsearchServer:
         self._pool = ThreadPoolExecutor(max_workers=s.decode_workers, thread_name_prefix="decode")
         limits = ImageLimits(max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
         self._cropper = FaceCropper(self._pool, limits)
-        pipeline = SearchPipeline(self._embedder, catalog, self._pool, limits, s.max_top_k, self._cropper)
+        video_limits = VideoLimits(max_duration_s=s.max_video_duration_s, max_width=s.max_video_width,
+                                   max_height=s.max_video_height, max_frames=s.max_video_frames)
+        pipeline = SearchPipeline(self._embedder, catalog, self._pool, limits, s.max_top_k, self._cropper,
+                                  video_limits)
+        videos = VideoPipeline(pipeline, video_limits, s.video_frame_max_side, self._pool)
 
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", s.max_receive_message_bytes),
             ("grpc.max_send_message_length", s.max_receive_message_bytes),
         ])
         pb_grpc.add_SearchServiceServicer_to_server(
-            SearchServicer(pipeline, InfoProvider(s, self._embedder, self._store.describe()), s.index_batch_size),
+            SearchServicer(pipeline, InfoProvider(s, self._embedder, self._store.describe()), s.index_batch_size,
+                           videos, s.max_video_bytes),
             self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

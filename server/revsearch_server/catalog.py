@@ -22,6 +22,7 @@ from .index.exact_knn import ExactKnnIndex
 from .index.milvus import MilvusStore
 from .faces.cropper import FaceOptions
 from .models import ModelSpec
+from .video.sampling import SamplingOptions
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 MAX_DESCRIPTION = 1024
@@ -31,6 +32,16 @@ class CropMode(str, enum.Enum):
     NONE = "none"
     LARGEST_FACE = "largest"
     ALL_FACES = "all"
+
+
+class MediaType(str, enum.Enum):
+    IMAGE = "image"
+    VIDEO = "video"
+
+
+# A video collection keeps its videos' mean vectors in a second index of this suffix; user names
+# cannot contain "__", so it never clashes with a collection.
+MEANS_SUFFIX = "__means"
 
 
 class IndexKind(str, enum.Enum):
@@ -50,10 +61,13 @@ class CollectionSpec:
     description: str
     model_trained: bool
     face_options: FaceOptions = FaceOptions()
+    media_type: MediaType = MediaType.IMAGE
+    video_sampling: SamplingOptions = SamplingOptions()
 
     def to_json(self) -> str:
         d = asdict(self)
         d["crop_mode"], d["index_kind"] = self.crop_mode.value, self.index_kind.value
+        d["media_type"] = self.media_type.value
         return json.dumps({"revsearch_collection": 1, **d})
 
     @classmethod
@@ -66,7 +80,13 @@ class CollectionSpec:
             return None
         d["crop_mode"], d["index_kind"] = CropMode(d["crop_mode"]), IndexKind(d["index_kind"])
         d["face_options"] = FaceOptions(**d.get("face_options", {}))
+        d["media_type"] = MediaType(d.get("media_type", "image"))
+        d["video_sampling"] = SamplingOptions(**d.get("video_sampling", {}))
         return cls(**d)
+
+    @property
+    def is_video(self) -> bool:
+        return self.media_type is MediaType.VIDEO
 
     @property
     def crops_faces(self) -> bool:
@@ -78,17 +98,18 @@ class CollectionSpec:
         return self.face_options if self.crops_faces else None
 
     def same_settings(self, other: "CollectionSpec") -> bool:
-        return (self.model, self.crop_mode, self.index_kind, self.face_options) == \
-            (other.model, other.crop_mode, other.index_kind, other.face_options)
+        return (self.model, self.crop_mode, self.index_kind, self.face_options, self.media_type,
+                self.video_sampling) == (other.model, other.crop_mode, other.index_kind, other.face_options,
+                                         other.media_type, other.video_sampling)
 
 
 def validate_name(name: str) -> str:
     if not name:
         raise InvalidArgument("collection name is required")
-    if not NAME_RE.match(name):
+    if not NAME_RE.match(name) or "__" in name:
         raise InvalidArgument(
             f"invalid collection name {name!r}: use 1-63 characters, a letter first, then letters, "
-            "digits or '_'")
+            "digits or single '_'")
     return name
 
 
@@ -102,6 +123,7 @@ class Catalog:
         self._specs: dict[str, tuple[float, CollectionSpec]] = {}
         self._knn_root = knn_root
         self._knn: dict[str, tuple[CollectionSpec, ExactKnnIndex]] = {}
+        self._knn_means: dict[str, ExactKnnIndex] = {}
         self._lock = asyncio.Lock()
         knn_root.mkdir(parents=True, exist_ok=True)
         for spec_file in sorted(knn_root.glob("*/spec.json")):
@@ -110,7 +132,8 @@ class Catalog:
                 self._knn[spec.name] = (spec, ExactKnnIndex(spec_file.parent, spec.dimension))
 
     async def create(self, name: str, model: ModelSpec, crop_mode: CropMode, index_kind: IndexKind,
-                     description: str, exist_ok: bool, face_options: FaceOptions = FaceOptions()
+                     description: str, exist_ok: bool, face_options: FaceOptions = FaceOptions(),
+                     media_type: MediaType = MediaType.IMAGE, video_sampling: SamplingOptions = SamplingOptions()
                      ) -> tuple[CollectionSpec, bool]:
         validate_name(name)
         if len(description) > MAX_DESCRIPTION:
@@ -118,7 +141,8 @@ class Catalog:
         spec = CollectionSpec(name=name, model=model.name, model_version=model.version,
                               dimension=model.dimension, crop_mode=crop_mode, index_kind=index_kind,
                               created_at_ms=int(time.time() * 1000), description=description,
-                              model_trained=model.trained, face_options=face_options)
+                              model_trained=model.trained, face_options=face_options, media_type=media_type,
+                              video_sampling=video_sampling)
         async with self._lock:
             self._specs.pop(name, None)
             existing = await self.find(name)
@@ -127,13 +151,16 @@ class Catalog:
                     return existing, False
                 raise AlreadyExists(
                     f"collection {name!r} already exists with model {existing.model}, crop mode "
-                    f"{existing.crop_mode.value}, index {existing.index_kind.value}")
+                    f"{existing.crop_mode.value}, index {existing.index_kind.value}, media "
+                    f"{existing.media_type.value}")
             if index_kind is IndexKind.EXACT_KNN:
                 directory = self._knn_root / name
                 directory.mkdir(parents=True, exist_ok=True)
                 (directory / "spec.json").write_text(spec.to_json())
                 self._knn[name] = (spec, ExactKnnIndex(directory, spec.dimension))
             else:
+                if spec.is_video:  # created first: a collection is only listed once its spec exists
+                    await self._milvus.create(name + MEANS_SUFFIX, spec.dimension, f"mean vectors of videos in {name}")
                 created = await self._milvus.create(name, spec.dimension, spec.to_json())
                 if not created:  # another server process created it between our check and now
                     existing = await self.find(name)
@@ -163,6 +190,17 @@ class Catalog:
             raise NotFound(f"collection {name!r} does not exist; create it first (see ListCollections)")
         return spec, self._milvus.index(name, spec.dimension)
 
+    async def means(self, spec: CollectionSpec) -> VectorIndex:
+        """A video collection's index of one mean vector per video (ids: the video ids)."""
+        if spec.index_kind is IndexKind.EXACT_KNN:
+            directory = self._knn_root / spec.name / "means"
+            key = spec.name + MEANS_SUFFIX
+            if key not in self._knn_means:
+                directory.mkdir(parents=True, exist_ok=True)
+                self._knn_means[key] = ExactKnnIndex(directory, spec.dimension)
+            return self._knn_means[key]
+        return self._milvus.index(spec.name + MEANS_SUFFIX, spec.dimension)
+
     async def list(self) -> list[CollectionSpec]:
         specs = [s for s, _ in self._knn.values()]
         for description in await self._milvus.descriptions():
@@ -176,10 +214,14 @@ class Catalog:
         async with self._lock:
             if name in self._knn:
                 del self._knn[name]
+                self._knn_means.pop(name + MEANS_SUFFIX, None)
                 await asyncio.to_thread(shutil.rmtree, self._knn_root / name, True)
                 return
             self._specs.pop(name, None)
-            if await self.find(name) is None:
+            spec = await self.find(name)
+            if spec is None:
                 raise NotFound(f"collection {name!r} does not exist")
             self._specs.pop(name, None)
             await self._milvus.drop(name)
+            if spec is not None and spec.is_video:
+                await self._milvus.drop(name + MEANS_SUFFIX)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalog import Catalog, CollectionSpec, CropMode, IndexKind
+from .catalog import Catalog, CollectionSpec, CropMode, IndexKind, MediaType
 from .embedding.base import BackendKind
 from .embedding.embedder import Embedder, l2_normalize
 from .errors import AlreadyExists, InvalidArgument, NotFound, RevsearchError
@@ -24,12 +24,14 @@ from .imaging import ImageLimits, preprocess, sha256_hex
 from .index.base import Hit, Record, VectorIndex
 from .models import ModelSpec
 from .rows import collapse_hits, item_of, row_id, rows_of
+from .video.sampling import SamplingOptions, VideoLimits
 
 ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_URI = 2048
 MAX_METADATA_BYTES = 16 * 1024
 MAX_DELETE_IDS = 1000
 DEFAULT_TOP_K = 20
+VIDEO_DEFAULT_MODEL = "face_dlib"
 # Crop mode "all" searches rows (faces) and returns items, so it fetches more rows than items;
 # Milvus caps a search's limit at 16384.
 MAX_ROW_FETCH = 16384
@@ -112,23 +114,42 @@ def check_crop_settings(model: ModelSpec, crop_mode: CropMode, face_options: Fac
     return (face_options or FaceOptions()).validate()
 
 
+def _images_only(spec: CollectionSpec) -> None:
+    if spec.is_video:
+        raise InvalidArgument(f"collection {spec.name!r} holds videos; index and search it with IndexVideo and "
+                              "SearchVideos (revsearch index-videos / search-video)")
+
+
 class SearchPipeline:
     def __init__(self, embedder: Embedder, catalog: Catalog, decode_pool: Executor, limits: ImageLimits,
-                 max_top_k: int, cropper: FaceCropper):
+                 max_top_k: int, cropper: FaceCropper, video_limits: VideoLimits = VideoLimits()):
         self.embedder = embedder
         self.catalog = catalog
         self.cropper = cropper
         self._pool = decode_pool
         self.limits = limits
         self.max_top_k = max_top_k
+        self.video_limits = video_limits
 
     # -- collections -------------------------------------------------------------------------
-    async def create_collection(self, name: str, model: str, crop_mode: CropMode, index_kind: IndexKind,
-                                description: str, exist_ok: bool, face_options: FaceOptions | None = None
-                                ) -> tuple[CollectionSpec, bool]:
+    async def create_collection(self, name: str, model: str, crop_mode: CropMode | None, index_kind: IndexKind,
+                                description: str, exist_ok: bool, face_options: FaceOptions | None = None,
+                                media_type: MediaType = MediaType.IMAGE,
+                                video_sampling: SamplingOptions | None = None) -> tuple[CollectionSpec, bool]:
+        """crop_mode None: unspecified. Video collections then default to the face pipeline
+        (the face model, every face of every sampled frame); image collections to whole images."""
+        if media_type is MediaType.VIDEO and not model and VIDEO_DEFAULT_MODEL in self.embedder.models:
+            model = VIDEO_DEFAULT_MODEL
         spec = self.embedder.model(model)
+        if crop_mode is None:
+            video_faces = media_type is MediaType.VIDEO and (spec.needs_face_crop or spec.name == VIDEO_DEFAULT_MODEL)
+            crop_mode = CropMode.ALL_FACES if video_faces else CropMode.NONE
         options = check_crop_settings(spec, crop_mode, face_options)
-        return await self.catalog.create(name, spec, crop_mode, index_kind, description, exist_ok, options)
+        if media_type is MediaType.IMAGE and video_sampling is not None:
+            raise InvalidArgument("video_sampling applies only to video collections (media type video)")
+        sampling = (video_sampling or SamplingOptions()).validate(self.video_limits)
+        return await self.catalog.create(name, spec, crop_mode, index_kind, description, exist_ok, options,
+                                         media_type, sampling)
 
     async def describe_collection(self, name: str) -> tuple[CollectionSpec, int]:
         spec, index = await self.catalog.get(name)
@@ -193,6 +214,7 @@ class SearchPipeline:
     async def index_batch(self, collection: str, items: list[IndexInput]) -> list[IndexOutcome]:
         """Indexes items; each gets its own outcome. Nothing of a failed item is stored."""
         spec, index, model = await self._collection(collection)
+        _images_only(spec)
         multi = spec.crop_mode is CropMode.ALL_FACES  # several rows per item, keyed by rows.row_id
         key = (lambda item_id: row_id(item_id, 0)) if multi else (lambda item_id: item_id)
         outcomes: list[IndexOutcome | None] = [None] * len(items)
@@ -259,6 +281,7 @@ class SearchPipeline:
                      item_id: str | None = None, top_k: int | None = None) -> SearchResult:
         k = resolve_top_k(top_k, self.max_top_k)
         spec, index, model = await self._collection(collection)
+        _images_only(spec)
         multi = spec.crop_mode is CropMode.ALL_FACES
         backend, query_box = None, None
         if image is not None:
@@ -300,10 +323,12 @@ class SearchPipeline:
         if bad:
             raise InvalidArgument(f"invalid id {bad[0]!r}: use 1-64 characters from A-Z a-z 0-9 . _ : -")
         spec, index = await self.catalog.get(collection)
-        if spec.crop_mode is CropMode.ALL_FACES:
+        if spec.crop_mode is CropMode.ALL_FACES or spec.is_video:  # items with several rows
             firsts = await index.get([row_id(i, 0) for i in dict.fromkeys(ids)])
             rows = [r for first in firsts.values() for r in rows_of(item_of(first.id), first.face_count or 1)]
             deleted = list(dict.fromkeys(item_of(r) for r in await index.delete(rows)))
+            if spec.is_video:
+                await (await self.catalog.means(spec)).delete(deleted)
         else:
             deleted = await index.delete(ids)
         gone = set(deleted)

@@ -17,19 +17,30 @@ from revsearch.v1 import search_service_pb2 as pb
 from revsearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from . import __version__
-from .catalog import CollectionSpec, CropMode, IndexKind
+from .catalog import CollectionSpec, CropMode, IndexKind, MediaType
 from .embedding.base import BackendKind
-from .errors import InvalidArgument
+from .errors import InvalidArgument, ResourceExhausted
 from .faces.cropper import FaceOptions
 from .grpc_status import to_status
 from .index.base import Hit
 from .pipeline import IndexInput, SearchPipeline
+from .video.pipeline import SamplingOverrides, VideoPipeline, VideoUpload
+from .video.sampling import SamplingOptions
+from .video.upload import spool_chunks
 
 log = logging.getLogger(__name__)
 
 CROP_TO_PB = {CropMode.NONE: pb.CROP_MODE_NONE, CropMode.LARGEST_FACE: pb.CROP_MODE_LARGEST_FACE,
               CropMode.ALL_FACES: pb.CROP_MODE_ALL_FACES}
-CROP_FROM_PB = {v: k for k, v in CROP_TO_PB.items()} | {pb.CROP_MODE_UNSPECIFIED: CropMode.NONE}
+# Unspecified crop mode: None, resolved by the pipeline (whole image; faces for video collections).
+CROP_FROM_PB = {v: k for k, v in CROP_TO_PB.items()} | {pb.CROP_MODE_UNSPECIFIED: None}
+MEDIA_TO_PB = {MediaType.IMAGE: pb.MEDIA_TYPE_IMAGE, MediaType.VIDEO: pb.MEDIA_TYPE_VIDEO}
+MEDIA_FROM_PB = {v: k for k, v in MEDIA_TO_PB.items()} | {pb.MEDIA_TYPE_UNSPECIFIED: MediaType.IMAGE}
+SAMPLING_TO_PB = {"uniform": pb.SAMPLING_MODE_UNIFORM, "jitter": pb.SAMPLING_MODE_JITTER,
+                  "scene": pb.SAMPLING_MODE_SCENE}
+SAMPLING_FROM_PB = {v: k for k, v in SAMPLING_TO_PB.items()} | {pb.SAMPLING_MODE_UNSPECIFIED: ""}
+RANKING_TO_PB = {"frames": pb.VIDEO_RANKING_FRAMES, "mean_vector": pb.VIDEO_RANKING_MEAN_VECTOR}
+RANKING_FROM_PB = {v: k for k, v in RANKING_TO_PB.items()} | {pb.VIDEO_RANKING_UNSPECIFIED: "frames"}
 INDEX_TO_PB = {IndexKind.MILVUS: pb.INDEX_BACKEND_MILVUS, IndexKind.EXACT_KNN: pb.INDEX_BACKEND_EXACT_KNN}
 INDEX_FROM_PB = {v: k for k, v in INDEX_TO_PB.items()} | {pb.INDEX_BACKEND_UNSPECIFIED: IndexKind.MILVUS}
 BACKEND_TO_PB = {BackendKind.TRITON: pb.INFERENCE_BACKEND_TRITON,
@@ -67,7 +78,11 @@ def collection_pb(spec: CollectionSpec, count: int) -> pb.Collection:
     msg = pb.Collection(name=spec.name, model=spec.model, model_version=spec.model_version,
                         dimension=spec.dimension, crop_mode=CROP_TO_PB[spec.crop_mode],
                         index_backend=INDEX_TO_PB[spec.index_kind], metric="COSINE", item_count=count,
-                        created_at=created, description=spec.description, model_trained=spec.model_trained)
+                        created_at=created, description=spec.description, model_trained=spec.model_trained,
+                        media_type=MEDIA_TO_PB[spec.media_type])
+    if spec.is_video:
+        v = spec.video_sampling
+        msg.video_sampling.CopyFrom(pb.VideoSampling(frames=v.frames, mode=SAMPLING_TO_PB[v.mode], seed=v.seed))
     if spec.crops_faces:
         f = spec.face_options
         msg.face_options.CopyFrom(pb.FaceOptions(margin=f.margin, min_face_size=f.min_face_size,
@@ -88,6 +103,14 @@ def face_options_from_pb(request: pb.CreateCollectionRequest) -> FaceOptions | N
                        max_faces=f.max_faces if f.HasField("max_faces") else d.max_faces)
 
 
+def video_sampling_from_pb(request: pb.CreateCollectionRequest) -> SamplingOptions | None:
+    if not request.HasField("video_sampling"):
+        return None
+    v, d = request.video_sampling, SamplingOptions()
+    return SamplingOptions(frames=v.frames if v.HasField("frames") else d.frames,
+                           mode=_enum(SAMPLING_FROM_PB, v.mode, "video_sampling.mode") or d.mode, seed=v.seed)
+
+
 def face_box_pb(box: list[float] | None) -> pb.FaceBox | None:
     if not box:
         return None
@@ -106,9 +129,21 @@ def hit_pb(rank: int, hit: Hit) -> pb.SearchHit:
                         metadata=struct_pb(hit.metadata), face_box=face_box_pb(hit.face_box))
 
 
+def sampling_from_pb(msg: pb.VideoSampling) -> SamplingOverrides:
+    return SamplingOverrides(frames=msg.frames if msg.HasField("frames") else None,
+                             mode=_enum(SAMPLING_FROM_PB, msg.mode, "sampling.mode"), seed=msg.seed or None)
+
+
+def frame_pb(frame) -> pb.VideoFrame:
+    return pb.VideoFrame(timestamp_s=frame.timestamp_s, face_boxes=[face_box_pb(b) for b in frame.face_boxes])
+
+
 class SearchServicer(pb_grpc.SearchServiceServicer):
-    def __init__(self, pipeline: SearchPipeline, info: "InfoProvider", index_batch_size: int):
+    def __init__(self, pipeline: SearchPipeline, info: "InfoProvider", index_batch_size: int,
+                 videos: VideoPipeline, max_video_bytes: int):
         self._p = pipeline
+        self._v = videos
+        self._max_video_bytes = max_video_bytes
         self._info = info
         self._batch = max(1, index_batch_size)
 
@@ -117,7 +152,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         spec, created = await self._p.create_collection(
             request.name, request.model, _enum(CROP_FROM_PB, request.crop_mode, "crop_mode"),
             _enum(INDEX_FROM_PB, request.index_backend, "index_backend"), request.description, request.exist_ok,
-            face_options_from_pb(request))
+            face_options_from_pb(request), _enum(MEDIA_FROM_PB, request.media_type, "media_type"),
+            video_sampling_from_pb(request))
         count = 0 if created else (await self._p.describe_collection(spec.name))[1]
         return pb.CreateCollectionResponse(collection=collection_pb(spec, count), created=created)
 
@@ -164,6 +200,66 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     @rpc
     async def GetServerInfo(self, request, context):
         return self._info.server_info()
+
+    async def _header(self, messages, kind: str):
+        """The first message's header, or INVALID_ARGUMENT."""
+        first = await anext(messages, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument(f"the first {kind} must carry the header (collection and options); the file's "
+                                  "bytes follow as chunks")
+        return first.header
+
+    @rpc
+    async def IndexVideo(self, request_iterator, context):
+        messages = aiter(request_iterator)
+        header = await self._header(messages, "IndexVideoRequest")
+        await self._v.check_collection(header.collection)  # fail before the upload, not after it
+        if header.size_bytes > self._max_video_bytes:
+            raise ResourceExhausted(f"the video is {header.size_bytes} bytes, over the limit of "
+                                    f"{self._max_video_bytes} bytes (--max-video-bytes)")
+        upload = VideoUpload(collection=header.collection, id=header.id, uri=header.uri,
+                             metadata=json_format.MessageToDict(header.metadata),
+                             sampling=sampling_from_pb(header.sampling))
+        spooled = await spool_chunks(messages, b"", self._max_video_bytes, "the video")
+        try:
+            out = await self._v.index_video(upload, spooled.path, spooled.sha256)
+        finally:
+            spooled.remove()
+        info = out.info
+        return pb.IndexVideoResponse(
+            id=out.id, uri=out.uri, status=ITEM_STATUS[out.status], sha256=out.sha256,
+            duration_s=info.duration_s if info else 0.0, width=info.width if info else 0,
+            height=info.height if info else 0, frames=[frame_pb(f) for f in out.frames],
+            vector_count=out.vector_count)
+
+    @rpc
+    async def SearchVideos(self, request_iterator, context):
+        messages = aiter(request_iterator)
+        header = await self._header(messages, "SearchVideosRequest")
+        await self._v.check_collection(header.collection)
+        query = dict(top_k=header.top_k if header.HasField("top_k") else None,
+                     ranking=_enum(RANKING_FROM_PB, header.ranking, "ranking"),
+                     sampling=sampling_from_pb(header.sampling))
+        if header.image:
+            if await anext(messages, None) is not None:
+                raise InvalidArgument("send either an image in the header or a clip as chunks, not both")
+            result = await self._v.search(header.collection, image=header.image, **query)
+        else:
+            spooled = await spool_chunks(messages, b"", self._max_video_bytes, "the query clip")
+            try:
+                result = await self._v.search(header.collection, path=spooled.path, **query)
+            finally:
+                spooled.remove()
+        return pb.SearchVideosResponse(
+            hits=[pb.VideoHit(rank=rank, id=h.id, uri=h.uri, score=h.score, sha256=h.sha256,
+                              metadata=struct_pb(h.metadata),
+                              matches=[pb.FrameMatch(timestamp_s=m.timestamp_s, score=m.score,
+                                                     face_box=face_box_pb(m.face_box),
+                                                     query_timestamp_s=m.query_timestamp_s) for m in h.matches])
+                  for rank, h in enumerate(result.hits, start=1)],
+            model=result.model.name, model_trained=result.model.trained, ranking=RANKING_TO_PB[result.ranking],
+            query_frames=[frame_pb(f) for f in result.query_frames],
+            inference_backend=BACKEND_TO_PB[result.backend])
 
     async def IndexImages(self, request_iterator, context):
         """Reads ahead into a bounded queue and indexes whatever has arrived as one batch.
@@ -255,5 +351,8 @@ class InfoProvider:
             vector_store=self._store,
             limits=pb.Limits(max_image_bytes=self._s.max_image_bytes, max_image_pixels=self._s.max_image_pixels,
                              max_top_k=self._s.max_top_k,
-                             max_receive_message_bytes=self._s.max_receive_message_bytes),
+                             max_receive_message_bytes=self._s.max_receive_message_bytes,
+                             max_video_bytes=self._s.max_video_bytes, max_video_duration_s=self._s.max_video_duration_s,
+                             max_video_width=self._s.max_video_width, max_video_height=self._s.max_video_height,
+                             max_video_frames=self._s.max_video_frames),
             default_model=self._embedder.default_model)

@@ -18,6 +18,25 @@ class CropMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CROP_MODE_LARGEST_FACE: _ClassVar[CropMode]
     CROP_MODE_ALL_FACES: _ClassVar[CropMode]
 
+class MediaType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MEDIA_TYPE_UNSPECIFIED: _ClassVar[MediaType]
+    MEDIA_TYPE_IMAGE: _ClassVar[MediaType]
+    MEDIA_TYPE_VIDEO: _ClassVar[MediaType]
+
+class SamplingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SAMPLING_MODE_UNSPECIFIED: _ClassVar[SamplingMode]
+    SAMPLING_MODE_UNIFORM: _ClassVar[SamplingMode]
+    SAMPLING_MODE_JITTER: _ClassVar[SamplingMode]
+    SAMPLING_MODE_SCENE: _ClassVar[SamplingMode]
+
+class VideoRanking(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VIDEO_RANKING_UNSPECIFIED: _ClassVar[VideoRanking]
+    VIDEO_RANKING_FRAMES: _ClassVar[VideoRanking]
+    VIDEO_RANKING_MEAN_VECTOR: _ClassVar[VideoRanking]
+
 class IndexBackend(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     INDEX_BACKEND_UNSPECIFIED: _ClassVar[IndexBackend]
@@ -42,6 +61,16 @@ CROP_MODE_UNSPECIFIED: CropMode
 CROP_MODE_NONE: CropMode
 CROP_MODE_LARGEST_FACE: CropMode
 CROP_MODE_ALL_FACES: CropMode
+MEDIA_TYPE_UNSPECIFIED: MediaType
+MEDIA_TYPE_IMAGE: MediaType
+MEDIA_TYPE_VIDEO: MediaType
+SAMPLING_MODE_UNSPECIFIED: SamplingMode
+SAMPLING_MODE_UNIFORM: SamplingMode
+SAMPLING_MODE_JITTER: SamplingMode
+SAMPLING_MODE_SCENE: SamplingMode
+VIDEO_RANKING_UNSPECIFIED: VideoRanking
+VIDEO_RANKING_FRAMES: VideoRanking
+VIDEO_RANKING_MEAN_VECTOR: VideoRanking
 INDEX_BACKEND_UNSPECIFIED: IndexBackend
 INDEX_BACKEND_MILVUS: IndexBackend
 INDEX_BACKEND_EXACT_KNN: IndexBackend
@@ -54,6 +83,16 @@ ITEM_STATUS_INDEXED: ItemStatus
 ITEM_STATUS_DUPLICATE: ItemStatus
 ITEM_STATUS_FAILED: ItemStatus
 ITEM_STATUS_NO_FACE: ItemStatus
+
+class VideoSampling(_message.Message):
+    __slots__ = ("frames", "mode", "seed")
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    frames: int
+    mode: SamplingMode
+    seed: int
+    def __init__(self, frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class FaceOptions(_message.Message):
     __slots__ = ("margin", "min_face_size", "min_confidence", "whole_image_if_no_face", "max_faces")
@@ -70,7 +109,7 @@ class FaceOptions(_message.Message):
     def __init__(self, margin: _Optional[float] = ..., min_face_size: _Optional[int] = ..., min_confidence: _Optional[float] = ..., whole_image_if_no_face: _Optional[bool] = ..., max_faces: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "model", "model_version", "dimension", "crop_mode", "index_backend", "metric", "item_count", "created_at", "description", "model_trained", "face_options")
+    __slots__ = ("name", "model", "model_version", "dimension", "crop_mode", "index_backend", "metric", "item_count", "created_at", "description", "model_trained", "face_options", "media_type", "video_sampling")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +122,8 @@ class Collection(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_TRAINED_FIELD_NUMBER: _ClassVar[int]
     FACE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_SAMPLING_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_version: str
@@ -95,10 +136,12 @@ class Collection(_message.Message):
     description: str
     model_trained: bool
     face_options: FaceOptions
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., dimension: _Optional[int] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., metric: _Optional[str] = ..., item_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., description: _Optional[str] = ..., model_trained: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ...) -> None: ...
+    media_type: MediaType
+    video_sampling: VideoSampling
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., dimension: _Optional[int] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., metric: _Optional[str] = ..., item_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., description: _Optional[str] = ..., model_trained: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., video_sampling: _Optional[_Union[VideoSampling, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "model", "crop_mode", "index_backend", "description", "exist_ok", "face_options")
+    __slots__ = ("name", "model", "crop_mode", "index_backend", "description", "exist_ok", "face_options", "media_type", "video_sampling")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CROP_MODE_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +149,8 @@ class CreateCollectionRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     EXIST_OK_FIELD_NUMBER: _ClassVar[int]
     FACE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_SAMPLING_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     crop_mode: CropMode
@@ -113,7 +158,9 @@ class CreateCollectionRequest(_message.Message):
     description: str
     exist_ok: bool
     face_options: FaceOptions
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., description: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ...) -> None: ...
+    media_type: MediaType
+    video_sampling: VideoSampling
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., description: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., video_sampling: _Optional[_Union[VideoSampling, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection", "created")
@@ -332,16 +379,26 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dimension: _Optional[int] = ..., trained: _Optional[bool] = ..., input_size: _Optional[int] = ..., weights_sha256: _Optional[str] = ..., weights_source: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_image_bytes", "max_image_pixels", "max_top_k", "max_receive_message_bytes")
+    __slots__ = ("max_image_bytes", "max_image_pixels", "max_top_k", "max_receive_message_bytes", "max_video_bytes", "max_video_duration_s", "max_video_width", "max_video_height", "max_video_frames")
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_RECEIVE_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_VIDEO_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_VIDEO_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_VIDEO_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_VIDEO_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_VIDEO_FRAMES_FIELD_NUMBER: _ClassVar[int]
     max_image_bytes: int
     max_image_pixels: int
     max_top_k: int
     max_receive_message_bytes: int
-    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ...) -> None: ...
+    max_video_bytes: int
+    max_video_duration_s: float
+    max_video_width: int
+    max_video_height: int
+    max_video_frames: int
+    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., max_video_bytes: _Optional[int] = ..., max_video_duration_s: _Optional[float] = ..., max_video_width: _Optional[int] = ..., max_video_height: _Optional[int] = ..., max_video_frames: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
     __slots__ = ("version", "inference_backend", "inference_detail", "fallback", "models", "vector_store", "limits", "default_model")
@@ -362,3 +419,125 @@ class GetServerInfoResponse(_message.Message):
     limits: Limits
     default_model: str
     def __init__(self, version: _Optional[str] = ..., inference_backend: _Optional[_Union[InferenceBackend, str]] = ..., inference_detail: _Optional[str] = ..., fallback: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., vector_store: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_model: _Optional[str] = ...) -> None: ...
+
+class VideoHeader(_message.Message):
+    __slots__ = ("collection", "id", "uri", "metadata", "sampling", "size_bytes")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    id: str
+    uri: str
+    metadata: _struct_pb2.Struct
+    sampling: VideoSampling
+    size_bytes: int
+    def __init__(self, collection: _Optional[str] = ..., id: _Optional[str] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., sampling: _Optional[_Union[VideoSampling, _Mapping]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class IndexVideoRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: VideoHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[VideoHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class VideoFrame(_message.Message):
+    __slots__ = ("timestamp_s", "face_boxes")
+    TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
+    FACE_BOXES_FIELD_NUMBER: _ClassVar[int]
+    timestamp_s: float
+    face_boxes: _containers.RepeatedCompositeFieldContainer[FaceBox]
+    def __init__(self, timestamp_s: _Optional[float] = ..., face_boxes: _Optional[_Iterable[_Union[FaceBox, _Mapping]]] = ...) -> None: ...
+
+class IndexVideoResponse(_message.Message):
+    __slots__ = ("id", "uri", "status", "duration_s", "width", "height", "frames", "vector_count", "sha256")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    uri: str
+    status: ItemStatus
+    duration_s: float
+    width: int
+    height: int
+    frames: _containers.RepeatedCompositeFieldContainer[VideoFrame]
+    vector_count: int
+    sha256: str
+    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., status: _Optional[_Union[ItemStatus, str]] = ..., duration_s: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[_Iterable[_Union[VideoFrame, _Mapping]]] = ..., vector_count: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class SearchVideosHeader(_message.Message):
+    __slots__ = ("collection", "top_k", "ranking", "sampling", "image")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    RANKING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    top_k: int
+    ranking: VideoRanking
+    sampling: VideoSampling
+    image: bytes
+    def __init__(self, collection: _Optional[str] = ..., top_k: _Optional[int] = ..., ranking: _Optional[_Union[VideoRanking, str]] = ..., sampling: _Optional[_Union[VideoSampling, _Mapping]] = ..., image: _Optional[bytes] = ...) -> None: ...
+
+class SearchVideosRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: SearchVideosHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[SearchVideosHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class FrameMatch(_message.Message):
+    __slots__ = ("timestamp_s", "score", "face_box", "query_timestamp_s")
+    TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    FACE_BOX_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
+    timestamp_s: float
+    score: float
+    face_box: FaceBox
+    query_timestamp_s: float
+    def __init__(self, timestamp_s: _Optional[float] = ..., score: _Optional[float] = ..., face_box: _Optional[_Union[FaceBox, _Mapping]] = ..., query_timestamp_s: _Optional[float] = ...) -> None: ...
+
+class VideoHit(_message.Message):
+    __slots__ = ("rank", "id", "uri", "score", "matches", "metadata", "sha256")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    id: str
+    uri: str
+    score: float
+    matches: _containers.RepeatedCompositeFieldContainer[FrameMatch]
+    metadata: _struct_pb2.Struct
+    sha256: str
+    def __init__(self, rank: _Optional[int] = ..., id: _Optional[str] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., matches: _Optional[_Iterable[_Union[FrameMatch, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class SearchVideosResponse(_message.Message):
+    __slots__ = ("hits", "model", "model_trained", "ranking", "query_frames", "inference_backend")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TRAINED_FIELD_NUMBER: _ClassVar[int]
+    RANKING_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[VideoHit]
+    model: str
+    model_trained: bool
+    ranking: VideoRanking
+    query_frames: _containers.RepeatedCompositeFieldContainer[VideoFrame]
+    inference_backend: InferenceBackend
+    def __init__(self, hits: _Optional[_Iterable[_Union[VideoHit, _Mapping]]] = ..., model: _Optional[str] = ..., model_trained: _Optional[bool] = ..., ranking: _Optional[_Union[VideoRanking, str]] = ..., query_frames: _Optional[_Iterable[_Union[VideoFrame, _Mapping]]] = ..., inference_backend: _Optional[_Union[InferenceBackend, str]] = ...) -> None: ...

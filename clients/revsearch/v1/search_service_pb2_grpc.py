@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class SearchServiceStub:
-    """Reverse image search: index images into named collections and find the most similar ones.
+    """Reverse image and video search: index images or videos into named collections and find the most
+    similar ones.
     """
 
     def __init__(self, channel):
@@ -75,6 +76,16 @@ class SearchServiceStub:
                 request_serializer=revsearch_dot_v1_dot_search__service__pb2.DeleteImagesRequest.SerializeToString,
                 response_deserializer=revsearch_dot_v1_dot_search__service__pb2.DeleteImagesResponse.FromString,
                 _registered_method=True)
+        self.IndexVideo = channel.stream_unary(
+                '/revsearch.v1.SearchService/IndexVideo',
+                request_serializer=revsearch_dot_v1_dot_search__service__pb2.IndexVideoRequest.SerializeToString,
+                response_deserializer=revsearch_dot_v1_dot_search__service__pb2.IndexVideoResponse.FromString,
+                _registered_method=True)
+        self.SearchVideos = channel.stream_unary(
+                '/revsearch.v1.SearchService/SearchVideos',
+                request_serializer=revsearch_dot_v1_dot_search__service__pb2.SearchVideosRequest.SerializeToString,
+                response_deserializer=revsearch_dot_v1_dot_search__service__pb2.SearchVideosResponse.FromString,
+                _registered_method=True)
         self.GetServerInfo = channel.unary_unary(
                 '/revsearch.v1.SearchService/GetServerInfo',
                 request_serializer=revsearch_dot_v1_dot_search__service__pb2.GetServerInfoRequest.SerializeToString,
@@ -83,7 +94,8 @@ class SearchServiceStub:
 
 
 class SearchServiceServicer:
-    """Reverse image search: index images into named collections and find the most similar ones.
+    """Reverse image and video search: index images or videos into named collections and find the most
+    similar ones.
     """
 
     def CreateCollection(self, request, context):
@@ -145,8 +157,37 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteImages(self, request, context):
-        """Deletes items by id. Ids that do not exist are reported, not treated as errors.
+        """Deletes items by id (images, or videos with all their frames in a video collection). Ids that
+        do not exist are reported, not treated as errors.
         Errors: NOT_FOUND if the collection does not exist; INVALID_ARGUMENT for no ids or too many.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IndexVideo(self, request_iterator, context):
+        """Indexes one video into a video collection, uploaded as a client stream: the first message
+        carries `header`, every later one a `chunk` of the file's bytes in order (any chunk size up to
+        the message limit; 1 MiB is a good choice), so files larger than one message work. The server
+        samples frames (VideoSampling), embeds each through the collection's crop mode and model, and
+        stores one vector per sampled frame or face with its timestamp, plus the video's mean vector.
+        All or nothing: a failed or cancelled upload stores nothing.
+        Errors: INVALID_ARGUMENT (no header or header not first, not a video, corrupt or truncated
+        file, no decodable frame, bad sampling options, an image collection), NOT_FOUND (collection),
+        RESOURCE_EXHAUSTED (over max_video_bytes, max_video_duration_s, max_video_width/height
+        or max_video_frames), UNAVAILABLE (inference or vector store down; safe to retry).
+        Re-sending a file already in the collection answers ITEM_STATUS_DUPLICATE with the stored id;
+        a video without any face in a face collection answers ITEM_STATUS_NO_FACE (nothing stored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchVideos(self, request_iterator, context):
+        """Finds the videos of a video collection most similar to a query clip (uploaded like IndexVideo:
+        header first, then chunks) or a query image (in the header; no chunks). Each hit says where in
+        the video the match is (timestamps with frame scores).
+        Errors: as IndexVideo, plus INVALID_ARGUMENT when the query has no face in a face collection.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,6 +243,16 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     request_deserializer=revsearch_dot_v1_dot_search__service__pb2.DeleteImagesRequest.FromString,
                     response_serializer=revsearch_dot_v1_dot_search__service__pb2.DeleteImagesResponse.SerializeToString,
             ),
+            'IndexVideo': grpc.stream_unary_rpc_method_handler(
+                    servicer.IndexVideo,
+                    request_deserializer=revsearch_dot_v1_dot_search__service__pb2.IndexVideoRequest.FromString,
+                    response_serializer=revsearch_dot_v1_dot_search__service__pb2.IndexVideoResponse.SerializeToString,
+            ),
+            'SearchVideos': grpc.stream_unary_rpc_method_handler(
+                    servicer.SearchVideos,
+                    request_deserializer=revsearch_dot_v1_dot_search__service__pb2.SearchVideosRequest.FromString,
+                    response_serializer=revsearch_dot_v1_dot_search__service__pb2.SearchVideosResponse.SerializeToString,
+            ),
             'GetServerInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServerInfo,
                     request_deserializer=revsearch_dot_v1_dot_search__service__pb2.GetServerInfoRequest.FromString,
@@ -216,7 +267,8 @@ def add_SearchServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SearchService:
-    """Reverse image search: index images into named collections and find the most similar ones.
+    """Reverse image and video search: index images or videos into named collections and find the most
+    similar ones.
     """
 
     @staticmethod
@@ -425,6 +477,60 @@ class SearchService:
             '/revsearch.v1.SearchService/DeleteImages',
             revsearch_dot_v1_dot_search__service__pb2.DeleteImagesRequest.SerializeToString,
             revsearch_dot_v1_dot_search__service__pb2.DeleteImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IndexVideo(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/revsearch.v1.SearchService/IndexVideo',
+            revsearch_dot_v1_dot_search__service__pb2.IndexVideoRequest.SerializeToString,
+            revsearch_dot_v1_dot_search__service__pb2.IndexVideoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchVideos(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/revsearch.v1.SearchService/SearchVideos',
+            revsearch_dot_v1_dot_search__service__pb2.SearchVideosRequest.SerializeToString,
+            revsearch_dot_v1_dot_search__service__pb2.SearchVideosResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,13 @@ class FaceCropper:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faces")
         self._detectors: dict[int, object] = {}
 
+    async def crops_of_arrays(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions,
+                              all_faces: bool = False, detect_max_side: int | None = None
+                              ) -> list[list[FaceCrop] | RevsearchError]:
+        """crops() for decoded RGB arrays (video frames), in this cropper's worker."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._worker, self.crop_arrays, images, model, options, all_faces, detect_max_side)
+
     async def crops(self, images: list[bytes], model: ModelSpec, options: FaceOptions, all_faces: bool = False
                     ) -> list[list[FaceCrop] | RevsearchError]:
         """Per image, in order: its crops (the most prominent face only, or with all_faces up to
@@ -78,14 +85,17 @@ class FaceCropper:
         crops = iter(await loop.run_in_executor(self._worker, self.crop_arrays, arrays, model, options, all_faces))
         return [d if isinstance(d, RevsearchError) else next(crops) for d in decoded]
 
-    def crop_arrays(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions, all_faces: bool = False
-                    ) -> list[list[FaceCrop] | RevsearchError]:
-        """crops() for decoded RGB arrays; blocking, so callers run it in this cropper's worker."""
+    def crop_arrays(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions, all_faces: bool = False,
+                    detect_max_side: int | None = None) -> list[list[FaceCrop] | RevsearchError]:
+        """crops() for decoded RGB arrays; blocking, so callers run it in this cropper's worker.
+
+        detect_max_side: detect on copies shrunk to this long side (MTCNN's cost grows with the
+        pixel count), then crop the faces from the full-resolution images."""
         from .align import align_chip, margin_crop, whole_image
         from .detector import faces_by_prominence
 
         out: list[list[FaceCrop] | RevsearchError] = []
-        for image, faces in zip(images, self._detect(images, options)):
+        for image, faces in zip(images, self._detect(images, options, detect_max_side)):
             if faces is None:
                 out.append(InvalidArgument(
                     f"face detection (MTCNN) failed on this {image.shape[1]}x{image.shape[0]} image; check that "
@@ -110,16 +120,30 @@ class FaceCropper:
             out.append(crops)
         return out
 
-    def _detect(self, images: list[np.ndarray], options: FaceOptions):
-        from .detector import DetectorSettings, FaceDetector
+    def _detect(self, images: list[np.ndarray], options: FaceOptions, max_side: int | None = None):
+        from .detector import DetectorSettings, FaceDetector, scaled
 
         detector = self._detectors.get(options.min_face_size)
         if detector is None:
             # Confidence is filtered below per collection; the detector keeps every candidate.
             detector = FaceDetector(DetectorSettings(min_face_size=options.min_face_size, min_confidence=0.0))
             self._detectors[options.min_face_size] = detector
+        factors = [1.0] * len(images)
+        if max_side:
+            import cv2
+
+            small = []
+            for n, img in enumerate(images):
+                factor = max_side / max(img.shape[:2])
+                if factor < 1.0:
+                    factors[n] = factor
+                    img = cv2.resize(img, (round(img.shape[1] * factor), round(img.shape[0] * factor)),
+                                     interpolation=cv2.INTER_AREA)
+                small.append(img)
+            images = small
         faces = detector.detect(images)
-        return [None if fs is None else [f for f in fs if f.confidence >= options.min_confidence] for fs in faces]
+        return [None if fs is None else [scaled(f, 1.0 / k) for f in fs if f.confidence >= options.min_confidence]
+                for fs, k in zip(faces, factors)]
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)

@@ -89,6 +89,13 @@ class FaceDetector:
         return sorted(faces, key=lambda f: -f.confidence)
 
 
+def scaled(face: DetectedFace, factor: float) -> DetectedFace:
+    """The face in the pixels of an image `factor` times the size of the one it was found in."""
+    if factor == 1.0:
+        return face
+    return DetectedFace(tuple(v * factor for v in face.box), face.confidence, face.landmarks * factor)
+
+
 def largest_face(faces: list[DetectedFace]) -> DetectedFace | None:
     """The most prominent face: largest box area (ties: higher confidence); None if no faces."""
     return max(faces, key=lambda f: (f.area, f.confidence), default=None)

@@ -20,8 +20,10 @@ class Record:
     metadata: dict = field(default_factory=dict)
     # [x_min, y_min, x_max, y_max, confidence] of the face the vector came from, if any.
     face_box: list[float] | None = None
-    # Crop mode "all": how many rows (faces) the record's item has; set on its row 0.
+    # Crop mode "all" and videos: how many rows the record's item has; set on its row 0.
     face_count: int | None = None
+    # Videos: time of the sampled frame the vector came from, seconds.
+    timestamp_s: float | None = None
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Hit:
     sha256: str
     metadata: dict
     face_box: list[float] | None
+    timestamp_s: float | None = None
 
 
 class VectorIndex(Protocol):

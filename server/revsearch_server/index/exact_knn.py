@@ -19,7 +19,7 @@ import numpy as np
 from .base import Hit, Record
 
 _RECORD_FIELDS = ("id", "uri", "sha256", "model", "model_version", "created_at_ms", "metadata", "face_box",
-                  "face_count")
+                  "face_count", "timestamp_s")
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -139,6 +139,6 @@ def _knn(matrix: np.ndarray, ids: list[str], records: dict[str, Record], queries
             if rec is None:  # deleted after the snapshot was taken
                 continue
             hits.append(Hit(id=rec.id, uri=rec.uri, score=float(1.0 - row[j] / 2.0), sha256=rec.sha256,
-                            metadata=rec.metadata, face_box=rec.face_box))
+                            metadata=rec.metadata, face_box=rec.face_box, timestamp_s=rec.timestamp_s))
         results.append(hits)
     return results

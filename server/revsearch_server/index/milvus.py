@@ -210,11 +210,17 @@ def _face_json(r: Record) -> dict:
     out: dict = {"box": r.face_box} if r.face_box else {}
     if r.face_count is not None:
         out["faces"] = r.face_count
+    if r.timestamp_s is not None:
+        out["t"] = r.timestamp_s
     return out
 
 
 def _face_count(value) -> int | None:
     return value.get("faces") if isinstance(value, dict) else None
+
+
+def _timestamp(value) -> float | None:
+    return value.get("t") if isinstance(value, dict) else None
 
 
 def _face_box(value) -> list[float] | None:
@@ -224,14 +230,16 @@ def _face_box(value) -> list[float] | None:
 def _hit(h: dict) -> Hit:
     e = h.get("entity", {})
     return Hit(id=str(h["id"]), uri=e.get("uri", ""), score=float(h["distance"]), sha256=e.get("sha256", ""),
-               metadata=e.get("metadata") or {}, face_box=_face_box(e.get("face_box")))
+               metadata=e.get("metadata") or {}, face_box=_face_box(e.get("face_box")),
+               timestamp_s=_timestamp(e.get("face_box")))
 
 
 def _record(r: dict) -> Record:
     return Record(id=r["id"], vector=np.asarray(r["vector"], dtype=np.float32), uri=r["uri"],
                   sha256=r["sha256"], model=r["model"], model_version=r["model_version"],
                   created_at_ms=int(r["created_at_ms"]), metadata=r.get("metadata") or {},
-                  face_box=_face_box(r.get("face_box")), face_count=_face_count(r.get("face_box")))
+                  face_box=_face_box(r.get("face_box")), face_count=_face_count(r.get("face_box")),
+                  timestamp_s=_timestamp(r.get("face_box")))
 
 
 def _short(exc: Exception) -> str:
