@@ -95,6 +95,22 @@ def _video_size(source: str | Path | bytes) -> int:
     return len(source) if isinstance(source, (bytes, bytearray)) else Path(source).stat().st_size
 
 
+def _batch_request(collection: str, queries: Iterable, top_k: int | None) -> pb.BatchSearchImagesRequest:
+    """queries: image bytes, vectors (sequences of floats) or {"item_id": id} dicts, mixed freely."""
+    req = pb.BatchSearchImagesRequest(collection=collection)
+    for q in queries:
+        item = req.queries.add()
+        if isinstance(q, (bytes, bytearray)):
+            item.image = bytes(q)
+        elif isinstance(q, dict):
+            item.item_id = q["item_id"]
+        else:
+            item.vector.values.extend(float(v) for v in q)
+    if top_k is not None:
+        req.top_k = top_k
+    return req
+
+
 def _search_request(collection, image, vector, item_id, top_k) -> pb.SearchImagesRequest:
     req = pb.SearchImagesRequest(collection=collection)
     if image is not None:
@@ -230,6 +246,14 @@ class SearchClient:
                                        timeout=timeout or self.timeout)
 
     @_typed_errors
+    def batch_search(self, collection: str, queries: Iterable, top_k: int | None = None,
+                     timeout: float | None = None) -> pb.BatchSearchImagesResponse:
+        """Many searches in one call; queries: image bytes, vectors or {"item_id": id}. Each result
+        has its hits or its own error."""
+        return self._stub.BatchSearchImages(_batch_request(collection, queries, top_k),
+                                            timeout=timeout or self.timeout)
+
+    @_typed_errors
     def embed(self, image: bytes, model: str = "", collection: str = "",
               timeout: float | None = None) -> pb.EmbedImageResponse:
         return self._stub.EmbedImage(pb.EmbedImageRequest(image=image, model=model, collection=collection),
@@ -325,6 +349,12 @@ class AsyncSearchClient:
                      top_k: int | None = None, timeout: float | None = None) -> pb.SearchImagesResponse:
         return await self._stub.SearchImages(_search_request(collection, image, vector, item_id, top_k),
                                              timeout=timeout or self.timeout)
+
+    @_async_typed_errors
+    async def batch_search(self, collection: str, queries: Iterable, top_k: int | None = None,
+                           timeout: float | None = None) -> pb.BatchSearchImagesResponse:
+        return await self._stub.BatchSearchImages(_batch_request(collection, queries, top_k),
+                                                  timeout=timeout or self.timeout)
 
     @_async_typed_errors
     async def embed(self, image: bytes, model: str = "", collection: str = "",

@@ -30,6 +30,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_URI = 2048
 MAX_METADATA_BYTES = 16 * 1024
 MAX_DELETE_IDS = 1000
+MAX_BATCH_QUERIES = 64
 DEFAULT_TOP_K = 20
 VIDEO_DEFAULT_MODEL = "face_dlib"
 # Crop mode "all" searches rows (faces) and returns items, so it fetches more rows than items;
@@ -57,6 +58,13 @@ class IndexOutcome:
     @property
     def face_box(self) -> list[float] | None:
         return self.face_boxes[0] if self.face_boxes else None
+
+
+@dataclass
+class Query:
+    image: bytes | None = None
+    vector: list[float] | np.ndarray | None = None
+    item_id: str | None = None
 
 
 @dataclass
@@ -279,27 +287,68 @@ class SearchPipeline:
 
     async def search(self, collection: str, *, image: bytes | None = None, vector=None,
                      item_id: str | None = None, top_k: int | None = None) -> SearchResult:
+        [result] = await self.search_batch(collection, [Query(image, vector, item_id)], top_k)
+        if isinstance(result, RevsearchError):
+            raise result
+        return result
+
+    async def search_batch(self, collection: str, queries: list[Query], top_k: int | None = None
+                           ) -> list[SearchResult | RevsearchError]:
+        """One result or error per query. Image queries are prepared and embedded as one batch,
+        and the index answers every query vector in one search."""
         k = resolve_top_k(top_k, self.max_top_k)
+        if not queries:
+            raise InvalidArgument("queries is empty; give 1 to {} queries".format(MAX_BATCH_QUERIES))
+        if len(queries) > MAX_BATCH_QUERIES:
+            raise InvalidArgument(f"{len(queries)} queries given; at most {MAX_BATCH_QUERIES} per call")
         spec, index, model = await self._collection(collection)
         _images_only(spec)
         multi = spec.crop_mode is CropMode.ALL_FACES
-        backend, query_box = None, None
-        if image is not None:
-            crop = await self._prepare_query(image, model, spec.crop_options)
-            query = await self.embedder.embed(model, crop.pixels[None])
-            backend, query_box = self.embedder.backend.kind, crop.box
-        elif vector is not None:
-            query = validate_query_vector(vector, spec.dimension)
-        elif item_id:
-            key = row_id(item_id, 0) if multi else item_id  # an item's most prominent face
-            found = await index.get([key])
-            if key not in found:
-                raise NotFound(f"no item with id {item_id!r} in collection {collection!r}")
-            query = found[key].vector[None, :]
-        else:
-            raise InvalidArgument("a query is required: set image, vector or item_id")
-        hits = await (self._search_items(index, query, k) if multi else index.search(query, k))
-        return SearchResult(hits=hits[0], model=model, backend=backend, query_face_box=query_box)
+        out: list[SearchResult | RevsearchError | None] = [None] * len(queries)
+        vectors: dict[int, np.ndarray] = {}
+        boxes: dict[int, list[float] | None] = {}
+
+        images = [i for i, q in enumerate(queries) if q.image is not None]
+        if images:
+            prepared = await self._prepare([queries[i].image for i in images], model, spec.crop_options)
+            ok = []
+            for i, crops in zip(images, prepared):
+                if isinstance(crops, NoFace):
+                    out[i] = NoFace(f"the query image has {crops}")
+                elif isinstance(crops, RevsearchError):
+                    out[i] = crops
+                else:
+                    ok.append((i, crops[0]))  # the most prominent face: what a query photo is about
+            if ok:
+                embedded = await self.embedder.embed(model, np.stack([c.pixels for _, c in ok]))
+                for (i, crop), v in zip(ok, embedded):
+                    vectors[i], boxes[i] = v, crop.box
+        wanted = {i: row_id(q.item_id, 0) if multi else q.item_id for i, q in enumerate(queries)
+                  if q.image is None and q.vector is None and q.item_id}
+        found = await index.get(sorted(set(wanted.values()))) if wanted else {}
+        for i, q in enumerate(queries):
+            if q.image is not None:
+                continue
+            try:
+                if q.vector is not None:
+                    vectors[i] = validate_query_vector(q.vector, spec.dimension)[0]
+                elif q.item_id:
+                    if wanted[i] not in found:
+                        raise NotFound(f"no item with id {q.item_id!r} in collection {collection!r}")
+                    vectors[i] = found[wanted[i]].vector
+                else:
+                    raise InvalidArgument("a query is required: set image, vector or item_id")
+            except RevsearchError as exc:
+                out[i] = exc
+        if vectors:
+            order = sorted(vectors)
+            matrix = np.stack([vectors[i] for i in order]).astype(np.float32)
+            hits = await (self._search_items(index, matrix, k) if multi else index.search(matrix, k))
+            backend = self.embedder.backend.kind if images else None
+            for i, h in zip(order, hits):
+                out[i] = SearchResult(hits=h, model=model, backend=backend if i in boxes else None,
+                                      query_face_box=boxes.get(i))
+        return out  # type: ignore[return-value]
 
     @staticmethod
     async def _search_items(index: VectorIndex, queries: np.ndarray, k: int) -> list[list[Hit]]:

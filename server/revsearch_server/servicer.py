@@ -23,7 +23,7 @@ from .errors import InvalidArgument, ResourceExhausted
 from .faces.cropper import FaceOptions
 from .grpc_status import to_status
 from .index.base import Hit
-from .pipeline import IndexInput, SearchPipeline
+from .pipeline import MAX_BATCH_QUERIES, IndexInput, Query, SearchPipeline
 from .video.pipeline import SamplingOverrides, VideoPipeline, VideoUpload
 from .video.sampling import SamplingOptions
 from .video.upload import spool_chunks
@@ -185,6 +185,34 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             hits=[hit_pb(rank, h) for rank, h in enumerate(result.hits, start=1)], model=result.model.name,
             model_trained=result.model.trained, inference_backend=BACKEND_TO_PB[result.backend],
             query_face_box=face_box_pb(result.query_face_box))
+
+    @rpc
+    async def BatchSearchImages(self, request, context):
+        queries = []
+        for q in request.queries:
+            which = q.WhichOneof("query")
+            queries.append(Query(image=q.image if which == "image" else None,
+                                 vector=list(q.vector.values) if which == "vector" else None,
+                                 item_id=q.item_id if which == "item_id" else None))
+        results = await self._p.search_batch(request.collection, queries,
+                                             request.top_k if request.HasField("top_k") else None)
+        response = pb.BatchSearchImagesResponse()
+        model, backend = None, None
+        for r in results:
+            item = response.results.add()
+            if isinstance(r, Exception):
+                code, message = to_status(r)
+                item.error.CopyFrom(pb.ItemError(code=code.value[0], code_name=code.name, message=message))
+                continue
+            item.hits.extend(hit_pb(rank, h) for rank, h in enumerate(r.hits, start=1))
+            if r.query_face_box:
+                item.query_face_box.CopyFrom(face_box_pb(r.query_face_box))
+            model, backend = r.model, backend or r.backend
+        spec, _ = await self._p.describe_collection(request.collection) if model is None else (None, None)
+        response.model = model.name if model else spec.model
+        response.model_trained = model.trained if model else spec.model_trained
+        response.inference_backend = BACKEND_TO_PB[backend]
+        return response
 
     @rpc
     async def EmbedImage(self, request, context):
@@ -354,5 +382,5 @@ class InfoProvider:
                              max_receive_message_bytes=self._s.max_receive_message_bytes,
                              max_video_bytes=self._s.max_video_bytes, max_video_duration_s=self._s.max_video_duration_s,
                              max_video_width=self._s.max_video_width, max_video_height=self._s.max_video_height,
-                             max_video_frames=self._s.max_video_frames),
+                             max_video_frames=self._s.max_video_frames, max_batch_queries=MAX_BATCH_QUERIES),
             default_model=self._embedder.default_model)

@@ -241,3 +241,32 @@ def test_the_async_client_indexes_and_searches(server, images):
 
     results, hits = asyncio.run(main())
     assert results[0].status == pb.ITEM_STATUS_INDEXED and hits[0].id == results[0].id
+
+
+def test_a_batch_search_answers_every_query_in_order_and_a_bad_query_fails_alone(client, photos, images):
+    vector = client.embed(images[7]).vector
+    queries = [images[3], b"not an image", list(vector), {"item_id": photos[9].id}, {"item_id": "never_stored"},
+               [0.0] * 2048, images[11]]
+    resp = client.batch_search("photos", queries, top_k=3)
+    assert len(resp.results) == len(queries) and resp.model == "resnet50" and resp.model_trained is False
+    ok = {0: photos[3].id, 2: photos[7].id, 3: photos[9].id, 6: photos[11].id}
+    for i, expected in ok.items():
+        assert not resp.results[i].HasField("error") and resp.results[i].hits[0].id == expected, i
+        assert len(resp.results[i].hits) == 3
+    single = client.search("photos", image=images[3], top_k=3)
+    assert [h.id for h in resp.results[0].hits] == [h.id for h in single.hits]
+    assert [h.score for h in resp.results[0].hits] == pytest.approx([h.score for h in single.hits], abs=1e-5)
+    errors = {i: resp.results[i].error for i in (1, 4, 5)}
+    assert errors[1].code_name == "INVALID_ARGUMENT" and "not an image" in errors[1].message
+    assert errors[4].code_name == "NOT_FOUND" and not resp.results[4].hits
+    assert errors[5].code_name == "INVALID_ARGUMENT" and "all zeros" in errors[5].message
+    assert resp.inference_backend == pb.INFERENCE_BACKEND_ONNXRUNTIME_LOCAL
+
+
+def test_a_batch_search_with_no_or_too_many_queries_is_invalid(client, photos, images):
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        client.batch_search("photos", [])
+    with pytest.raises(InvalidArgumentError, match="at most 64"):
+        client.batch_search("photos", [{"item_id": photos[0].id}] * 65)
+    with pytest.raises(NotFoundError):
+        client.batch_search("no_such_collection", [images[0]])

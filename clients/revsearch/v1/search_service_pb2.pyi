@@ -316,6 +316,48 @@ class SearchImagesResponse(_message.Message):
     query_face_box: FaceBox
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., model: _Optional[str] = ..., model_trained: _Optional[bool] = ..., inference_backend: _Optional[_Union[InferenceBackend, str]] = ..., query_face_box: _Optional[_Union[FaceBox, _Mapping]] = ...) -> None: ...
 
+class BatchQuery(_message.Message):
+    __slots__ = ("image", "vector", "item_id")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    vector: Vector
+    item_id: str
+    def __init__(self, image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[str] = ...) -> None: ...
+
+class BatchSearchImagesRequest(_message.Message):
+    __slots__ = ("collection", "queries", "top_k")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    queries: _containers.RepeatedCompositeFieldContainer[BatchQuery]
+    top_k: int
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[BatchQuery, _Mapping]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class BatchSearchResult(_message.Message):
+    __slots__ = ("hits", "error", "query_face_box")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FACE_BOX_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    error: ItemError
+    query_face_box: FaceBox
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., query_face_box: _Optional[_Union[FaceBox, _Mapping]] = ...) -> None: ...
+
+class BatchSearchImagesResponse(_message.Message):
+    __slots__ = ("results", "model", "model_trained", "inference_backend")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TRAINED_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BatchSearchResult]
+    model: str
+    model_trained: bool
+    inference_backend: InferenceBackend
+    def __init__(self, results: _Optional[_Iterable[_Union[BatchSearchResult, _Mapping]]] = ..., model: _Optional[str] = ..., model_trained: _Optional[bool] = ..., inference_backend: _Optional[_Union[InferenceBackend, str]] = ...) -> None: ...
+
 class EmbedImageRequest(_message.Message):
     __slots__ = ("image", "model", "collection")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -379,7 +421,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dimension: _Optional[int] = ..., trained: _Optional[bool] = ..., input_size: _Optional[int] = ..., weights_sha256: _Optional[str] = ..., weights_source: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_image_bytes", "max_image_pixels", "max_top_k", "max_receive_message_bytes", "max_video_bytes", "max_video_duration_s", "max_video_width", "max_video_height", "max_video_frames")
+    __slots__ = ("max_image_bytes", "max_image_pixels", "max_top_k", "max_receive_message_bytes", "max_video_bytes", "max_video_duration_s", "max_video_width", "max_video_height", "max_video_frames", "max_batch_queries")
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -389,6 +431,7 @@ class Limits(_message.Message):
     MAX_VIDEO_WIDTH_FIELD_NUMBER: _ClassVar[int]
     MAX_VIDEO_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_VIDEO_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_QUERIES_FIELD_NUMBER: _ClassVar[int]
     max_image_bytes: int
     max_image_pixels: int
     max_top_k: int
@@ -398,7 +441,8 @@ class Limits(_message.Message):
     max_video_width: int
     max_video_height: int
     max_video_frames: int
-    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., max_video_bytes: _Optional[int] = ..., max_video_duration_s: _Optional[float] = ..., max_video_width: _Optional[int] = ..., max_video_height: _Optional[int] = ..., max_video_frames: _Optional[int] = ...) -> None: ...
+    max_batch_queries: int
+    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., max_video_bytes: _Optional[int] = ..., max_video_duration_s: _Optional[float] = ..., max_video_width: _Optional[int] = ..., max_video_height: _Optional[int] = ..., max_video_frames: _Optional[int] = ..., max_batch_queries: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
     __slots__ = ("version", "inference_backend", "inference_detail", "fallback", "models", "vector_store", "limits", "default_model")

@@ -66,6 +66,11 @@ class SearchServiceStub:
                 request_serializer=revsearch_dot_v1_dot_search__service__pb2.SearchImagesRequest.SerializeToString,
                 response_deserializer=revsearch_dot_v1_dot_search__service__pb2.SearchImagesResponse.FromString,
                 _registered_method=True)
+        self.BatchSearchImages = channel.unary_unary(
+                '/revsearch.v1.SearchService/BatchSearchImages',
+                request_serializer=revsearch_dot_v1_dot_search__service__pb2.BatchSearchImagesRequest.SerializeToString,
+                response_deserializer=revsearch_dot_v1_dot_search__service__pb2.BatchSearchImagesResponse.FromString,
+                _registered_method=True)
         self.EmbedImage = channel.unary_unary(
                 '/revsearch.v1.SearchService/EmbedImage',
                 request_serializer=revsearch_dot_v1_dot_search__service__pb2.EmbedImageRequest.SerializeToString,
@@ -144,6 +149,18 @@ class SearchServiceServicer:
         Errors: INVALID_ARGUMENT (undecodable image, top_k out of range, vector of the wrong
         dimension), NOT_FOUND (collection or query id), RESOURCE_EXHAUSTED (image over the byte or
         pixel limit), UNAVAILABLE (inference or vector store down).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchSearchImages(self, request, context):
+        """Runs up to max_batch_queries (GetServerInfoResponse.limits) searches of one collection in one
+        call: the image queries are decoded, face-detected and embedded as one batch, and the index
+        answers all query vectors in one search. Each query gets its own result or its own error, so
+        one bad image fails only itself.
+        Errors (whole call): NOT_FOUND (collection), INVALID_ARGUMENT (no queries, too many, top_k out
+        of range, a video collection), UNAVAILABLE (inference or vector store down).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,6 +249,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.SearchImages,
                     request_deserializer=revsearch_dot_v1_dot_search__service__pb2.SearchImagesRequest.FromString,
                     response_serializer=revsearch_dot_v1_dot_search__service__pb2.SearchImagesResponse.SerializeToString,
+            ),
+            'BatchSearchImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSearchImages,
+                    request_deserializer=revsearch_dot_v1_dot_search__service__pb2.BatchSearchImagesRequest.FromString,
+                    response_serializer=revsearch_dot_v1_dot_search__service__pb2.BatchSearchImagesResponse.SerializeToString,
             ),
             'EmbedImage': grpc.unary_unary_rpc_method_handler(
                     servicer.EmbedImage,
@@ -423,6 +445,33 @@ class SearchService:
             '/revsearch.v1.SearchService/SearchImages',
             revsearch_dot_v1_dot_search__service__pb2.SearchImagesRequest.SerializeToString,
             revsearch_dot_v1_dot_search__service__pb2.SearchImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSearchImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/revsearch.v1.SearchService/BatchSearchImages',
+            revsearch_dot_v1_dot_search__service__pb2.BatchSearchImagesRequest.SerializeToString,
+            revsearch_dot_v1_dot_search__service__pb2.BatchSearchImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
