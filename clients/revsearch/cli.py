@@ -1,4 +1,4 @@
-"""The `revsearch` command line: serve, index, search, info, collections, drop."""
+"""The `revsearch` command line: serve, index, search, index-videos, search-video, info, collections, drop."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -13,10 +14,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .client import BACKEND_NAMES, CROP_MODES, INDEX_BACKENDS, ImageInput, SearchClient, struct_to_dict
-from .errors import RevsearchClientError
+from .client import MEDIA_TYPES, RANKINGS, SAMPLING_MODES
+from .errors import NotFoundError, RevsearchClientError
 from .v1 import search_service_pb2 as pb
 
 DEFAULT_EXTS = "jpg,jpeg,png,webp,bmp"
+VIDEO_EXTS = "mp4,mov,avi,mkv,webm,m4v"
+RANKING_NAMES = {v: k for k, v in RANKINGS.items()}
+SAMPLING_NAMES = {v: k for k, v in SAMPLING_MODES.items()}
+MEDIA_NAMES = {v: k for k, v in MEDIA_TYPES.items()}
 CROP_NAMES = {v: k for k, v in CROP_MODES.items()}
 INDEX_NAMES = {v: k for k, v in INDEX_BACKENDS.items()}
 out = Console()
@@ -95,6 +101,9 @@ def cmd_index(client: SearchClient, args) -> int:
 
 def cmd_search(client: SearchClient, args) -> int:
     query = Path(args.image).read_bytes()
+    if client.describe_collection(args.collection).media_type == pb.MEDIA_TYPE_VIDEO:
+        videos = client.search_videos(args.collection, image=query, top_k=args.top_k)
+        return show_video_hits(args, args.image, videos, query_image=query)
     resp = client.search(args.collection, image=query, top_k=args.top_k)
     backend = BACKEND_NAMES.get(resp.inference_backend, "-")
     if not resp.model_trained:
@@ -120,6 +129,168 @@ def cmd_search(client: SearchClient, args) -> int:
         path = write(args.out, query, [(h["rank"], h["score"], h["uri"]) for h in hits], title)
         err.print(f"contact sheet written to {path}")
     return 0
+
+
+def find_videos(paths: list[str]) -> list[Path]:
+    """Files as given; folders searched recursively for the video extensions."""
+    return find_images(paths, recursive=True, exts=VIDEO_EXTS)
+
+
+def _box_dict(b) -> dict:
+    return {"x_min": round(b.x_min, 1), "y_min": round(b.y_min, 1), "x_max": round(b.x_max, 1),
+            "y_max": round(b.y_max, 1), "confidence": round(b.confidence, 4)}
+
+
+def _video_collection(client: SearchClient, args) -> tuple[pb.Collection | None, int]:
+    """The video collection to index into (created with --create when missing), or None and the exit code."""
+    try:
+        coll = client.describe_collection(args.collection)
+    except NotFoundError:
+        if not args.create:
+            err.print(f"[bold red]error:[/] NOT_FOUND: collection {args.collection!r} does not exist; add --create "
+                      "to create it as a video collection")
+            return None, 3
+        sampling = {k: v for k, v in (("frames", args.frames), ("mode", args.mode)) if v is not None}
+        created = client.create_collection(args.collection, model=args.model, crop_mode=args.crop,
+                                           media_type="video", video_sampling=sampling or None, exist_ok=True)
+        coll = created.collection
+        if created.created:
+            err.print(f"created video collection [bold]{coll.name}[/] (model {coll.model}, crop "
+                      f"{CROP_NAMES.get(coll.crop_mode, 'none')}, {coll.video_sampling.frames} frames "
+                      f"{SAMPLING_NAMES.get(coll.video_sampling.mode, 'uniform')} per video)")
+    else:
+        if coll.media_type == pb.MEDIA_TYPE_VIDEO and (
+                (args.model and args.model != coll.model)
+                or (args.crop and CROP_MODES[args.crop] != coll.crop_mode)):
+            err.print(f"[yellow]{coll.name} exists with model {coll.model}, crop "
+                      f"{CROP_NAMES.get(coll.crop_mode, 'none')}: --model and --crop apply only to a new collection[/]")
+    if coll.media_type != pb.MEDIA_TYPE_VIDEO:
+        err.print(f"[bold red]error:[/] collection {coll.name!r} holds images; index images with `revsearch index`, "
+                  "or name a video collection (--create makes one)")
+        return None, 2
+    return coll, 0
+
+
+def cmd_index_videos(client: SearchClient, args) -> int:
+    from rich.markup import escape
+
+    files = find_videos(args.paths)
+    if not files:
+        err.print(f"no videos found (folders are searched for .{VIDEO_EXTS.replace(',', ' .')})")
+        return 2
+    coll, rc = _video_collection(client, args)
+    if coll is None:
+        return rc
+    if not coll.model_trained:
+        warn_untrained(coll.model)
+    counts = {"indexed": 0, "duplicate": 0, "no_face": 0, "failed": 0}
+    videos: list[dict] = []
+    with Progress(TextColumn("indexing videos"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, disable=args.quiet) as progress:
+        task = progress.add_task("index", total=len(files))
+        for f in files:
+            started = time.perf_counter()
+            rec: dict = {"path": str(f), "uri": str(f.resolve())}
+            try:
+                resp = client.index_video(args.collection, f, uri=rec["uri"], frames=args.frames, mode=args.mode)
+            except RevsearchClientError as exc:
+                rec.update(status="failed", error={"code": exc.code.name, "message": exc.details})
+            except OSError as exc:
+                rec.update(status="failed", error={"code": "UNREADABLE", "message": str(exc)})
+            else:
+                rec.update(status=pb.ItemStatus.Name(resp.status).removeprefix("ITEM_STATUS_").lower(),
+                           id=resp.id, sha256=resp.sha256)
+                if resp.status != pb.ITEM_STATUS_DUPLICATE:  # a duplicate is not sampled again: no frames
+                    rec.update(duration_s=round(resp.duration_s, 3), width=resp.width, height=resp.height,
+                               faces=sum(len(fr.face_boxes) for fr in resp.frames), vector_count=resp.vector_count,
+                               frames=[{"timestamp_s": round(fr.timestamp_s, 3), "faces": len(fr.face_boxes)}
+                                       for fr in resp.frames])
+            rec["seconds"] = round(time.perf_counter() - started, 3)
+            counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+            videos.append(rec)
+            if not args.json:
+                name, status = escape(f.name), rec["status"]
+                if status == "failed":
+                    out.print(f"[red]{'failed':<9}[/] {name}  {rec['error']['code']}: "
+                              f"{escape(rec['error']['message'])}")
+                elif status == "duplicate":
+                    out.print(f"{'duplicate':<9} {name}  already indexed as {rec['id']}  ({rec['seconds']:.1f} s)")
+                else:
+                    colour = "green" if status == "indexed" else "yellow"
+                    out.print(f"[{colour}]{status:<9}[/] {name}  {rec['duration_s']:.1f} s video, "
+                              f"{len(rec['frames'])} frames, {rec['faces']} faces, id {rec['id']}  "
+                              f"({rec['seconds']:.1f} s)")
+            progress.update(task, advance=1)
+    failures = [v for v in videos if v["status"] == "failed"]
+    if failures:
+        table = Table("video", "reason", title="failures", title_justify="left")
+        for v in failures:
+            table.add_row(v["path"], f"{v['error']['code']}: {v['error']['message']}")
+        err.print(table)
+    if args.json:
+        print(json.dumps({"collection": args.collection, "counts": counts, "videos": videos}, indent=2))
+    else:
+        out.print(f"indexed {counts['indexed']}, skipped {counts['duplicate']} (already indexed), "
+                  + (f"no face {counts['no_face']}, " if counts["no_face"] else "")
+                  + f"failed {counts['failed']} into {args.collection}")
+    return 1 if failures else 0
+
+
+def video_hits_dict(resp: pb.SearchVideosResponse) -> dict:
+    """A SearchVideosResponse as the JSON the CLI prints (and the video sheet draws)."""
+    return {
+        "model": resp.model, "model_trained": resp.model_trained,
+        "ranking": RANKING_NAMES.get(resp.ranking, "frames"),
+        "inference_backend": BACKEND_NAMES.get(resp.inference_backend, "-"),
+        "query_frames": [{"timestamp_s": round(f.timestamp_s, 3), "face_boxes": [_box_dict(b) for b in f.face_boxes]}
+                         for f in resp.query_frames],
+        "hits": [{"rank": h.rank, "id": h.id, "uri": h.uri, "score": round(h.score, 6),
+                  "matches": [{"timestamp_s": round(m.timestamp_s, 3), "score": round(m.score, 6),
+                               "query_timestamp_s": round(m.query_timestamp_s, 3),
+                               "face_box": _box_dict(m.face_box) if m.HasField("face_box") else None}
+                              for m in h.matches],
+                  "metadata": struct_to_dict(h.metadata), "sha256": h.sha256} for h in resp.hits],
+    }
+
+
+def show_video_hits(args, query_name: str, resp: pb.SearchVideosResponse, query_image: bytes | None = None,
+                    query_clip: str | None = None) -> int:
+    """Prints video hits as a table or JSON (args.json) and writes the video sheet (args.out)."""
+    result = video_hits_dict(resp)
+    hits = result["hits"]
+    if not resp.model_trained:
+        warn_untrained(resp.model)
+    if args.json:
+        print(json.dumps({"query": query_name, "collection": args.collection, **result}, indent=2))
+    else:
+        faces = sum(1 for f in result["query_frames"] if f["face_boxes"])
+        table = Table("rank", "score", "id", "uri", "best matches",
+                      title=f"{args.collection}: top {len(hits)} videos for {query_name}",
+                      caption=f"model {resp.model}{'' if resp.model_trained else ' (UNTRAINED)'}, ranking "
+                              f"{result['ranking']}, inference: {result['inference_backend']}, query frames "
+                              f"{len(result['query_frames'])} ({faces} with a face)")
+        for h in hits:
+            table.add_row(str(h["rank"]), f"{h['score']:.4f}", h["id"], h["uri"],
+                          ", ".join(f"t={m['timestamp_s']:.1f}s ({m['score']:.2f})" for m in h["matches"]))
+        out.print(table)
+    if args.out:
+        from .video_sheet import write as write_video_sheet
+
+        title = (f"{Path(query_name).name} in {args.collection} ({resp.model}"
+                 f"{'' if resp.model_trained else ', UNTRAINED'}, ranking {result['ranking']})")
+        path = write_video_sheet(args.out, hits, title, query_image=query_image, query_clip=query_clip,
+                                 query_frames=result["query_frames"], query_name=Path(query_name).name)
+        err.print(f"contact sheet written to {path}")
+    return 0
+
+
+def cmd_search_video(client: SearchClient, args) -> int:
+    clip = Path(args.clip)
+    if not clip.is_file():
+        raise FileNotFoundError(f"no such file: {clip}")
+    resp = client.search_videos(args.collection, clip=clip, top_k=args.top_k, ranking=args.ranking,
+                                frames=args.frames, mode=args.mode)
+    return show_video_hits(args, args.clip, resp, query_clip=str(clip))
 
 
 def cmd_info(client: SearchClient, args) -> int:
@@ -150,11 +321,13 @@ def cmd_collections(client: SearchClient, args) -> int:
         print(json.dumps([{"name": c.name, "model": c.model, "dimension": c.dimension,
                            "crop_mode": CROP_NAMES.get(c.crop_mode, "none"),
                            "index_backend": INDEX_NAMES.get(c.index_backend, "milvus"), "items": c.item_count,
-                           "model_trained": c.model_trained} for c in colls], indent=2))
+                           "model_trained": c.model_trained, "media_type": MEDIA_NAMES.get(c.media_type, "image")}
+                          for c in colls], indent=2))
         return 0
-    table = Table("name", "model", "crop", "index", "items", "created")
+    table = Table("name", "media", "model", "crop", "index", "items", "created")
     for c in colls:
-        table.add_row(c.name, c.model + ("" if c.model_trained else " (UNTRAINED)"),
+        table.add_row(c.name, MEDIA_NAMES.get(c.media_type, "image"),
+                      c.model + ("" if c.model_trained else " (UNTRAINED)"),
                       CROP_NAMES.get(c.crop_mode, "none"), INDEX_NAMES.get(c.index_backend, "milvus"),
                       str(c.item_count), c.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M"))
     out.print(table)
@@ -237,6 +410,33 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print machine-readable hits")
     search.add_argument("--out", help="write a PNG contact sheet of the query and its hits")
     search.set_defaults(func=cmd_search)
+
+    index_videos = sub.add_parser("index-videos", help="index video files or folders into a video collection")
+    index_videos.add_argument("paths", nargs="+", help=f"video files, or folders searched recursively for "
+                                                       f".{VIDEO_EXTS.replace(',', ' .')}")
+    index_videos.add_argument("--collection", required=True)
+    index_videos.add_argument("--create", action="store_true", help="create the video collection when missing")
+    index_videos.add_argument("--frames", type=int, help="frames sampled per video (collection default: 5)")
+    index_videos.add_argument("--mode", choices=list(SAMPLING_MODES), help="frame sampling (collection default)")
+    index_videos.add_argument("--crop", choices=list(CROP_MODES),
+                              help="crop mode for a new collection (server default for video: all)")
+    index_videos.add_argument("--model", default="",
+                              help="model for a new collection (server default for video: face_dlib)")
+    index_videos.add_argument("--json", action="store_true", help="print per-video results and counts as JSON")
+    index_videos.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    index_videos.set_defaults(func=cmd_index_videos)
+
+    search_video = sub.add_parser("search-video", help="search a video collection with a query clip")
+    search_video.add_argument("clip")
+    search_video.add_argument("--collection", required=True)
+    search_video.add_argument("--top-k", type=int, default=20)
+    search_video.add_argument("--ranking", choices=list(RANKINGS), default="frames",
+                              help="frames: mean of per-frame best matches; mean_vector: mean vectors' cosine")
+    search_video.add_argument("--frames", type=int, help="frames sampled from the clip (collection default)")
+    search_video.add_argument("--mode", choices=list(SAMPLING_MODES), help="clip sampling (collection default)")
+    search_video.add_argument("--json", action="store_true", help="print machine-readable hits")
+    search_video.add_argument("--out", help="write a PNG sheet of the query frames and each hit's matching frames")
+    search_video.set_defaults(func=cmd_search_video)
 
     info = sub.add_parser("info", help="server version, inference backend, models, limits")
     info.add_argument("--json", action="store_true")

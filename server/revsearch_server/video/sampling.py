@@ -81,7 +81,7 @@ from ..errors import InvalidArgument, ResourceExhausted
 log = logging.getLogger(__name__)
 
 MODES = ("uniform", "jitter", "scene")
-READABLE = "mp4, mov, avi, mkv and webm"
+READABLE = "mp4 (m4v), mov, avi, mkv or webm"
 FALLBACK_FPS = 25.0
 MAX_FPS = 1000.0
 SEEK_BACKOFF_FRAMES = 16  # OpenCV's seek lands on the keyframe at or before target-16 ...
@@ -350,8 +350,8 @@ def _sniff_container(path: str, name: str) -> str:
     if kind:
         raise InvalidArgument(f"{name} is {kind}, not a video; send images to the image endpoints, "
                               f"videos as {READABLE}")
-    raise InvalidArgument(f"could not open {name} as a video: it is not an {READABLE} file "
-                          f"(OpenCV's FFmpeg build reads {READABLE})")
+    raise InvalidArgument(f"could not open {name} as a video: its bytes are not an {READABLE} container; "
+                          "send one of those")
 
 
 def _image_kind(head: bytes) -> str | None:
