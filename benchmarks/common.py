@@ -18,7 +18,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 def start_server(extra: list[str], data_dir: str, allow_untrained: bool) -> tuple[subprocess.Popen, str]:
     """A server as users run it (its own process, managed Triton unless extra says otherwise)."""
     cmd = [sys.executable, "-m", "revsearch_server", "--host", "127.0.0.1", "--port", "0", "--data-dir", data_dir,
-           "--log-level", "WARNING", *extra] + (["--allow-untrained"] if allow_untrained else [])
+           "--log-level", "WARNING", "--metrics-port", "0", *extra] + (["--allow-untrained"] if allow_untrained else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     deadline = time.time() + 300
     while time.time() < deadline:

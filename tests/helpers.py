@@ -24,9 +24,9 @@ CROWD_CLIP, CROWD_FRAME = "facenet-pytorch_examples_video.mp4", 0
 
 
 def base_settings(tmp_path: Path, **overrides) -> Settings:
-    """Test server settings: port 0, a private data dir, the untrained model allowed."""
-    defaults = dict(host="127.0.0.1", port=0, data_dir=tmp_path, allow_untrained=True, triton_url="off",
-                    log_level="WARNING")
+    """Test server settings: ports 0 (gRPC and metrics), a private data dir, the untrained model allowed."""
+    defaults = dict(host="127.0.0.1", port=0, metrics_port=0, data_dir=tmp_path, allow_untrained=True,
+                    triton_url="off", log_level="WARNING")
     return replace(Settings(), **{**defaults, **overrides})
 
 

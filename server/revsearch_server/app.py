@@ -1,8 +1,9 @@
 """Builds the server from settings (the one factory) and runs it.
 
-Order of start-up: models (fail fast with a clear message), inference backend (managed or
-external Triton, else the local fallback), vector store, then the gRPC server with the health
-and reflection services.
+Order of start-up: metrics endpoint, models (fail fast with a clear message), inference
+backend (managed or external Triton, else the local fallback), vector store, then the gRPC server
+with the health and reflection services, and the health monitor. One Metrics object (its own
+registry) and one Admission object are made here and passed down.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from revsearch.v1 import search_service_pb2 as pb
 from revsearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from . import __version__
+from .admission import Admission
 from .catalog import Catalog
 from .config import Settings
 from .embedding.base import BackendKind
@@ -30,9 +32,11 @@ from .embedding.local_onnx import LocalOnnxBackend
 from .embedding.triton import TritonBackend
 from .faces.cropper import FaceCropper
 from .errors import Unavailable
+from .health import HealthMonitor
 from .imaging import ImageLimits
 from .index.milvus import MilvusStore
 from .models import ModelsUnavailable, load_models
+from .observability import Metrics
 from .pipeline import SearchPipeline
 from .servicer import InfoProvider, SearchServicer
 from .video.pipeline import VideoPipeline
@@ -46,6 +50,10 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
 EXTERNAL_TRITON_WAIT_S = 10.0
 
 
+class StartupError(Exception):
+    """A start-up problem the user can fix; the message says how."""
+
+
 class RevsearchServer:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -57,9 +65,24 @@ class RevsearchServer:
         self._pool: ThreadPoolExecutor | None = None
         self._cropper: FaceCropper | None = None
         self.health = health.aio.HealthServicer()
+        self.metrics = Metrics()
+        self.admission = Admission(settings.max_inflight_images, settings.admission_wait_s, self.metrics)
+        self._monitor: HealthMonitor | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port of the metrics endpoint (None when disabled or not started)."""
+        return self.metrics.port
 
     async def start(self) -> int:
         s = self.settings
+        if s.metrics_port >= 0:
+            try:
+                port = self.metrics.serve(s.host, s.metrics_port)
+            except OSError as exc:
+                raise StartupError(f"cannot serve metrics on {s.host}:{s.metrics_port}: {exc} (--metrics-port picks "
+                                   "another port, 0 a free one, -1 turns metrics off)") from None
+            log.info("metrics on http://%s:%d/metrics", s.host, port)
         models = load_models(s.model_repository, s.allow_untrained)
         if s.default_model not in models:
             raise ModelsUnavailable(f"default model {s.default_model!r} is not servable; available: "
@@ -79,9 +102,10 @@ class RevsearchServer:
                 reason = str(exc)
                 log.error("managed Triton could not start: %s", exc)
         fallback = LocalOnnxBackend() if s.fallback == "local" or not s.triton_enabled else None
-        backend = FailoverBackend(primary, fallback)
+        backend = FailoverBackend(primary, fallback, metrics=self.metrics)
         await backend.start(models, primary_wait_s=wait_s, no_primary_reason=reason)
-        self._embedder = Embedder(backend, models, s.default_model, s.batch_max_size, s.batch_max_wait_ms / 1000)
+        self._embedder = Embedder(backend, models, s.default_model, s.batch_max_size, s.batch_max_wait_ms / 1000,
+                                  self.metrics)
 
         s.data_dir.mkdir(parents=True, exist_ok=True)
         uri = s.milvus_uri or str(s.milvus_lite_path.resolve())
@@ -97,12 +121,12 @@ class RevsearchServer:
 
         self._pool = ThreadPoolExecutor(max_workers=s.decode_workers, thread_name_prefix="decode")
         limits = ImageLimits(max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
-        self._cropper = FaceCropper(self._pool, limits)
+        self._cropper = FaceCropper(self._pool, limits, self.metrics)
         video_limits = VideoLimits(max_duration_s=s.max_video_duration_s, max_width=s.max_video_width,
                                    max_height=s.max_video_height, max_frames=s.max_video_frames)
         pipeline = SearchPipeline(self._embedder, catalog, self._pool, limits, s.max_top_k, self._cropper,
-                                  video_limits)
-        videos = VideoPipeline(pipeline, video_limits, s.video_frame_max_side, self._pool)
+                                  video_limits, self.metrics)
+        videos = VideoPipeline(pipeline, video_limits, s.video_frame_max_side, self._pool, self.metrics)
 
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", s.max_receive_message_bytes),
@@ -110,17 +134,22 @@ class RevsearchServer:
         ])
         pb_grpc.add_SearchServiceServicer_to_server(
             SearchServicer(pipeline, InfoProvider(s, self._embedder, self._store.describe()), s.index_batch_size,
-                           videos, s.max_video_bytes),
+                           videos, s.max_video_bytes, self.admission, self.metrics),
             self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
         await self._server.start()
-        status = (health_pb2.HealthCheckResponse.SERVING if store_ok and backend.kind is not BackendKind.NONE
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, status)
+        # Health: from what start-up found, then re-checked every --health-interval-s.
+        store, probe_s = self._store, max(0.5, min(s.milvus_timeout_s, s.health_interval_s))
+        self._monitor = HealthMonitor(
+            self.health, ("", SERVICE_NAME),
+            {"vector_store": lambda: store.ping(probe_s),
+             "inference": lambda: backend.check(min(2.0, probe_s))},
+            s.health_interval_s, self.metrics)
+        await self._monitor.report({"vector_store": store_ok, "inference": backend.kind is not BackendKind.NONE})
+        self._monitor.start()
         log.info("revsearch %s serving on %s:%d; inference: %s; vector store: %s", __version__, s.host,
                  self.port, backend.describe(), self._store.describe())
         for m in models.values():
@@ -129,6 +158,8 @@ class RevsearchServer:
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self._monitor is not None:
+            await self._monitor.stop()  # reports NOT_SERVING
         if self._server is not None:
             for name in ("", SERVICE_NAME):
                 await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -143,6 +174,7 @@ class RevsearchServer:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._triton is not None:
             await asyncio.to_thread(self._triton.stop)
+        self.metrics.close()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
@@ -156,7 +188,8 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-        print(f"revsearch listening on {settings.host}:{server.port}", flush=True)
+        metrics = f"; metrics on port {server.metrics_port}" if server.metrics_port else ""
+        print(f"revsearch listening on {settings.host}:{server.port}{metrics}", flush=True)
         await stop.wait()
     finally:
         log.info("shutting down")
@@ -175,7 +208,7 @@ def run(settings: Settings) -> None:
     """Runs until SIGINT/SIGTERM; a start-up problem the user can fix exits with its message."""
     try:
         asyncio.run(serve(settings))
-    except ModelsUnavailable as exc:
+    except (ModelsUnavailable, StartupError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
 

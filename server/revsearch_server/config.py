@@ -54,6 +54,14 @@ class Settings:
     max_video_height: int = 2160
     max_video_frames: int = 64
     video_frame_max_side: int = 640
+    # Backpressure: images decoded/embedded at once across all calls. Unary calls over the limit
+    # get RESOURCE_EXHAUSTED with a retry-after-ms hint; streams wait up to admission_wait_s.
+    max_inflight_images: int = 256
+    admission_wait_s: float = 10.0
+    # Prometheus metrics over HTTP on host:metrics_port; 0 picks a free port, -1 disables.
+    metrics_port: int = 9464
+    # Seconds between health checks of the vector store and the inference backend.
+    health_interval_s: float = 5.0
 
     @property
     def milvus_lite_path(self) -> Path:
@@ -129,6 +137,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-video-frames", type=int, default=_env("max_video_frames", d.max_video_frames))
     a("--video-frame-max-side", type=int, default=_env("video_frame_max_side", d.video_frame_max_side),
       help="sampled video frames are shrunk to this long side (pixels) before face detection and embedding")
+    a("--max-inflight-images", type=int, default=_env("max_inflight_images", d.max_inflight_images),
+      help="images decoded and embedded at once over all calls (a video: its frames); unary calls beyond it get "
+           "RESOURCE_EXHAUSTED with a retry-after-ms trailing metadata hint, streams wait for room")
+    a("--admission-wait-s", type=float, default=_env("admission_wait_s", d.admission_wait_s),
+      help="longest a stream (IndexImages, video uploads) waits for room before RESOURCE_EXHAUSTED, seconds")
+    a("--metrics-port", type=int, default=_env("metrics_port", d.metrics_port),
+      help="Prometheus metrics over HTTP on this port (same host as gRPC); 0 picks a free port, -1 disables")
+    a("--health-interval-s", type=float, default=_env("health_interval_s", d.health_interval_s),
+      help="seconds between health checks of Milvus and the inference backend (grpc.health.v1 status)")
 
 
 def from_args(args: argparse.Namespace) -> Settings:

@@ -24,6 +24,14 @@ class ResourceExhausted(RevsearchError):
     pass
 
 
+class Overloaded(ResourceExhausted):
+    """Too much work in flight: retry after `retry_after_ms` (sent as `retry-after-ms` trailing metadata)."""
+
+    def __init__(self, message: str, retry_after_ms: int):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
 class FailedPrecondition(RevsearchError):
     pass
 

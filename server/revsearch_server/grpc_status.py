@@ -21,6 +21,16 @@ _CODES: dict[type[errors.RevsearchError], grpc.StatusCode] = {
 }
 
 
+RETRY_AFTER_KEY = "retry-after-ms"
+
+
+def trailing_metadata(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata that goes with the error's status: a retry hint for overload."""
+    if isinstance(exc, errors.Overloaded):
+        return ((RETRY_AFTER_KEY, str(int(exc.retry_after_ms))),)
+    return ()
+
+
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """Code and client-facing message for any exception; unknown ones never leak internals."""
     for cls in type(exc).__mro__:

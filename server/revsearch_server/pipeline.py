@@ -21,8 +21,9 @@ from .embedding.embedder import Embedder, l2_normalize
 from .errors import AlreadyExists, InvalidArgument, NotFound, RevsearchError
 from .faces.cropper import FaceCrop, FaceCropper, FaceOptions, NoFace
 from .imaging import ImageLimits, preprocess, sha256_hex
-from .index.base import Hit, Record, VectorIndex
+from .index.base import Hit, Record, VectorIndex, insert_or_undo
 from .models import ModelSpec
+from .observability import Metrics, or_null
 from .rows import collapse_hits, item_of, row_id, rows_of
 from .video.sampling import SamplingOptions, VideoLimits
 
@@ -130,8 +131,10 @@ def _images_only(spec: CollectionSpec) -> None:
 
 class SearchPipeline:
     def __init__(self, embedder: Embedder, catalog: Catalog, decode_pool: Executor, limits: ImageLimits,
-                 max_top_k: int, cropper: FaceCropper, video_limits: VideoLimits = VideoLimits()):
+                 max_top_k: int, cropper: FaceCropper, video_limits: VideoLimits = VideoLimits(),
+                 metrics: Metrics | None = None):
         self.embedder = embedder
+        self._metrics = or_null(metrics)
         self.catalog = catalog
         self.cropper = cropper
         self._pool = decode_pool
@@ -186,7 +189,9 @@ class SearchPipeline:
                        all_faces: bool = False) -> list[list[FaceCrop] | RevsearchError]:
         """The model inputs of each image (its face crops when faces is set), or its error."""
         if faces is not None:
-            return await self.cropper.crops(images, model, faces, all_faces)
+            return await self.cropper.crops(images, model, faces, all_faces)  # times decode and detect
+        if not images:
+            return []
         loop = asyncio.get_running_loop()
 
         async def one(data: bytes):
@@ -197,7 +202,8 @@ class SearchPipeline:
             except RevsearchError as exc:
                 return exc
 
-        return list(await asyncio.gather(*(one(d) for d in images)))
+        with self._metrics.stage("decode"):
+            return list(await asyncio.gather(*(one(d) for d in images)))
 
     async def _prepare_query(self, data: bytes, model: ModelSpec, faces: FaceOptions | None) -> FaceCrop:
         [prepared] = await self._prepare([data], model, faces)
@@ -244,10 +250,12 @@ class SearchPipeline:
         live = [i for i in range(len(items)) if outcomes[i] is None]
 
         # Deduplicate by content: against the collection, then within this batch.
-        known = {d: item_of(r) for d, r in (await index.ids_for_sha256(sorted({digests[i] for i in live}))).items()}
-        ids = {i: items[i].id or default_id(digests[i]) for i in live}
-        clashes = {item_of(r) for r in await index.existing_ids(
-            sorted({key(ids[i]) for i in live if digests[i] not in known}))}
+        with self._metrics.stage("dedup"):
+            known = {d: item_of(r)
+                     for d, r in (await index.ids_for_sha256(sorted({digests[i] for i in live}))).items()}
+            ids = {i: items[i].id or default_id(digests[i]) for i in live}
+            clashes = {item_of(r) for r in await index.existing_ids(
+                sorted({key(ids[i]) for i in live if digests[i] not in known}))}
         first_in_batch: dict[str, int] = {}
         fresh, fresh_ids = [], set()
         for i in live:
@@ -270,12 +278,15 @@ class SearchPipeline:
         try:
             vectors = await self.embedder.embed(model, np.stack([c.pixels for _, _, c in crops]))
             now = int(time.time() * 1000)
-            await index.insert([
-                Record(id=row_id(ids[i], k) if multi else ids[i], vector=vectors[n], uri=items[i].uri,
-                       sha256=digests[i], model=model.name, model_version=model.version, created_at_ms=now,
-                       metadata=items[i].metadata, face_box=crop.box,
-                       face_count=len(prepared[i]) if multi else None)
-                for n, (i, k, crop) in enumerate(crops)])
+            # One insert for the batch, whole or not at all: a request cancelled during it (client
+            # gone, deadline passed) gets its rows deleted again once the write has finished.
+            with self._metrics.stage("index"):
+                await insert_or_undo(index, [
+                    Record(id=row_id(ids[i], k) if multi else ids[i], vector=vectors[n], uri=items[i].uri,
+                           sha256=digests[i], model=model.name, model_version=model.version, created_at_ms=now,
+                           metadata=items[i].metadata, face_box=crop.box,
+                           face_count=len(prepared[i]) if multi else None)
+                    for n, (i, k, crop) in enumerate(crops)])
         except RevsearchError as exc:
             for i in fresh:
                 outcomes[i] = IndexOutcome(ids[i], items[i].uri, "failed", exc)
@@ -343,7 +354,8 @@ class SearchPipeline:
         if vectors:
             order = sorted(vectors)
             matrix = np.stack([vectors[i] for i in order]).astype(np.float32)
-            hits = await (self._search_items(index, matrix, k) if multi else index.search(matrix, k))
+            with self._metrics.stage("search"):
+                hits = await (self._search_items(index, matrix, k) if multi else index.search(matrix, k))
             backend = self.embedder.backend.kind if images else None
             for i, h in zip(order, hits):
                 out[i] = SearchResult(hits=h, model=model, backend=backend if i in boxes else None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 
 import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -17,12 +18,14 @@ from revsearch.v1 import search_service_pb2 as pb
 from revsearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from . import __version__
+from .admission import Admission
 from .catalog import CollectionSpec, CropMode, IndexKind, MediaType
 from .embedding.base import BackendKind
 from .errors import InvalidArgument, ResourceExhausted
 from .faces.cropper import FaceOptions
-from .grpc_status import to_status
+from .grpc_status import to_status, trailing_metadata
 from .index.base import Hit
+from .observability import Metrics, or_null
 from .pipeline import MAX_BATCH_QUERIES, IndexInput, Query, SearchPipeline
 from .video.pipeline import SamplingOverrides, VideoPipeline, VideoUpload
 from .video.sampling import SamplingOptions
@@ -57,19 +60,46 @@ def _enum(table: dict, value: int, field: str):
 
 
 def rpc(method):
-    """Maps any exception of a unary RPC to a status via the one mapping."""
+    """Maps any exception of a unary RPC to a status via the one mapping (with its trailing
+    metadata, e.g. the retry hint of an overload) and counts the call by its code."""
+    name = method.__name__
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             return await method(self, request, context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except asyncio.CancelledError:
+            code = _cancelled_code(context)
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except Exception as exc:
-            code, message = to_status(exc)
-            await context.abort(code, message)
+            status, message = to_status(exc)
+            # Counted before abort, which sends the status to the client at once.
+            self._metrics.request(name, status.name, time.perf_counter() - started)
+            code = None
+            await context.abort(status, message, trailing_metadata(exc))
+        finally:
+            if code is not None:
+                self._metrics.request(name, _code_name(code), time.perf_counter() - started)
 
     return wrapper
+
+
+def _cancelled_code(context) -> grpc.StatusCode:
+    """A handler is cancelled when its client cancels or its deadline passes."""
+    try:
+        remaining = context.time_remaining()
+    except Exception:  # no deadline information
+        remaining = None
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else \
+        grpc.StatusCode.CANCELLED
+
+
+def _code_name(code) -> str:
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
 def collection_pb(spec: CollectionSpec, count: int) -> pb.Collection:
@@ -140,12 +170,16 @@ def frame_pb(frame) -> pb.VideoFrame:
 
 class SearchServicer(pb_grpc.SearchServiceServicer):
     def __init__(self, pipeline: SearchPipeline, info: "InfoProvider", index_batch_size: int,
-                 videos: VideoPipeline, max_video_bytes: int):
+                 videos: VideoPipeline, max_video_bytes: int, admission: Admission | None = None,
+                 metrics: Metrics | None = None):
         self._p = pipeline
         self._v = videos
         self._max_video_bytes = max_video_bytes
         self._info = info
         self._batch = max(1, index_batch_size)
+        self._metrics = or_null(metrics)
+        # Without one (unit tests), no limit: a capacity nothing reaches.
+        self._admission = admission or Admission(1 << 30, metrics=metrics)
 
     @rpc
     async def CreateCollection(self, request, context):
@@ -175,12 +209,13 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     @rpc
     async def SearchImages(self, request, context):
         which = request.WhichOneof("query")
-        result = await self._p.search(
-            request.collection,
-            image=request.image if which == "image" else None,
-            vector=list(request.vector.values) if which == "vector" else None,
-            item_id=request.item_id if which == "item_id" else None,
-            top_k=request.top_k if request.HasField("top_k") else None)
+        async with self._admission.slots(1 if which == "image" else 0, "SearchImages"):
+            result = await self._p.search(
+                request.collection,
+                image=request.image if which == "image" else None,
+                vector=list(request.vector.values) if which == "vector" else None,
+                item_id=request.item_id if which == "item_id" else None,
+                top_k=request.top_k if request.HasField("top_k") else None)
         return pb.SearchImagesResponse(
             hits=[hit_pb(rank, h) for rank, h in enumerate(result.hits, start=1)], model=result.model.name,
             model_trained=result.model.trained, inference_backend=BACKEND_TO_PB[result.backend],
@@ -194,8 +229,9 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             queries.append(Query(image=q.image if which == "image" else None,
                                  vector=list(q.vector.values) if which == "vector" else None,
                                  item_id=q.item_id if which == "item_id" else None))
-        results = await self._p.search_batch(request.collection, queries,
-                                             request.top_k if request.HasField("top_k") else None)
+        async with self._admission.slots(sum(q.image is not None for q in queries), "BatchSearchImages"):
+            results = await self._p.search_batch(request.collection, queries,
+                                                 request.top_k if request.HasField("top_k") else None)
         response = pb.BatchSearchImagesResponse()
         model, backend = None, None
         for r in results:
@@ -216,7 +252,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     @rpc
     async def EmbedImage(self, request, context):
-        vector, model, backend = await self._p.embed_image(request.image, request.model, request.collection)
+        async with self._admission.slots(1, "EmbedImage"):
+            vector, model, backend = await self._p.embed_image(request.image, request.model, request.collection)
         return pb.EmbedImageResponse(vector=vector.tolist(), model=model.name, model_version=model.version,
                                      model_trained=model.trained, inference_backend=BACKEND_TO_PB[backend])
 
@@ -241,16 +278,20 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     async def IndexVideo(self, request_iterator, context):
         messages = aiter(request_iterator)
         header = await self._header(messages, "IndexVideoRequest")
-        await self._v.check_collection(header.collection)  # fail before the upload, not after it
+        sampling = sampling_from_pb(header.sampling)
+        # Fail before the upload, not after it: unknown collection, bad options, too big, overloaded.
+        frames = await self._v.check_collection(header.collection, sampling)
         if header.size_bytes > self._max_video_bytes:
             raise ResourceExhausted(f"the video is {header.size_bytes} bytes, over the limit of "
                                     f"{self._max_video_bytes} bytes (--max-video-bytes)")
+        self._admission.check(frames, "IndexVideo")
         upload = VideoUpload(collection=header.collection, id=header.id, uri=header.uri,
-                             metadata=json_format.MessageToDict(header.metadata),
-                             sampling=sampling_from_pb(header.sampling))
+                             metadata=json_format.MessageToDict(header.metadata), sampling=sampling)
         spooled = await spool_chunks(messages, b"", self._max_video_bytes, "the video")
         try:
-            out = await self._v.index_video(upload, spooled.path, spooled.sha256)
+            # The upload is paid for: wait (bounded) for room rather than refuse at once.
+            async with self._admission.slots(frames, "IndexVideo", wait=True):
+                out = await self._v.index_video(upload, spooled.path, spooled.sha256)
         finally:
             spooled.remove()
         info = out.info
@@ -264,18 +305,21 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     async def SearchVideos(self, request_iterator, context):
         messages = aiter(request_iterator)
         header = await self._header(messages, "SearchVideosRequest")
-        await self._v.check_collection(header.collection)
+        sampling = sampling_from_pb(header.sampling)
+        frames = await self._v.check_collection(header.collection, None if header.image else sampling)
         query = dict(top_k=header.top_k if header.HasField("top_k") else None,
-                     ranking=_enum(RANKING_FROM_PB, header.ranking, "ranking"),
-                     sampling=sampling_from_pb(header.sampling))
+                     ranking=_enum(RANKING_FROM_PB, header.ranking, "ranking"), sampling=sampling)
         if header.image:
             if await anext(messages, None) is not None:
                 raise InvalidArgument("send either an image in the header or a clip as chunks, not both")
-            result = await self._v.search(header.collection, image=header.image, **query)
+            async with self._admission.slots(1, "SearchVideos"):
+                result = await self._v.search(header.collection, image=header.image, **query)
         else:
+            self._admission.check(frames, "SearchVideos")
             spooled = await spool_chunks(messages, b"", self._max_video_bytes, "the query clip")
             try:
-                result = await self._v.search(header.collection, path=spooled.path, **query)
+                async with self._admission.slots(frames, "SearchVideos", wait=True):
+                    result = await self._v.search(header.collection, path=spooled.path, **query)
             finally:
                 spooled.remove()
         return pb.SearchVideosResponse(
@@ -293,8 +337,13 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         """Reads ahead into a bounded queue and indexes whatever has arrived as one batch.
 
         The bound is the flow control: when the queue is full the reader stops reading, and
-        gRPC's window makes the client wait instead of buffering without limit.
+        gRPC's window makes the client wait instead of buffering without limit. Each batch takes
+        its admission slots first, waiting (bounded) for room while the server is busy: the queue
+        then fills and the client is held back the same way. A batch is stored with one insert,
+        all or nothing, also when the client cancels or its deadline passes during it
+        (pipeline.index_batch): a stream that ends early leaves no half-indexed item.
         """
+        started, outcome = time.perf_counter(), grpc.StatusCode.OK
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * self._batch)
         done = object()
         collection: list[str] = []
@@ -329,7 +378,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                         finished = True
                         break
                     batch.append(nxt)
-                outcomes = await self._p.index_batch(collection[0], [it for _, it in batch])
+                async with self._admission.slots(len(batch), "IndexImages", wait=True):
+                    outcomes = await self._p.index_batch(collection[0], [it for _, it in batch])
                 for (position, _), out in zip(batch, outcomes):
                     msg = pb.IndexImagesResponse(item_index=position, id=out.id, uri=out.uri,
                                                  status=ITEM_STATUS[out.status], face_box=face_box_pb(out.face_box),
@@ -338,13 +388,22 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                         code, message = to_status(out.error)
                         msg.error.CopyFrom(pb.ItemError(code=code.value[0], code_name=code.name, message=message))
                     yield msg
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except (asyncio.CancelledError, GeneratorExit):  # the client cancelled or its deadline passed
+            outcome = _cancelled_code(context)
+            raise
+        except grpc.aio.AbortError:
+            outcome = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except Exception as exc:
-            code, message = to_status(exc)
-            await context.abort(code, message)
+            status, message = to_status(exc)
+            # Counted before abort, which sends the status to the client at once.
+            self._metrics.request("IndexImages", status.name, time.perf_counter() - started)
+            outcome = None
+            await context.abort(status, message, trailing_metadata(exc))
         finally:
             reader.cancel()
+            if outcome is not None:
+                self._metrics.request("IndexImages", _code_name(outcome), time.perf_counter() - started)
 
 
 async def _next_or_reader_error(queue: asyncio.Queue, reader: asyncio.Task):

@@ -48,3 +48,31 @@ def test_a_multi_row_request_is_kept_whole():
 
     out = asyncio.run(main())
     assert out.shape == (6, 3) and out.min() == 1
+
+
+def test_a_cancelled_request_is_not_embedded_and_batch_sizes_are_measured():
+    from revsearch_server.observability import Metrics
+
+    calls = []
+
+    async def run(x):
+        calls.append(x[:, 0].tolist())
+        return x
+
+    async def main():
+        metrics = Metrics()
+        b = MicroBatcher(run, max_size=8, max_wait_s=0.05, metrics=metrics, name="m")
+        gone = asyncio.ensure_future(b.submit(np.full((2, 1), 9.0)))
+        kept = asyncio.ensure_future(b.submit(np.full((1, 1), 1.0)))
+        await asyncio.sleep(0.01)  # both queued, the batch still filling
+        assert metrics.registry.get_sample_value("revsearch_embed_queue_images", {"model": "m"}) == 3
+        gone.cancel()  # the client went away (or its deadline passed)
+        out = await kept
+        await b.close()
+        return out, metrics
+
+    out, metrics = asyncio.run(main())
+    assert calls == [[1.0]] and out.tolist() == [[1.0]]
+    assert metrics.registry.get_sample_value("revsearch_batch_size_count", {"model": "m"}) == 1
+    assert metrics.registry.get_sample_value("revsearch_batch_size_sum", {"model": "m"}) == 1
+    assert metrics.registry.get_sample_value("revsearch_embed_queue_images", {"model": "m"}) == 0

@@ -11,22 +11,37 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from ..observability import Metrics, or_null
+
 
 class MicroBatcher:
-    def __init__(self, run: Callable[[np.ndarray], Awaitable[np.ndarray]], max_size: int, max_wait_s: float):
+    """The queue is unbounded by itself: admission control (admission.py) bounds the images in
+    flight, and so what can wait here. A caller that is cancelled (client gone, deadline passed)
+    leaves its future cancelled; the worker skips such requests instead of embedding them."""
+
+    def __init__(self, run: Callable[[np.ndarray], Awaitable[np.ndarray]], max_size: int, max_wait_s: float,
+                 metrics: Metrics | None = None, name: str = ""):
         self._run = run
         self._max_size = max(1, max_size)
         self._max_wait_s = max(0.0, max_wait_s)
         self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
+        self._metrics = or_null(metrics)
+        self._name = name
+        self._queued = 0  # images submitted and not yet sent to the backend
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
         """Embeds [n, ...] images; returns [n, D] in the same order."""
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._work())
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((images, future))
+        self._queue.put_nowait((images, future))
+        self._count(len(images))
         return await future
+
+    def _count(self, delta: int) -> None:
+        self._queued += delta
+        self._metrics.embed_queue(self._name, self._queued)
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -44,12 +59,15 @@ class MicroBatcher:
                     break
                 pending.append(item)
                 count += len(item[0])
+            self._count(-count)  # off to the backend (or dropped)
             # Requests whose caller went away (cancelled) need no work.
             pending = [(x, f) for x, f in pending if not f.done()]
             if not pending:
                 continue
+            batch = np.concatenate([x for x, _ in pending])
+            self._metrics.batch(self._name, len(batch))
             try:
-                out = await self._run(np.concatenate([x for x, _ in pending]))
+                out = await self._run(batch)
             except Exception as exc:  # delivered to every waiting caller
                 for _, f in pending:
                     if not f.done():

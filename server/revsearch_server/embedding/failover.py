@@ -2,7 +2,8 @@
 
 The active backend is always known, logged when it changes and reported by the info RPC.
 While on the fallback, Triton is probed again every `reprobe_s` so a restarted Triton is
-picked up without restarting revsearch.
+picked up without restarting revsearch; with no backend at all (Triton down at start-up and
+--fallback none), Triton is probed again the same way, by calls and by the health checks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..errors import Unavailable
 from ..models import ModelSpec
+from ..observability import Metrics, or_null
 from .base import BackendKind
 from .local_onnx import LocalOnnxBackend
 from .triton import TritonBackend
@@ -24,7 +26,8 @@ log = logging.getLogger(__name__)
 
 class FailoverBackend:
     def __init__(self, primary: TritonBackend | None, fallback: LocalOnnxBackend | None,
-                 reprobe_s: float = 30.0):
+                 reprobe_s: float = 30.0, metrics: Metrics | None = None):
+        self._metrics = or_null(metrics)
         self._primary = primary
         self._fallback = fallback
         self._reprobe_s = reprobe_s
@@ -64,6 +67,7 @@ class FailoverBackend:
     async def embed(self, model: ModelSpec, images: np.ndarray) -> np.ndarray:
         backend = self._active
         if backend is None:
+            self._maybe_reprobe()
             raise Unavailable(f"no inference backend is available ({self._detail}); "
                               "start Triton or run the server with --fallback local")
         if backend is self._primary:
@@ -84,8 +88,25 @@ class FailoverBackend:
             return
         await self._fallback.start(self._models)
         self.fallbacks_taken += 1
+        self._metrics.fallback()
         self._last_probe = time.monotonic()
         self._use(self._fallback, f"{self._fallback.describe()} (fallback: {reason})")
+
+    async def check(self, timeout_s: float = 2.0) -> bool:
+        """Whether a model can be embedded now (the health check): Triton answering, or the local
+        fallback there to take over. With no backend active, probes Triton and recovers it."""
+        if self._active is None:
+            if self._primary is None:
+                return False
+            if self._probe_task is None or self._probe_task.done():
+                self._last_probe = time.monotonic()
+                self._probe_task = asyncio.get_running_loop().create_task(self._reprobe(timeout_s))
+            await asyncio.shield(self._probe_task)
+            return self._active is not None
+        if self._active is self._fallback:
+            self._maybe_reprobe()
+            return True
+        return await self._primary.ping(timeout_s) or self._fallback is not None
 
     def _maybe_reprobe(self) -> None:
         if self._primary is None or (self._probe_task and not self._probe_task.done()):
@@ -95,9 +116,9 @@ class FailoverBackend:
         self._last_probe = time.monotonic()
         self._probe_task = asyncio.get_running_loop().create_task(self._reprobe())
 
-    async def _reprobe(self) -> None:
+    async def _reprobe(self, within_s: float = 2.0) -> None:
         try:
-            await self._primary.wait_ready(self._models, within_s=2.0)
+            await self._primary.wait_ready(self._models, within_s=within_s)
         except Unavailable:
             return
         self._use(self._primary, f"{self._primary.describe()} (recovered)")
@@ -105,6 +126,7 @@ class FailoverBackend:
     def _use(self, backend, detail: str) -> None:
         self._active = backend
         self._detail = detail
+        self._metrics.backend(self.kind.value)
         # Anything but the primary (Triton) is worth a warning: it is slower or serves nothing.
         log.log(logging.INFO if backend is self._primary else logging.WARNING, "inference backend: %s", detail)
 

@@ -56,6 +56,15 @@ class TritonBackend:
                 raise Unavailable(f"Triton at {self.url} is not serving ({last_error})")
             await asyncio.sleep(0.5)
 
+    async def ping(self, timeout_s: float) -> bool:
+        """Whether Triton answers as ready within timeout_s (the health check)."""
+        if self._alive is not None and not self._alive():
+            return False
+        try:
+            return bool(await self._client.is_server_ready(client_timeout=timeout_s))
+        except InferenceServerException:
+            return False
+
     async def embed(self, model: ModelSpec, images: np.ndarray) -> np.ndarray:
         if len(images) > MAX_REQUEST_BATCH:
             parts = [await self.embed(model, images[i:i + MAX_REQUEST_BATCH])

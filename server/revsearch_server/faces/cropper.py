@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import InvalidArgument, RevsearchError
 from ..imaging import ImageLimits, decode_image
 from ..models import ModelSpec
+from ..observability import Metrics, or_null
 
 MAX_FACES_LIMIT = 64
 
@@ -53,8 +54,9 @@ class FaceCrop:
 
 
 class FaceCropper:
-    def __init__(self, decode_pool: Executor, limits: ImageLimits):
+    def __init__(self, decode_pool: Executor, limits: ImageLimits, metrics: Metrics | None = None):
         self._decode_pool = decode_pool
+        self._metrics = or_null(metrics)
         self._limits = limits
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faces")
         self._detectors: dict[int, object] = {}
@@ -63,8 +65,9 @@ class FaceCropper:
                               all_faces: bool = False, detect_max_side: int | None = None
                               ) -> list[list[FaceCrop] | RevsearchError]:
         """crops() for decoded RGB arrays (video frames), in this cropper's worker."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._worker, self.crop_arrays, images, model, options, all_faces, detect_max_side)
+        with self._metrics.stage("detect"):
+            return await asyncio.get_running_loop().run_in_executor(
+                self._worker, self.crop_arrays, images, model, options, all_faces, detect_max_side)
 
     async def crops(self, images: list[bytes], model: ModelSpec, options: FaceOptions, all_faces: bool = False
                     ) -> list[list[FaceCrop] | RevsearchError]:
@@ -80,9 +83,12 @@ class FaceCropper:
             except RevsearchError as exc:
                 return exc
 
-        decoded = await asyncio.gather(*(decode(d) for d in images))
+        with self._metrics.stage("decode"):
+            decoded = await asyncio.gather(*(decode(d) for d in images))
         arrays = [d for d in decoded if isinstance(d, np.ndarray)]
-        crops = iter(await loop.run_in_executor(self._worker, self.crop_arrays, arrays, model, options, all_faces))
+        with self._metrics.stage("detect"):  # detection, then the crops (or aligned chips) of the faces
+            crops = iter(await loop.run_in_executor(self._worker, self.crop_arrays, arrays, model, options,
+                                                    all_faces))
         return [d if isinstance(d, RevsearchError) else next(crops) for d in decoded]
 
     def crop_arrays(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions, all_faces: bool = False,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,3 +63,35 @@ class VectorIndex(Protocol):
         """Deletes; returns the ids that existed."""
 
     async def count(self) -> int: ...
+
+
+async def insert_or_undo(index: VectorIndex, records: list[Record]) -> None:
+    """index.insert, all or nothing also when the caller is cancelled (client gone, deadline passed).
+
+    A store's write cannot be taken back half-way (Milvus's call runs on in its thread), so the
+    insert runs as its own task to its end; if the caller was cancelled meanwhile, the records
+    are deleted again once the insert has finished (never before: a delete racing the write could
+    miss rows that land after it). A failing insert cleans up after itself (VectorIndex.insert).
+    """
+    task = asyncio.ensure_future(index.insert(records))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        cleanup = asyncio.ensure_future(_undo_after(task, index, [r.id for r in records]))
+        try:
+            await asyncio.shield(cleanup)  # a second cancellation leaves it running on its own
+        except asyncio.CancelledError:
+            pass
+        raise
+
+
+async def _undo_after(insert: asyncio.Task, index: VectorIndex, ids: list[str]) -> None:
+    try:
+        await insert
+    except BaseException:  # the failed insert removed what it wrote
+        return
+    try:
+        await index.delete(ids)
+        log.info("removed %d rows whose request was cancelled during their insert", len(ids))
+    except Exception as exc:
+        log.error("could not remove %d rows of a cancelled insert: %s", len(ids), exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,16 @@ _ID_MAX, _URI_MAX = 80, 2048
 def milvus_name(name: str) -> str:
     # A prefix keeps our collections apart from others in a shared Milvus cluster.
     return PREFIX + name
+
+
+def call_timeout(seconds: float) -> int:
+    """A pymilvus `timeout`: whole seconds (rounded up, at least 1).
+
+    pymilvus bounds its retries of an unreachable server (UNAVAILABLE) by `timeout` only when it
+    is an int; with a float it retries 75 times with back-off up to 3 s, minutes per call, so a
+    Milvus that goes away would hang every call. With an int, a call ends within about twice
+    the timeout (its retries, then its last attempt)."""
+    return max(1, math.ceil(seconds))
 
 
 def _quote_list(values: list[str]) -> str:
@@ -70,7 +81,7 @@ class MilvusStore:
 
     async def call(self, method: str, *args, **kwargs):
         """Runs client.<method> in the pool with the deadline; maps failures to Unavailable."""
-        kwargs.setdefault("timeout", self._timeout_s)
+        kwargs["timeout"] = call_timeout(kwargs.get("timeout", self._timeout_s))
 
         def run():
             return getattr(self._connect(), method)(*args, **kwargs)
@@ -85,6 +96,17 @@ class MilvusStore:
 
     async def start(self) -> None:
         await self.call("list_collections")
+
+    async def ping(self, timeout_s: float) -> bool:
+        """Whether Milvus answers a cheap call within timeout_s (the health check; logs nothing)."""
+        def run():
+            return self._connect().list_collections(timeout=call_timeout(timeout_s))
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, run)
+            return True
+        except Exception:
+            return False
 
     async def create(self, name: str, dimension: int, description: str) -> bool:
         from pymilvus import DataType, MilvusClient

@@ -28,8 +28,9 @@ from ..embedding.embedder import l2_normalize
 from ..errors import AlreadyExists, InvalidArgument, RevsearchError
 from ..faces.cropper import FaceCrop, NoFace
 from ..imaging import resize_center_crop
-from ..index.base import Hit, Record, VectorIndex
+from ..index.base import Hit, Record, VectorIndex, insert_or_undo
 from ..models import ModelSpec
+from ..observability import Metrics, or_null
 from ..pipeline import MAX_ROW_FETCH, IndexInput, SearchPipeline, default_id, resolve_top_k, validate_item_fields
 from ..rows import item_of, row_id
 from .sampling import MODES, SampledFrame, SamplingOptions, VideoInfo, VideoLimits, sample_frames
@@ -109,11 +110,13 @@ class VideoSearchResult:
 
 
 class VideoPipeline:
-    def __init__(self, images: SearchPipeline, limits: VideoLimits, frame_max_side: int, pool: Executor):
+    def __init__(self, images: SearchPipeline, limits: VideoLimits, frame_max_side: int, pool: Executor,
+                 metrics: Metrics | None = None):
         self._images = images
         self.limits = limits
         self._frame_max_side = frame_max_side
         self._pool = pool
+        self._metrics = or_null(metrics)
 
     async def _collection(self, name: str) -> tuple[CollectionSpec, VectorIndex, VectorIndex, ModelSpec]:
         spec, index, model = await self._images._collection(name)
@@ -122,13 +125,17 @@ class VideoPipeline:
                                   "SearchImages, or create a collection with media type video")
         return spec, index, await self._images.catalog.means(spec), model
 
-    async def check_collection(self, name: str) -> None:
-        """NOT_FOUND / INVALID_ARGUMENT for anything but an existing video collection."""
-        await self._collection(name)
+    async def check_collection(self, name: str, sampling: SamplingOverrides | None = None) -> int:
+        """NOT_FOUND / INVALID_ARGUMENT for anything but an existing video collection (or invalid
+        sampling overrides); the number of frames a clip sampled with the overrides gives (0 without)."""
+        spec, _, _, _ = await self._collection(name)
+        return 0 if sampling is None else sampling.over(spec.video_sampling, self.limits).frames
 
     async def _sample(self, path: str, options: SamplingOptions, name: str) -> tuple[VideoInfo, list[SampledFrame]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: sample_frames(path, options, self.limits, name=name))
+        with self._metrics.stage("sample"):
+            return await loop.run_in_executor(self._pool,
+                                              lambda: sample_frames(path, options, self.limits, name=name))
 
     async def _frame_crops(self, spec: CollectionSpec, model: ModelSpec, frames: list[SampledFrame],
                            all_faces: bool) -> list[list[FaceCrop]]:
@@ -187,17 +194,22 @@ class VideoPipeline:
                       created_at_ms=now, metadata=upload.metadata)
         rows = [Record(id=row_id(video_id, k), vector=vectors[k], face_box=c.box, face_count=len(flat),
                        timestamp_s=f.timestamp_s, **common) for k, (f, c) in enumerate(flat)]
-        await self._store(index, means, rows, Record(id=video_id, vector=mean, face_count=len(firsts), **common))
+        with self._metrics.stage("index"):
+            await self._store(index, means, rows, Record(id=video_id, vector=mean, face_count=len(firsts),
+                                                         **common))
         log.debug("video %s: sample %.3fs, crop %.3fs, embed %.3fs, store %.3fs", video_id, sampled - started,
                   cropped - sampled, embedded - cropped, time.perf_counter() - embedded)
         return VideoOutcome(video_id, upload.uri, "indexed", sha256, info, results, vector_count=len(rows) + 1)
 
     @staticmethod
     async def _store(index: VectorIndex, means: VectorIndex, rows: list[Record], mean: Record) -> None:
-        """Rows, then the mean; on any failure or cancellation the rows are deleted again."""
+        """Rows, then the mean; on any failure or cancellation both are deleted again.
+
+        Each insert runs to its end even when the request is cancelled meanwhile (insert_or_undo),
+        so the clean-up never races a write still on its way to the store."""
         try:
-            await index.insert(rows)
-            await means.insert([mean])
+            await insert_or_undo(index, rows)
+            await insert_or_undo(means, [mean])
         except BaseException:
             async def undo():
                 try:
@@ -243,12 +255,13 @@ class VideoPipeline:
         backend = self._images.embedder.backend.kind
 
         fetch = min(MAX_ROW_FETCH, max(50 * k, 200))
-        row_hits = await index.search(queries, fetch)
-        if ranking == "frames":
-            ranked = [(video, score, None) for video, score in rank_by_frames(row_hits, k)]
-        else:
-            mean = l2_normalize(np.mean(queries, axis=0)[None, :])
-            ranked = [(h.id, h.score, h) for h in (await means.search(mean, k))[0]]
+        with self._metrics.stage("search"):
+            row_hits = await index.search(queries, fetch)
+            if ranking == "frames":
+                ranked = [(video, score, None) for video, score in rank_by_frames(row_hits, k)]
+            else:
+                mean = l2_normalize(np.mean(queries, axis=0)[None, :])
+                ranked = [(h.id, h.score, h) for h in (await means.search(mean, k))[0]]
         return VideoSearchResult(hits=video_hits(ranked, row_hits, query_times), model=model, ranking=ranking,
                                  query_frames=query_frames, backend=backend)
 
