@@ -1,4 +1,5 @@
-"""The `revsearch` command line: serve, index, search, index-videos, search-video, info, collections, drop."""
+"""The `revsearch` command line: serve, index, search, index-videos, search-video, info, collections, drop,
+eval, loadtest."""
 
 from __future__ import annotations
 
@@ -340,8 +341,84 @@ def cmd_drop(client: SearchClient, args) -> int:
     return 0
 
 
+def cmd_loadtest(client: SearchClient, args) -> int:
+    import asyncio
+
+    from .loadtest import load_images, run, write_outputs
+
+    if args.sweep:
+        try:
+            levels = [int(x) for x in args.sweep.split(",") if x]
+        except ValueError:
+            err.print(f"[bold red]error:[/] --sweep takes comma-separated integers, got {args.sweep!r}")
+            return 2
+    else:
+        levels = [args.concurrency]
+    if not levels or min(levels) < 1:
+        err.print("[bold red]error:[/] concurrency levels must be >= 1")
+        return 2
+    images = load_images(Path(args.images), args.max_images) if args.workload != "noop" else [("", b"")]
+    duration = None if args.requests else args.duration
+    table = Table("concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "client cpu ms/req",
+                  title=f"revsearch loadtest: {args.workload} against {args.server}")
+
+    def progress(step: dict) -> None:
+        if not args.json:
+            err.print(f"  concurrency {step['concurrency']:3d}: {step['throughput']:8.1f} req/s, "
+                      f"p99 {step['p99_ms']:8.1f} ms, errors {step['errors'] or 0}")
+
+    report = asyncio.run(run(args.server, args.workload, args.collection, images, levels, duration, args.requests,
+                             warmup_s=args.warmup, timeout_s=args.request_timeout, progress=progress))
+    for step in report["steps"]:
+        errors = ", ".join(f"{k} {v}" for k, v in step["errors"].items()) or "0"
+        table.add_row(str(step["concurrency"]), f"{step['throughput']:.1f}", f"{step['p50_ms']:.1f}",
+                      f"{step['p95_ms']:.1f}", f"{step['p99_ms']:.1f}", f"{step['max_ms']:.1f}", errors,
+                      f"{step['client_cpu_ms_per_request']:.2f}")
+    if args.out:
+        paths = write_outputs(report, Path(args.out))
+        if not args.json:
+            err.print(f"wrote {', '.join(str(p) for p in paths)}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        out.print(table)
+        if report["knee"]:
+            k = report["knee"]
+            out.print(f"knee: concurrency {k['concurrency']} ({k['throughput']:.1f} req/s, p99 {k['p99_ms']:.0f} ms)")
+    return 1 if any(s["errors"] for s in report["steps"]) else 0
+
+
 def cmd_eval(client: SearchClient, args) -> int:
     import asyncio
+
+    if args.videos:
+        from . import video_evaluation as ve
+
+        benchmarks = [b.strip() for b in args.video_benchmarks.split(",") if b.strip()]
+        unknown = [b for b in benchmarks if b not in ve.BENCHMARKS]
+        if unknown or not benchmarks:
+            err.print(f"unknown video benchmark(s) {', '.join(unknown)}; known: {', '.join(ve.BENCHMARKS)}")
+            return 2
+        report = ve.evaluate(args.server, benchmarks, lfw_dir=Path(args.dir) if args.dir else None,
+                             video_dir=Path(args.video_dir) if args.video_dir else None,
+                             identities=(ve.DEFAULT_IDENTITIES if args.video_identities is None
+                                         else args.video_identities or None),
+                             cache_dir=Path(args.video_cache) if args.video_cache else None,
+                             concurrency=args.concurrency or ve.DEFAULT_CONCURRENCY, timeout=args.timeout,
+                             progress=True, log=lambda message: err.print(message, highlight=False))
+        if args.out:
+            written = ve.write_report(report, Path(args.out))
+            err.print(f"video report written to {args.out}/ ({len(written)} files)")
+        if args.json:
+            print(json.dumps(ve.summary_dict(report), indent=2))
+        else:
+            out.print(ve.markdown_table(report))
+        if any(not b.get("model_trained", True) for b in report["benchmarks"]):
+            err.print("[bold red]WARNING: untrained models took part; their rows are not meaningful.[/]")
+        return 0
+    if not args.dir:
+        err.print("give DIR, a folder in LFW layout (or --videos for the video benchmarks)")
+        return 2
 
     from .evaluation import PIPELINES, evaluate, markdown_table, summary_dict, write_report
 
@@ -350,7 +427,7 @@ def cmd_eval(client: SearchClient, args) -> int:
     if unknown:
         err.print(f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(PIPELINES)}")
         return 2
-    report = asyncio.run(evaluate(args.server, Path(args.dir), names, args.concurrency, args.max_identities,
+    report = asyncio.run(evaluate(args.server, Path(args.dir), names, args.concurrency or 8, args.max_identities,
                                   args.timeout))
     if args.out:
         written = write_report(report, Path(args.out))
@@ -446,19 +523,52 @@ def build_parser() -> argparse.ArgumentParser:
     colls.add_argument("--json", action="store_true")
     colls.set_defaults(func=cmd_collections)
 
-    ev = sub.add_parser("eval", help="retrieval quality of pipelines on a folder in LFW layout")
-    ev.add_argument("dir", help="Person/Person_NNNN.jpg folders; same folder = same identity")
+    ev = sub.add_parser("eval", help="retrieval quality of pipelines on a folder in LFW layout (or of video "
+                                     "search with --videos)")
+    ev.add_argument("dir", nargs="?", help="Person/Person_NNNN.jpg folders; same folder = same identity "
+                                           "(with --videos: the LFW folder the lfw-clips benchmark is made from; "
+                                           "default ../shared/data/lfw next to the repository)")
     ev.add_argument("--pipelines", default="baseline,resnet50-face,face",
                     help="comma-separated: baseline, resnet50-face, face, resnet50-milvus")
     ev.add_argument("--max-identities", type=int, help="only the first N identities (quick runs)")
-    ev.add_argument("--concurrency", type=int, default=8, help="concurrent queries")
+    ev.add_argument("--concurrency", type=int, default=None, help="concurrent queries (default 8; 4 with --videos)")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
-    ev.add_argument("--out", help="folder for report.json, report.md, metrics.png and contact sheets")
+    ev.add_argument("--out", help="folder for report.json, report.md, metrics.png and contact sheets "
+                                  "(with --videos: report_videos.json, report_videos.md, videos.png)")
+    ev.add_argument("--videos", action="store_true",
+                    help="evaluate video search instead: P@1, mAP@10, Hit@5 per benchmark for the mean_vector "
+                         "and frames rankings side by side")
+    ev.add_argument("--video-benchmarks", default="shared-clips,lfw-clips",
+                    help="comma-separated: shared-clips (the shared clips cut in halves, a photo), lfw-clips "
+                         "(clips generated from LFW identities)")
+    ev.add_argument("--video-identities", type=int, default=None,
+                    help="LFW identities the lfw-clips benchmark is made from, the first N in sorted order "
+                         "(0: all); default 400: 159 query clips, 400 gallery clips")
+    ev.add_argument("--video-cache", help="folder the generated clips are rendered into and reused from "
+                                          "(default: revsearch-video-eval in the system temp folder)")
+    ev.add_argument("--video-dir", help="folder of the shared clips (default ../shared/data/video next to the "
+                                        "repository)")
     ev.set_defaults(func=cmd_eval)
 
     drop = sub.add_parser("drop", help="drop a collection and everything in it")
     drop.add_argument("collection")
     drop.set_defaults(func=cmd_drop)
+
+    lt = sub.add_parser("loadtest", help="throughput and latency under concurrent callers (one image per request)")
+    lt.add_argument("--workload", choices=["search", "embed", "index", "mix", "noop"], default="search",
+                    help="noop (GetServerInfo) measures this tool's own ceiling")
+    lt.add_argument("--images", default=".", help="folder of query/index images (searched recursively)")
+    lt.add_argument("--max-images", type=int, default=500)
+    lt.add_argument("--collection", default="loadtest", help="created (and seeded for search) if missing")
+    lt.add_argument("--concurrency", type=int, default=8)
+    lt.add_argument("--sweep", help="comma-separated concurrency levels, e.g. 1,2,4,8,16,32,64")
+    lt.add_argument("--duration", type=float, default=30.0, help="seconds per step")
+    lt.add_argument("--requests", type=int, help="requests per step instead of a duration")
+    lt.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up before the first step")
+    lt.add_argument("--request-timeout", type=float, default=30.0, help="deadline of each request, seconds")
+    lt.add_argument("--json", action="store_true", help="the report as JSON on stdout")
+    lt.add_argument("--out", help="folder for loadtest.json and loadtest.png")
+    lt.set_defaults(func=cmd_loadtest)
     return parser
 
 
