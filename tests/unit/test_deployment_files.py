@@ -5,6 +5,7 @@ selects exist in the model repository."""
 import argparse
 import re
 
+import pytest
 import yaml
 
 from revsearch_server.config import add_arguments, from_args
@@ -25,20 +26,32 @@ def test_compose_has_milvus_standalone_triton_on_gpu_and_the_server_in_order():
     assert all("healthcheck" in s for s in services.values())
 
 
-def test_the_server_flags_in_compose_are_real_server_flags():
-    command = _compose()["services"]["revsearch"]["command"]
+def test_the_cpu_profile_runs_triton_without_a_gpu_and_its_own_server():
+    services = _compose()["services"]
+    assert services["triton-cpu"]["profiles"] == ["cpu"] and "deploy" not in services["triton-cpu"]
+    assert services["revsearch-cpu"]["depends_on"]["triton-cpu"]["condition"] == "service_healthy"
+    assert services["triton"]["profiles"] == services["revsearch"]["profiles"] == ["gpu"]
+    assert all("profiles" not in services[s] for s in ("etcd", "minio", "milvus"))  # Milvus in both
+
+
+@pytest.mark.parametrize("server", ["revsearch", "revsearch-cpu"])
+def test_the_server_flags_in_compose_are_real_server_flags(server):
+    command = _compose()["services"][server]["command"]
     parser = argparse.ArgumentParser(exit_on_error=False)
     add_arguments(parser)
     settings = from_args(parser.parse_args(command))
-    assert settings.milvus_uri == "http://milvus:19530" and settings.triton_url == "triton:8001"
+    triton = {"revsearch": "triton", "revsearch-cpu": "triton-cpu"}[server]
+    assert settings.milvus_uri == "http://milvus:19530" and settings.triton_url == f"{triton}:8001"
+    assert settings.metrics_port == 9464
 
 
-def test_triton_in_compose_selects_a_config_every_loaded_model_has():
-    command = _compose()["services"]["triton"]["command"]
+@pytest.mark.parametrize("triton,kind", [("triton", "KIND_GPU"), ("triton-cpu", "KIND_CPU")])
+def test_triton_in_compose_selects_a_config_every_loaded_model_has(triton, kind):
+    command = _compose()["services"][triton]["command"]
     config_name = re.search(r"--model-config-name=(\S+)", command).group(1)
     models = re.findall(r"--load-model=(\S+)", command)
     assert models
     for model in models:
         config = (ROOT / "model_repository" / model / "configs" / f"{config_name}.pbtxt").read_text()
-        assert 'backend: "onnxruntime"' in config and "KIND_GPU" in config
+        assert 'backend: "onnxruntime"' in config and kind in config
         assert f'name: "{model}"' in config
