@@ -412,7 +412,7 @@ def cmd_eval(client: SearchClient, args) -> int:
         if args.json:
             print(json.dumps(ve.summary_dict(report), indent=2))
         else:
-            out.print(ve.markdown_table(report))
+            print(ve.markdown_table(report), end="")
         if any(not b.get("model_trained", True) for b in report["benchmarks"]):
             err.print("[bold red]WARNING: untrained models took part; their rows are not meaningful.[/]")
         return 0
@@ -538,9 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--videos", action="store_true",
                     help="evaluate video search instead: P@1, mAP@10, Hit@5 per benchmark for the mean_vector "
                          "and frames rankings side by side")
-    ev.add_argument("--video-benchmarks", default="shared-clips,lfw-clips",
-                    help="comma-separated: shared-clips (the shared clips cut in halves, a photo), lfw-clips "
-                         "(clips generated from LFW identities)")
+    ev.add_argument("--video-benchmarks", default="shared-clips,crowd-faces,lfw-clips",
+                    help="comma-separated: shared-clips (talking heads cut in halves, a photo of a person on "
+                         "stage), crowd-faces (faces in the stage and crowd clips as photos), lfw-clips (clips "
+                         "generated from LFW identities)")
     ev.add_argument("--video-identities", type=int, default=None,
                     help="LFW identities the lfw-clips benchmark is made from, the first N in sorted order "
                          "(0: all); default 400: 159 query clips, 400 gallery clips")
