@@ -103,7 +103,7 @@ def default_cache_dir() -> Path:
 # the benchmarks
 
 
-def _cut_in_halves(clip: Path, out_dir: Path) -> tuple[Path, Path]:
+def cut_in_halves(clip: Path, out_dir: Path) -> tuple[Path, Path]:
     """The first and the second half of a clip as two mp4 files (kept from an earlier run when they
     are newer than the clip); written under temporary names and renamed."""
     import cv2
@@ -147,7 +147,7 @@ def shared_clips(video_dir: Path, cache_dir: Path) -> Benchmark:
     gallery: list[tuple[str, Path]] = []
     queries: list[Query] = []
     for name in TALKING:
-        first, second = _cut_in_halves(video_dir / name, out)
+        first, second = cut_in_halves(video_dir / name, out)
         stem = Path(name).stem
         gallery.append((f"{stem}_b", second))
         queries.append(Query(f"{stem}_a", first, [f"{stem}_b"]))

@@ -16,6 +16,7 @@ from revsearch.client import ImageInput
 from revsearch.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from revsearch.v1 import search_service_pb2 as pb
 from revsearch.v1 import search_service_pb2_grpc as pb_grpc
+from revsearch.video_evaluation import cut_in_halves
 from tests.helpers import LFW, VIDEO, ServerThread, base_settings, encode, synthetic_image
 
 TALKING = [f"video-retalking_face_{n}.mp4" for n in range(1, 6)]
@@ -36,22 +37,6 @@ def write_clip(path: Path, frames: list[np.ndarray], fps: float) -> Path:
     return path
 
 
-def halves(clip: Path, out_dir: Path) -> tuple[Path, Path]:
-    """The first and the second half of a clip, as two video files."""
-    cap = cv2.VideoCapture(str(clip))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    cap.release()
-    mid = len(frames) // 2
-    return (write_clip(out_dir / f"{clip.stem}_a.mp4", frames[:mid], fps),
-            write_clip(out_dir / f"{clip.stem}_b.mp4", frames[mid:], fps))
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     settings = base_settings(tmp_path_factory.mktemp("videos"), triton_url="",
@@ -70,7 +55,7 @@ def client(server):
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     out = tmp_path_factory.mktemp("halves")
-    return {name: halves(VIDEO / name, out) for name in TALKING}
+    return {name: cut_in_halves(VIDEO / name, out) for name in TALKING}
 
 
 @pytest.fixture(scope="module")
