@@ -109,7 +109,7 @@ class RevsearchServer:
 
         s.data_dir.mkdir(parents=True, exist_ok=True)
         uri = s.milvus_uri or str(s.milvus_lite_path.resolve())
-        self._store = MilvusStore(uri, s.milvus_token, s.milvus_timeout_s, s.milvus_consistency)
+        self._store = MilvusStore(uri, s.milvus_token, s.milvus_timeout_s, s.milvus_consistency, s.milvus_search_ef)
         store_ok = True
         try:
             await self._store.start()

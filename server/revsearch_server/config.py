@@ -27,6 +27,7 @@ class Settings:
     milvus_timeout_s: float = 10.0
     # Session consistency gives read-your-writes to this process without Strong's wait.
     milvus_consistency: str = "Session"
+    milvus_search_ef: int = 256
     # Empty: start a managed Triton from the nvidia-pytriton wheel. "off": no Triton at all.
     triton_url: str = ""
     triton_timeout_s: float = 30.0
@@ -106,6 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       default=_env("milvus_timeout_s", d.milvus_timeout_s), help="deadline of each Milvus call, seconds")
     a("--milvus-consistency", choices=["Session", "Bounded", "Eventually", "Strong"],
       default=_env("milvus_consistency", d.milvus_consistency), help="consistency level of searches")
+    a("--milvus-search-ef", type=int, default=_env("milvus_search_ef", d.milvus_search_ef),
+      help="HNSW search breadth on a Milvus server (AUTOINDEX); higher: better recall, slower")
     a("--triton-url", default=_env("triton_url", d.triton_url),
       help="Triton gRPC address host:port; empty: start a managed CPU Triton; 'off': no Triton")
     a("--triton-timeout", dest="triton_timeout_s", type=float,

@@ -52,11 +52,14 @@ def _quote_list(values: list[str]) -> str:
 class MilvusStore:
     """Owns the connection; hands out per-collection indexes."""
 
-    def __init__(self, uri: str, token: str, timeout_s: float, consistency: str):
+    def __init__(self, uri: str, token: str, timeout_s: float, consistency: str, search_ef: int = 256):
         self.uri = uri
         self._token = token
         self._timeout_s = timeout_s
         self.consistency = consistency
+        # HNSW (a server's AUTOINDEX) with Milvus' default ef gave recall@20 of 0.14-0.32 on 10k-1M
+        # synthetic vectors (benchmarks/results/search_scaling.md); ef 256 gave 1.0 at 2k.
+        self.search_ef = search_ef
         # Milvus Lite: FLAT (exact; its AUTOINDEX drops raw vectors from growing segments, which
         # breaks fetching a stored vector). A Milvus server: AUTOINDEX (HNSW there).
         self.index_type = "FLAT" if self.is_lite else "AUTOINDEX"
@@ -183,9 +186,14 @@ class MilvusIndex:
     async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
         results = await self._store.call(
             "search", self._c, data=[q.tolist() for q in queries], limit=top_k,
-            output_fields=OUTPUT_FIELDS, search_params={"metric_type": "COSINE"},
+            output_fields=OUTPUT_FIELDS, search_params=self._search_params(top_k),
             consistency_level=self._store.consistency)
         return [[_hit(h) for h in hits] for hits in results]
+
+    def _search_params(self, top_k: int) -> dict:
+        if self._store.is_lite:  # FLAT: exact, no parameters
+            return {"metric_type": "COSINE"}
+        return {"metric_type": "COSINE", "params": {"ef": max(self._store.search_ef, top_k)}}
 
     async def ids_for_sha256(self, digests: list[str]) -> dict[str, str]:
         if not digests:
