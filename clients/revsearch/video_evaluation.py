@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .client import SearchClient
+from .client import BACKEND_NAMES, SearchClient
 from .errors import InvalidArgumentError, NotFoundError, RevsearchClientError
 from .metrics import average_precision_at_k, hit_at_k, precision_at_1
 from .v1 import search_service_pb2 as pb
@@ -372,6 +372,7 @@ def _run_queries(client: SearchClient, bench: Benchmark, name: str, rankings: tu
                     "no_face": no_face, "seconds": time.perf_counter() - t0, **_score([], q.relevant)}
         hits = [(h.id, float(h.score)) for h in resp.hits]
         return {"query": q.id, "relevant": q.relevant, "seconds": time.perf_counter() - t0,
+                "backend": BACKEND_NAMES.get(resp.inference_backend, "-"),
                 "top": [(h, round(s, 4)) for h, s in hits[:3]], **_score(hits, q.relevant)}
 
     # A few untimed queries first, so the first ranking does not pay for the server's warm-up alone.
@@ -411,6 +412,8 @@ def _run_queries(client: SearchClient, bench: Benchmark, name: str, rankings: tu
             "seconds": round(seconds, 3), "queries_per_s": len(per_query) / seconds if seconds else 0.0,
             "latency_p50_s": round(_percentile(latencies, 0.5), 4),
             "latency_p95_s": round(_percentile(latencies, 0.95), 4),
+            # which inference backend embedded the queries (a Triton failure falls back to ONNX Runtime)
+            "inference_backends": dict(Counter(r["backend"] for r in per_query if "backend" in r)),
             "misses": [r["query"] for r in per_query if not r["p_at_1"]],
             "per_query": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in per_query],
         }
@@ -450,7 +453,10 @@ def evaluate(target: str, benchmarks: list[str], *, lfw_dir: Path | None = None,
                 bench = lfw_clips(lfw, cache_dir, identities, progress=progress)
             bench.details["prepare_seconds"] = round(time.perf_counter() - started, 2)
             reports.append(run_benchmark(client, bench, rankings, concurrency, index_concurrency, log, galleries))
+        info_after = client.info()
     return {"kind": "video", "server_version": info.version, "server": target,
+            "inference_backend": {"before": BACKEND_NAMES.get(info.inference_backend, "-"),
+                                  "after": BACKEND_NAMES.get(info_after.inference_backend, "-")},
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cache_dir": str(cache_dir),
             "top_k": TOP_K, "map_k": MAP_K, "hit_k": HIT_K, "concurrency": concurrency,
             "index_concurrency": index_concurrency, "cpus": os.cpu_count(),
@@ -487,9 +493,13 @@ def _margin(r: dict) -> str:
 
 
 def _markdown(report: dict) -> str:
+    backends = sorted({name for b in report["benchmarks"] for r in b.get("rankings", {}).values()
+                       for name in r.get("inference_backends", {})})
     lines = [f"# revsearch eval --videos ({report['date']})", "",
-             f"Server {report['server_version']}, top {report['top_k']} videos per query, {report['concurrency']} "
-             f"concurrent queries, {report['index_concurrency']} concurrent upload(s) while indexing, "
+             f"Server {report['server_version']}, inference {report['inference_backend']['before']} before and "
+             f"{report['inference_backend']['after']} after the run (queries embedded by: {', '.join(backends)}), "
+             f"top {report['top_k']} videos per query, {report['concurrency']} concurrent queries, "
+             f"{report['index_concurrency']} concurrent upload(s) while indexing, "
              f"{report['cpus']} CPUs (load average {report['load_average']['before']} before, "
              f"{report['load_average']['after']} after). mAP@{MAP_K}: AP over the top {MAP_K} divided by "
              f"min({MAP_K}, relevant). Margin: the best relevant video's score minus the best other video's, per "

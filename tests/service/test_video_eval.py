@@ -51,6 +51,7 @@ def test_both_benchmarks_report_both_rankings_with_every_metric(run):
             assert ranking["hit_at_5"] >= ranking["p_at_1"]
             assert ranking["queries"] == bench["queries"] and ranking["queries_per_s"] > 0
             assert "per_query" not in ranking  # --json leaves the per-query lists to report_videos.json
+            assert sum(ranking["inference_backends"].values()) == ranking["queries"]
         assert bench["index"]["videos_per_s"] > 0
 
 
