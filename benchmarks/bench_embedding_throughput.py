@@ -154,6 +154,7 @@ def main() -> int:
     (RESULTS / "embedding_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "embedding_throughput.md").write_text(
         f"# ResNet50 embedding throughput ({result['date']}, {os.cpu_count()} CPUs)\n\n"
+        f"Model: ResNet50 {'with pretrained weights' if model.trained else 'UNTRAINED (no pretrained weights here; same graph, so the same compute per image)'}.\n\n"
         f"| path | images/s | setting | ratio to (a) |\n|---|---|---|---|\n"
         f"| (a) ONNX Runtime in-process | {raw['images_per_s']:.1f} | batch {args.batch} | 1.00 |\n"
         f"| (b) gRPC EmbedImage, Triton (CPU, Python backend) | {triton['images_per_s']:.1f} | "
