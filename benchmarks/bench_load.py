@@ -10,7 +10,9 @@
    concurrency, the knee.
 3. Soaks: `revsearch loadtest` at the knee's concurrency for --soak-seconds, sampling the RSS of
    the server process and its Triton processes every 10 s: start and end are reported.
-Writes benchmarks/results/load_search.{json,md} (+ loadtest.json/png under load_search/).
+Then the tool's own ceiling: `revsearch loadtest --workload noop` (no image work) at 64 callers.
+Writes benchmarks/results/load_search.{json,md} (+ loadtest.json/png under load_search/);
+with --store server (the embedded Milvus 2.3 server, HNSW) load_search_milvus_server.*.
 """
 
 from __future__ import annotations
@@ -62,15 +64,17 @@ def rss_mb(pid: int) -> float:
     return total / 2 ** 20
 
 
-def seed(data_dir: Path, dimension: int, target: int, have: int) -> float:
+def seed(uri: str, dimension: int, target: int, have: int) -> float:
     """Plain inserts (the server upserts, which costs a delete per row; these ids are all new)."""
     from pymilvus import MilvusClient
 
     from revsearch_server.index.milvus import milvus_name
 
-    client = MilvusClient(uri=str(data_dir / "milvus.db"))
+    client = MilvusClient(uri=uri)
     rng = np.random.default_rng(0)
-    started, batch = time.perf_counter(), 5000
+    # 500 rows a call: Milvus Lite took 2,300 rows/s of 2048-d vectors at 500 a call but 43 rows/s at 5,000
+    # (measured here; 40 MB messages are slow to take in), so big calls were the slow seeding seen before.
+    started, batch = time.perf_counter(), 500
     for start in range(have, target, batch):
         n = min(batch, target - start)
         vectors = rng.standard_normal((n, dimension)).astype(np.float32)
@@ -84,8 +88,8 @@ def seed(data_dir: Path, dimension: int, target: int, have: int) -> float:
     return elapsed
 
 
-def loadtest(address: str, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "revsearch", "--server", address, "loadtest", "--workload", "search",
+def loadtest(address: str, *args: str, workload: str = "search") -> dict:
+    proc = subprocess.run([sys.executable, "-m", "revsearch", "--server", address, "loadtest", "--workload", workload,
                            "--images", str(LFW), "--max-images", "300", "--collection", COLLECTION, "--json", *args],
                           capture_output=True, text=True, cwd=ROOT)
     if proc.returncode not in (0, 1):
@@ -95,42 +99,84 @@ def loadtest(address: str, *args: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", choices=("lite", "server"), default="lite",
+                        help="Milvus Lite file (default) or the embedded Milvus 2.3 standalone server (HNSW)")
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--images", type=int, default=300, help="real LFW images indexed through the server")
     parser.add_argument("--sweep", default="1,2,4,8,16,32,64")
     parser.add_argument("--step-seconds", type=float, default=20.0)
-    parser.add_argument("--soak-seconds", type=float, default=600.0)
+    parser.add_argument("--soak-seconds", type=float, default=600.0, help="0 skips the soak")
     args = parser.parse_args()
-    out_dir = RESULTS / "load_search"
+    name = "load_search" if args.store == "lite" else "load_search_milvus_server"
+    out_dir = RESULTS / name
 
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         data_dir = Path(tmp)
-        proc, address = start_server([], str(data_dir), allow_untrained=True)
+        milvus_proc, extra = None, []
+        if args.store == "server":
+            from bench_search_scaling import start_milvus_server
+
+            milvus_proc, uri = start_milvus_server(data_dir / "milvus-server")
+            extra = ["--milvus-uri", uri]
+        else:
+            uri = str(data_dir / "milvus.db")
         try:
-            with SearchClient(address, timeout=600) as client:
-                dim = client.create_collection(COLLECTION, model="resnet50").collection.dimension
-                items = [ImageInput.from_path(p) for p in lfw_images(args.images, per_person_max=2)]
-                indexed = sum(1 for r in client.index_images(COLLECTION, items) if r.status == 1)
+            return run(args, data_dir, uri, extra, milvus_proc, name, out_dir)
         finally:
-            stop_server(proc)
-        seed_s = seed(data_dir, dim, args.vectors, indexed)
-        print(f"collection: {indexed} LFW images + {args.vectors - indexed} synthetic = {args.vectors} vectors of "
-              f"{dim}-d (seeded in {seed_s:.0f} s)", flush=True)
+            if milvus_proc is not None:
+                from bench_search_scaling import stop_milvus_server
 
-        proc, address = start_server([], str(data_dir), allow_untrained=True)
-        try:
-            with SearchClient(address, timeout=600) as client:
-                count = client.describe_collection(COLLECTION).item_count
-            sweep = loadtest(address, "--sweep", args.sweep, "--duration", str(args.step_seconds), "--warmup", "5",
-                             "--out", str(out_dir))
-            for s in sweep["steps"]:
-                print(f"  c={s['concurrency']:3d} {s['throughput']:6.1f} req/s p50 {s['p50_ms']:7.0f} "
-                      f"p99 {s['p99_ms']:7.0f} ms errors {s['errors']}", flush=True)
-            knee = sweep["knee"]
-            print(f"knee: concurrency {knee['concurrency']}, {knee['throughput']:.1f} req/s, p99 {knee['p99_ms']:.0f} ms",
-                  flush=True)
+                stop_milvus_server(milvus_proc)
 
-            samples: list[tuple[float, float]] = []
+
+def run(args, data_dir: Path, uri: str, extra: list[str], milvus_proc, name: str, out_dir: Path) -> int:
+    store = ("Milvus Lite 2.5.1 (FLAT, exact)" if milvus_proc is None
+             else "embedded Milvus server 2.3.5 (AUTOINDEX = HNSW, searched with ef 256)")
+    proc, address = start_server(extra, str(data_dir), allow_untrained=True)
+    try:
+        with SearchClient(address, timeout=600) as client:
+            dim = client.create_collection(COLLECTION, model="resnet50").collection.dimension
+            items = [ImageInput.from_path(p) for p in lfw_images(args.images, per_person_max=2)]
+            indexed = sum(1 for r in client.index_images(COLLECTION, items) if r.status == 1)
+    finally:
+        stop_server(proc)
+    seed_s = seed(uri, dim, args.vectors, indexed)
+    ready = {}
+    if milvus_proc is not None:
+        # Searched only once the HNSW index covers every row and is loaded, as a collection that
+        # has been standing a while would be (growing segments are searched by brute force).
+        from bench_search_scaling import ServerControl
+
+        from revsearch_server.index.milvus import milvus_name
+
+        ready = ServerControl(uri, milvus_name(COLLECTION)).flush_and_wait(args.vectors)
+        print(f"index built and loaded: {ready}", flush=True)
+    print(f"collection: {indexed} LFW images + {args.vectors - indexed} synthetic = {args.vectors} vectors of "
+          f"{dim}-d in {store} (seeded in {seed_s:.0f} s)", flush=True)
+
+    proc, address = start_server(extra, str(data_dir), allow_untrained=True)
+    samples: list[tuple[float, float]] = []
+    soak = None
+    try:
+        with SearchClient(address, timeout=600) as client:
+            count = client.describe_collection(COLLECTION).item_count
+        sweep = loadtest(address, "--sweep", args.sweep, "--duration", str(args.step_seconds), "--warmup", "5",
+                         "--out", str(out_dir))
+        for s in sweep["steps"]:
+            print(f"  c={s['concurrency']:3d} {s['throughput']:6.1f} req/s p50 {s['p50_ms']:7.0f} "
+                  f"p99 {s['p99_ms']:7.0f} ms errors {s['errors']} client CPU {s['client_cpu_ms_per_request']:.1f} "
+                  "ms/request", flush=True)
+        knee = sweep["knee"]
+        print(f"knee: concurrency {knee['concurrency']}, {knee['throughput']:.1f} req/s, p99 {knee['p99_ms']:.0f} ms",
+              flush=True)
+        # The tool's own ceiling against the same server: GetServerInfo does no image work, so
+        # this is what the tool and gRPC can drive when the server is not the limit.
+        noop = loadtest(address, "--concurrency", "64", "--duration", "10", "--warmup", "2", workload="noop")
+        noop_step = noop["steps"][0]
+        print(f"tool ceiling (noop, 64 callers): {noop_step['throughput']:.0f} req/s, client CPU "
+              f"{noop_step['client_cpu_ms_per_request']:.2f} ms/request", flush=True)
+
+        if args.soak_seconds > 0:
             stop = threading.Event()
 
             def sample():
@@ -146,32 +192,47 @@ def main() -> int:
             stop.set()
             sampler.join()
             samples.append((samples[-1][0] + 10 if samples else 0.0, rss_mb(proc.pid)))
-        finally:
-            stop_server(proc)
+    finally:
+        stop_server(proc)
 
-    soak_step = soak["steps"][0]
-    rss_start, rss_end = samples[0][1], samples[-1][1]
+    best = max(sweep["steps"], key=lambda s: s["throughput"])
+    overhead = {"noop_throughput": noop_step["throughput"],
+                "noop_client_cpu_ms_per_request": noop_step["client_cpu_ms_per_request"],
+                "search_best_throughput": best["throughput"],
+                "client_cores_used_at_best": best["throughput"] * best["client_cpu_ms_per_request"] / 1000}
     result = {"benchmark": "search under load against a large collection; soak at the knee", "date": now_utc(),
-              "machine": machine(), "vectors": count, "dimension": dim, "real_images": indexed,
-              "seed_seconds": seed_s, "sweep": sweep, "knee": knee,
-              "soak": {"concurrency": knee["concurrency"], "seconds": soak_step["seconds"], "step": soak_step,
-                       "rss_mb_start": rss_start, "rss_mb_end": rss_end, "rss_samples": samples}}
+              "machine": machine(), "store": store, "vectors": count, "dimension": dim, "real_images": indexed,
+              "seed_seconds": seed_s, "index_ready": ready, "sweep": sweep, "knee": knee, "tool_overhead": overhead}
     rows = "\n".join(f"| {s['concurrency']} | {s['throughput']:.1f} | {s['p50_ms']:.0f} | {s['p95_ms']:.0f} | "
-                     f"{s['p99_ms']:.0f} | {s['max_ms']:.0f} | {sum(s['errors'].values())} |" for s in sweep["steps"])
-    write_results("load_search", result, (
-        f"# `search` under load: {count} vectors ({dim}-d, ResNet50 collection, Milvus Lite), {result['date']}, "
-        f"{machine()['cpus']} CPUs\n\n"
-        f"`revsearch loadtest --workload search --sweep {args.sweep} --duration {args.step_seconds:.0f}` with LFW "
-        f"query images (one image per request), server with managed CPU Triton.\n\n"
-        "| concurrency | req/s | p50 ms | p95 ms | p99 ms | max ms | errors |\n|---|---|---|---|---|---|---|\n"
-        f"{rows}\n\nKnee (fewest callers within 5% of the best throughput): concurrency {knee['concurrency']}, "
-        f"{knee['throughput']:.1f} req/s, p99 {knee['p99_ms']:.0f} ms.\n\n"
-        f"Soak at the knee for {soak_step['seconds']:.0f} s: {soak_step['requests']} requests, "
-        f"{soak_step['throughput']:.1f} req/s, p99 {soak_step['p99_ms']:.0f} ms, errors "
-        f"{soak_step['errors'] or 'none'}; server + Triton RSS {rss_start:.0f} MB at the start, {rss_end:.0f} MB at "
-        f"the end.\n"))
-    print(f"soak: {soak_step['throughput']:.1f} req/s, errors {soak_step['errors']}, RSS {rss_start:.0f} -> "
-          f"{rss_end:.0f} MB; written to benchmarks/results/load_search.{{json,md}}")
+                     f"{s['p99_ms']:.0f} | {s['max_ms']:.0f} | {sum(s['errors'].values())} | "
+                     f"{s['client_cpu_ms_per_request']:.1f} |" for s in sweep["steps"])
+    md = (f"# `search` under load: {count} vectors ({dim}-d, ResNet50 collection), {store}, {result['date']}, "
+          f"{machine()['cpus']} CPUs\n\n"
+          f"`revsearch loadtest --workload search --sweep {args.sweep} --duration {args.step_seconds:.0f}` with LFW "
+          f"query images (one image per request; {indexed} of the stored vectors are real LFW images, the rest "
+          f"synthetic unit vectors), server with the managed CPU Triton, loadtest in its own process on the same "
+          f"machine.\n\n"
+          "| concurrency | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | loadtest CPU ms/request |\n"
+          "|---|---|---|---|---|---|---|---|\n"
+          f"{rows}\n\nKnee (fewest callers within 5% of the best throughput): concurrency {knee['concurrency']}, "
+          f"{knee['throughput']:.1f} req/s, p99 {knee['p99_ms']:.0f} ms.\n\n"
+          f"The tool's own ceiling against this server (`--workload noop`, GetServerInfo, 64 callers): "
+          f"{noop_step['throughput']:.0f} req/s at {noop_step['client_cpu_ms_per_request']:.2f} ms of client CPU per "
+          f"request; at the sweep's best ({best['throughput']:.1f} req/s) the tool used "
+          f"{overhead['client_cores_used_at_best']:.3f} of a core.\n")
+    if soak is not None:
+        soak_step = soak["steps"][0]
+        rss_start, rss_end = samples[0][1], samples[-1][1]
+        result["soak"] = {"concurrency": knee["concurrency"], "seconds": soak_step["seconds"], "step": soak_step,
+                          "rss_mb_start": rss_start, "rss_mb_end": rss_end, "rss_samples": samples}
+        md += (f"\nSoak at the knee for {soak_step['seconds']:.0f} s: {soak_step['requests']} requests, "
+               f"{soak_step['throughput']:.1f} req/s, p99 {soak_step['p99_ms']:.0f} ms, errors "
+               f"{soak_step['errors'] or 'none'}; server + Triton RSS {rss_start:.0f} MB at the start, "
+               f"{rss_end:.0f} MB at the end (samples every 10 s in the JSON).\n")
+        print(f"soak: {soak_step['throughput']:.1f} req/s, errors {soak_step['errors']}, RSS {rss_start:.0f} -> "
+              f"{rss_end:.0f} MB", flush=True)
+    write_results(name, result, md)
+    print(f"written to benchmarks/results/{name}.{{json,md}}")
     return 0
 
 

@@ -125,7 +125,7 @@ class RevsearchServer:
         video_limits = VideoLimits(max_duration_s=s.max_video_duration_s, max_width=s.max_video_width,
                                    max_height=s.max_video_height, max_frames=s.max_video_frames)
         pipeline = SearchPipeline(self._embedder, catalog, self._pool, limits, s.max_top_k, self._cropper,
-                                  video_limits, self.metrics)
+                                  video_limits, self.metrics, s.search_batch_max_queries)
         videos = VideoPipeline(pipeline, video_limits, s.video_frame_max_side, self._pool, self.metrics)
 
         self._server = grpc.aio.server(options=[

@@ -44,6 +44,8 @@ class Settings:
     decode_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     batch_max_size: int = 8
     batch_max_wait_ms: float = 2.0
+    # Query vectors per coalesced index search (1: every search calls the index alone).
+    search_batch_max_queries: int = 64
     # Items of an IndexImages stream processed together.
     index_batch_size: int = 16
     log_level: str = "INFO"
@@ -131,6 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="largest inference batch gathered from concurrent requests")
     a("--batch-max-wait-ms", type=float, default=_env("batch_max_wait_ms", d.batch_max_wait_ms),
       help="longest wait for a batch to fill, milliseconds")
+    a("--search-batch-max-queries", type=int,
+      default=_env("search_batch_max_queries", d.search_batch_max_queries),
+      help="most query vectors of concurrent searches sent to the index in one call (1: no coalescing)")
     a("--index-batch-size", type=int, default=_env("index_batch_size", d.index_batch_size))
     a("--log-level", default=_env("log_level", d.log_level))
     a("--max-video-bytes", type=int, default=_env("max_video_bytes", d.max_video_bytes))

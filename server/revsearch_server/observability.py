@@ -15,6 +15,7 @@ Metric names:
   revsearch_rejected_total{rpc}             calls refused with RESOURCE_EXHAUSTED for overload
   revsearch_embed_queue_images{model}       images waiting in the micro-batcher
   revsearch_batch_size{model}               images per inference call (histogram)
+  revsearch_search_batch_queries            query vectors per index search call (histogram)
   revsearch_inference_backend{backend}      1 for the active backend, 0 for the others
   revsearch_fallbacks_total                 switches from Triton to the local fallback
   revsearch_dependency_up{dependency}       vector_store / inference, from the health checks
@@ -62,6 +63,8 @@ class Metrics:
                                   ["model"], registry=r)
         self._batch_size = Histogram("revsearch_batch_size", "Images per inference call", ["model"],
                                      buckets=_BATCH_BUCKETS, registry=r)
+        self._search_batch = Histogram("revsearch_search_batch_queries", "Query vectors per index search call "
+                                       "(concurrent searches are coalesced)", buckets=_BATCH_BUCKETS, registry=r)
         self._backend = Gauge("revsearch_inference_backend", "1 for the active inference backend", ["backend"],
                               registry=r)
         self._fallbacks = Counter("revsearch_fallbacks", "Switches from Triton to the local fallback", registry=r)
@@ -103,6 +106,9 @@ class Metrics:
 
     def batch(self, model: str, size: int) -> None:
         self._batch_size.labels(model).observe(size)
+
+    def search_batch(self, queries: int) -> None:
+        self._search_batch.observe(queries)
 
     def backend(self, active: str) -> None:
         for name in {*BACKENDS, active}:
@@ -152,6 +158,7 @@ class _NoMetrics(Metrics):
     def admission(self, inflight, waiting, capacity): pass
     def embed_queue(self, model, images): pass
     def batch(self, model, size): pass
+    def search_batch(self, queries): pass
     def backend(self, active): pass
     def fallback(self): pass
     def dependency(self, name, up): pass

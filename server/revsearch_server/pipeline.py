@@ -22,6 +22,7 @@ from .errors import AlreadyExists, InvalidArgument, NotFound, RevsearchError
 from .faces.cropper import FaceCrop, FaceCropper, FaceOptions, NoFace
 from .imaging import ImageLimits, preprocess, sha256_hex
 from .index.base import Hit, Record, VectorIndex, insert_or_undo
+from .index.coalescer import SearchCoalescer
 from .models import ModelSpec
 from .observability import Metrics, or_null
 from .rows import collapse_hits, item_of, row_id, rows_of
@@ -132,9 +133,10 @@ def _images_only(spec: CollectionSpec) -> None:
 class SearchPipeline:
     def __init__(self, embedder: Embedder, catalog: Catalog, decode_pool: Executor, limits: ImageLimits,
                  max_top_k: int, cropper: FaceCropper, video_limits: VideoLimits = VideoLimits(),
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, search_batch_max_queries: int = 64):
         self.embedder = embedder
         self._metrics = or_null(metrics)
+        self._searcher = SearchCoalescer(search_batch_max_queries, metrics)
         self.catalog = catalog
         self.cropper = cropper
         self._pool = decode_pool
@@ -355,20 +357,20 @@ class SearchPipeline:
             order = sorted(vectors)
             matrix = np.stack([vectors[i] for i in order]).astype(np.float32)
             with self._metrics.stage("search"):
-                hits = await (self._search_items(index, matrix, k) if multi else index.search(matrix, k))
+                hits = await (self._search_items(index, matrix, k) if multi
+                              else self._searcher.search(index, matrix, k))
             backend = self.embedder.backend.kind if images else None
             for i, h in zip(order, hits):
                 out[i] = SearchResult(hits=h, model=model, backend=backend if i in boxes else None,
                                       query_face_box=boxes.get(i))
         return out  # type: ignore[return-value]
 
-    @staticmethod
-    async def _search_items(index: VectorIndex, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    async def _search_items(self, index: VectorIndex, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top k items when items have several rows: fetch more rows until k distinct items are
         found or the collection (or Milvus's limit) is exhausted."""
         fetch = min(MAX_ROW_FETCH, max(4 * k, k + 32))
         while True:
-            rows = await index.search(queries, fetch)
+            rows = await self._searcher.search(index, queries, fetch)
             items = [collapse_hits(r, k) for r in rows]
             short = any(len(it) < k and len(r) == fetch for it, r in zip(items, rows))
             if not short or fetch == MAX_ROW_FETCH:

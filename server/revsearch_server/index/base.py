@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Hashable
 from typing import Protocol
 
 import numpy as np
@@ -49,6 +50,11 @@ class VectorIndex(Protocol):
 
     async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
         """queries: float32 [Q, D], L2-normalised; best hit first."""
+
+    @property
+    def search_key(self) -> Hashable:
+        """Equal for index objects that search the same stored vectors (concurrent searches with
+        equal keys may share a call: index/coalescer.py)."""
 
     async def ids_for_sha256(self, digests: list[str]) -> dict[str, str]:
         """sha256 -> stored id, for the digests already in the collection."""

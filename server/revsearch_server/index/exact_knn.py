@@ -42,6 +42,11 @@ class ExactKnnIndex:
         self._tombstones: set[str] = set()
         self._load()
 
+    @property
+    def search_key(self) -> int:
+        # The catalog keeps one ExactKnnIndex per collection, so the object is the collection.
+        return id(self)
+
     # -- persistence -------------------------------------------------------------------------
     def _load(self) -> None:
         tomb_file = self._dir / "tombstones.json"

@@ -162,6 +162,11 @@ class MilvusIndex:
         self._c = collection
         self._dim = dimension
 
+    @property
+    def search_key(self) -> tuple:
+        # The catalog makes a MilvusIndex per call; what they search is the named collection.
+        return ("milvus", self._c, self._dim)
+
     async def insert(self, records: list[Record]) -> None:
         if not records:
             return
