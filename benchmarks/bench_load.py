@@ -49,19 +49,27 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its descendants (Triton and its Python-backend stubs), MB."""
-    total, todo = 0, [pid]
+def rss_by_process(pid: int) -> dict[str, float]:
+    """Resident memory, MB, of a process ("server") and its descendants (Triton, its Python-backend
+    stubs, Milvus Lite), summed per process name."""
+    out: dict[str, float] = {}
+    todo = [(pid, "server")]
     while todo:
-        p = todo.pop()
+        p, name = todo.pop()
         try:
+            name = name or Path(f"/proc/{p}/comm").read_text().strip()
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+                    out[name] = out.get(name, 0.0) + int(line.split()[1]) / 1024
         except OSError:
             continue
-        todo += _children(p)
-    return total / 2 ** 20
+        todo += [(c, "") for c in _children(p)]
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its descendants, MB."""
+    return sum(rss_by_process(pid).values())
 
 
 def seed(uri: str, dimension: int, target: int, have: int) -> float:
@@ -156,6 +164,7 @@ def run(args, data_dir: Path, uri: str, extra: list[str], milvus_proc, name: str
 
     proc, address = start_server(extra, str(data_dir), allow_untrained=True)
     samples: list[tuple[float, float]] = []
+    by_process: list[dict[str, float]] = []
     soak = None
     try:
         with SearchClient(address, timeout=600) as client:
@@ -182,7 +191,9 @@ def run(args, data_dir: Path, uri: str, extra: list[str], milvus_proc, name: str
             def sample():
                 t0 = time.time()
                 while not stop.is_set():
-                    samples.append((time.time() - t0, rss_mb(proc.pid)))
+                    parts = rss_by_process(proc.pid)
+                    samples.append((time.time() - t0, sum(parts.values())))
+                    by_process.append(parts)
                     stop.wait(10)
 
             sampler = threading.Thread(target=sample, daemon=True)
@@ -191,7 +202,8 @@ def run(args, data_dir: Path, uri: str, extra: list[str], milvus_proc, name: str
                             "--warmup", "0")
             stop.set()
             sampler.join()
-            samples.append((samples[-1][0] + 10 if samples else 0.0, rss_mb(proc.pid)))
+            by_process.append(rss_by_process(proc.pid))
+            samples.append((samples[-1][0] + 10 if samples else 0.0, sum(by_process[-1].values())))
     finally:
         stop_server(proc)
 
@@ -222,13 +234,22 @@ def run(args, data_dir: Path, uri: str, extra: list[str], milvus_proc, name: str
           f"{overhead['client_cores_used_at_best']:.3f} of a core.\n")
     if soak is not None:
         soak_step = soak["steps"][0]
+        tree = "server + Triton + Milvus Lite" if milvus_proc is None else "server + Triton (Milvus server not counted)"
         rss_start, rss_end = samples[0][1], samples[-1][1]
+        after_1min = np.array([s for s in samples if s[0] >= 60])
+        slope = float(np.polyfit(after_1min[:, 0] / 60, after_1min[:, 1], 1)[0]) if len(after_1min) > 2 else 0.0
         result["soak"] = {"concurrency": knee["concurrency"], "seconds": soak_step["seconds"], "step": soak_step,
-                          "rss_mb_start": rss_start, "rss_mb_end": rss_end, "rss_samples": samples}
+                          "rss_mb_start": rss_start, "rss_mb_end": rss_end, "rss_samples": samples,
+                          "rss_mb_per_minute_after_first_minute": slope,
+                          "rss_by_process_start": by_process[0], "rss_by_process_end": by_process[-1],
+                          "rss_by_process_samples": by_process}
         md += (f"\nSoak at the knee for {soak_step['seconds']:.0f} s: {soak_step['requests']} requests, "
                f"{soak_step['throughput']:.1f} req/s, p99 {soak_step['p99_ms']:.0f} ms, errors "
-               f"{soak_step['errors'] or 'none'}; server + Triton RSS {rss_start:.0f} MB at the start, "
-               f"{rss_end:.0f} MB at the end (samples every 10 s in the JSON).\n")
+               f"{soak_step['errors'] or 'none'}; {tree} RSS {rss_start:.0f} MB at the start, "
+               f"{rss_end:.0f} MB at the end (samples every 10 s in the JSON); after the first minute a "
+               f"least-squares slope of {slope:+.2f} MB/min. Per process, start -> end: "
+               + ", ".join(f"{k} {by_process[0].get(k, 0):.0f} -> {v:.0f} MB" for k, v in by_process[-1].items())
+               + ".\n")
         print(f"soak: {soak_step['throughput']:.1f} req/s, errors {soak_step['errors']}, RSS {rss_start:.0f} -> "
               f"{rss_end:.0f} MB", flush=True)
     write_results(name, result, md)

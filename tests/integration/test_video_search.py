@@ -124,6 +124,8 @@ def test_a_photo_finds_the_stage_clip_it_appears_in_and_says_when(client, librar
 def test_re_uploading_a_video_is_a_duplicate_and_deleting_it_removes_all_its_vectors(client, clips, library):
     again = client.index_video("videos", clips[TALKING[0]][1])
     assert again.status == pb.ITEM_STATUS_DUPLICATE and again.id == library[TALKING[0]]
+    assert again.duration_s > 1.0 and again.width > 0 and again.height > 0  # still describes the clip
+    assert again.vector_count == 0 and len(again.frames) == 0  # nothing new was stored
     before = count(client)
     extra = client.index_video("videos", clips[TALKING[0]][0], id="extra")
     assert count(client) == before + extra.vector_count - 1  # item_count counts rows, not the mean

@@ -33,7 +33,7 @@ from ..models import ModelSpec
 from ..observability import Metrics, or_null
 from ..pipeline import MAX_ROW_FETCH, IndexInput, SearchPipeline, default_id, resolve_top_k, validate_item_fields
 from ..rows import item_of, row_id
-from .sampling import MODES, SampledFrame, SamplingOptions, VideoInfo, VideoLimits, sample_frames
+from .sampling import MODES, SampledFrame, SamplingOptions, VideoInfo, VideoLimits, probe, sample_frames
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,10 @@ class VideoPipeline:
         options = upload.sampling.over(spec.video_sampling, self.limits)
         known = await index.ids_for_sha256([sha256])
         if sha256 in known:
-            return VideoOutcome(item_of(known[sha256]), upload.uri, "duplicate", sha256)
+            # The answer still describes the clip (duration, size): a probe reads only its header.
+            info = await asyncio.get_running_loop().run_in_executor(
+                self._pool, lambda: probe(path, self.limits, name=upload.uri or sha256))
+            return VideoOutcome(item_of(known[sha256]), upload.uri, "duplicate", sha256, info)
         video_id = upload.id or default_id(sha256)
         if await index.existing_ids([row_id(video_id, 0)]):
             raise AlreadyExists(f"id {video_id!r} is already used for a different video in {upload.collection!r}")
