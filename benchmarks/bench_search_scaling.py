@@ -409,7 +409,7 @@ class ServerControl:
                                                 "pending_index_rows", "state")}}
 
     def ef_sweep(self, queries: np.ndarray, gt, near_src: np.ndarray, efs=(64, 128, 256)) -> dict:
-        """Recall and latency with an explicit HNSW ef (MilvusIndex.search sends none), same request otherwise."""
+        """Recall and latency with an explicit HNSW ef (MilvusIndex.search sends --milvus-search-ef), same request otherwise."""
         from revsearch_server.index.base import Hit
         from revsearch_server.index.milvus import OUTPUT_FIELDS
 
@@ -742,7 +742,7 @@ def markdown(result: dict) -> str:
                  "during a 64-query search. \"Before flush\": rows still in growing "
                  "segments, searched through Milvus's interim index (what the service sees until Milvus seals "
                  "segments by size or after 10 idle minutes). \"Explicit ef\": the same search sent with "
-                 "search_params ef (MilvusIndex.search sends none, so Milvus uses its default). Machine shared with other jobs: latencies are noisy.")
+                 "search_params ef. The main columns search as the service does, through MilvusIndex.search (ef from --milvus-search-ef, 256; runs from before that flag, the 128-d run of 2026-11-24 07:10Z, used Milvus's default breadth). Check each run's load average: on a shared machine latencies are noisy.")
     lines.append("")
     return "\n".join(lines)
 
