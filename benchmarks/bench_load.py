@@ -114,8 +114,9 @@ def main() -> int:
     parser.add_argument("--sweep", default="1,2,4,8,16,32,64")
     parser.add_argument("--step-seconds", type=float, default=20.0)
     parser.add_argument("--soak-seconds", type=float, default=600.0, help="0 skips the soak")
+    parser.add_argument("--name", help="results name under benchmarks/results/ (default: by --store)")
     args = parser.parse_args()
-    name = "load_search" if args.store == "lite" else "load_search_milvus_server"
+    name = args.name or ("load_search" if args.store == "lite" else "load_search_milvus_server")
     out_dir = RESULTS / name
 
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
