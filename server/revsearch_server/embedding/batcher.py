@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from ..observability import Metrics, or_null
+from ..shared_call import answer_together
 
 
 class MicroBatcher:
@@ -64,20 +65,8 @@ class MicroBatcher:
             pending = [(x, f) for x, f in pending if not f.done()]
             if not pending:
                 continue
-            batch = np.concatenate([x for x, _ in pending])
-            self._metrics.batch(self._name, len(batch))
-            try:
-                out = await self._run(batch)
-            except Exception as exc:  # delivered to every waiting caller
-                for _, f in pending:
-                    if not f.done():
-                        f.set_exception(exc)
-                continue
-            start = 0
-            for x, f in pending:
-                if not f.done():
-                    f.set_result(out[start:start + len(x)])
-                start += len(x)
+            self._metrics.batch(self._name, sum(len(x) for x, _ in pending))
+            await answer_together(pending, self._run)
 
     async def close(self) -> None:
         if self._worker:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..observability import Metrics, or_null
+from ..shared_call import answer_together
 from .base import Hit, VectorIndex
 
 
@@ -69,18 +70,7 @@ class SearchCoalescer:
                 if not batch:
                     continue
                 self._metrics.search_batch(n)
-                try:
-                    hits = await lane.index.search(np.concatenate([q for q, _ in batch]), lane.k)
-                except Exception as exc:  # each caller maps it, as if it had searched alone
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                start = 0
-                for queries, future in batch:
-                    if not future.done():
-                        future.set_result(hits[start:start + len(queries)])
-                    start += len(queries)
+                await answer_together(batch, lambda queries: lane.index.search(queries, lane.k))
         finally:
             # No await between the last look at `waiting` and here, so no search can slip in.
             if self._lanes.get(key) is lane:
