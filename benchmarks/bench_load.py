@@ -32,51 +32,32 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_search_scaling import (ServerControl, process_tree, rss_kb, start_milvus_server,  # noqa: E402
+                                  stop_milvus_server)
 from common import RESULTS, machine, now_utc, start_server, stop_server, write_results  # noqa: E402
 from revsearch.client import ImageInput, SearchClient  # noqa: E402
+from revsearch_server.index.milvus import milvus_name  # noqa: E402
 from tests.helpers import LFW, lfw_images  # noqa: E402
 
 COLLECTION = "load"
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
 
 
 def rss_by_process(pid: int) -> dict[str, float]:
     """Resident memory, MB, of a process ("server") and its descendants (Triton, its Python-backend
     stubs, Milvus Lite), summed per process name."""
     out: dict[str, float] = {}
-    todo = [(pid, "server")]
-    while todo:
-        p, name = todo.pop()
+    for p in process_tree(pid):
         try:
-            name = name or Path(f"/proc/{p}/comm").read_text().strip()
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out[name] = out.get(name, 0.0) + int(line.split()[1]) / 1024
-        except OSError:
+            name = "server" if p == pid else Path(f"/proc/{p}/comm").read_text().strip()
+        except OSError:  # gone meanwhile
             continue
-        todo += [(c, "") for c in _children(p)]
+        out[name] = out.get(name, 0.0) + rss_kb(p) / 1024
     return {k: round(v, 1) for k, v in out.items()}
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its descendants, MB."""
-    return sum(rss_by_process(pid).values())
 
 
 def seed(uri: str, dimension: int, target: int, have: int) -> float:
     """Plain inserts (the server upserts, which costs a delete per row; these ids are all new)."""
     from pymilvus import MilvusClient
-
-    from revsearch_server.index.milvus import milvus_name
 
     client = MilvusClient(uri=uri)
     rng = np.random.default_rng(0)
@@ -123,8 +104,6 @@ def main() -> int:
         data_dir = Path(tmp)
         milvus_proc, extra = None, []
         if args.store == "server":
-            from bench_search_scaling import start_milvus_server
-
             milvus_proc, uri = start_milvus_server(data_dir / "milvus-server")
             extra = ["--milvus-uri", uri]
         else:
@@ -133,8 +112,6 @@ def main() -> int:
             return run(args, data_dir, uri, extra, milvus_proc, name, out_dir)
         finally:
             if milvus_proc is not None:
-                from bench_search_scaling import stop_milvus_server
-
                 stop_milvus_server(milvus_proc)
 
 
@@ -154,10 +131,6 @@ def run(args, data_dir: Path, uri: str, extra: list[str], milvus_proc, name: str
     if milvus_proc is not None:
         # Searched only once the HNSW index covers every row and is loaded, as a collection that
         # has been standing a while would be (growing segments are searched by brute force).
-        from bench_search_scaling import ServerControl
-
-        from revsearch_server.index.milvus import milvus_name
-
         ready = ServerControl(uri, milvus_name(COLLECTION)).flush_and_wait(args.vectors)
         print(f"index built and loaded: {ready}", flush=True)
     print(f"collection: {indexed} LFW images + {args.vectors - indexed} synthetic = {args.vectors} vectors of "

@@ -81,7 +81,7 @@ def loadavg() -> list[float]:
 
 
 # -- processes and memory ---------------------------------------------------------------------
-def _rss_kb(pid: int) -> int:
+def rss_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -114,11 +114,11 @@ def process_tree(pid: int) -> list[int]:
 
 
 def tree_rss_mb(pid: int) -> float:
-    return sum(_rss_kb(p) for p in process_tree(pid)) / 1024
+    return sum(rss_kb(p) for p in process_tree(pid)) / 1024
 
 
 def self_rss_mb() -> float:
-    return _rss_kb(os.getpid()) / 1024
+    return rss_kb(os.getpid()) / 1024
 
 
 def _cmdline(pid: int) -> str:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import machine, now_utc, start_server, stop_server, write_results  # noqa: E402
 from revsearch.client import SearchClient  # noqa: E402
+from revsearch.video_dataset import read_video  # noqa: E402
 from revsearch_server.embedding.local_onnx import make_session  # noqa: E402
 from revsearch_server.faces.align import align_chip  # noqa: E402
 from revsearch_server.faces.detector import DetectorSettings, FaceDetector, faces_by_prominence, scaled  # noqa: E402
@@ -46,22 +47,9 @@ FRAME_MAX_SIDE = 640  # the server's default --video-frame-max-side
 SIZE = (1280, 720)
 
 
-def _read_all(path: Path) -> tuple[list[np.ndarray], float]:
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, img = cap.read()
-        if not ok:
-            break
-        frames.append(img)
-    cap.release()
-    return frames, fps
-
-
 def make_clip(source: Path, out: Path, seconds: float = 10.0, fps: float = 30.0) -> Path:
     """source looped to `seconds`, fitted into 1280x720 (letterboxed), as an mp4."""
-    frames, _ = _read_all(source)
+    frames, _ = read_video(source)
     h, w = frames[0].shape[:2]
     scale = min(SIZE[0] / w, SIZE[1] / h)
     nw, nh = round(w * scale), round(h * scale)
@@ -112,7 +100,7 @@ def stages(path: Path, detector: FaceDetector, session, model, workdir: str, rep
         runs.append({"sample": t_sample, "detect": t_detect, "align": t_align, "embed": t_embed, "store": t_store,
                      "faces": len(chips)})
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    frames_all, fps = _read_all(path)
+    frames_all, fps = read_video(path)
     return {"info": {"duration_s": info.duration_s, "width": info.width, "height": info.height, "fps": fps,
                      "codec": info.codec}, "stages_s": {k: v for k, v in med.items() if k != "faces"},
             "faces": int(med["faces"]), "runs": runs}

@@ -265,6 +265,22 @@ def video_info(path: Path | str) -> tuple[int, int, int, float] | None:
         cap.release()
 
 
+def read_video(path: Path | str) -> tuple[list[np.ndarray], float]:
+    """Every frame (BGR, decode order) and the container's fps; no frames when OpenCV cannot open it."""
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(path))
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+        frames = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return frames, fps
+            frames.append(frame)
+    finally:
+        cap.release()
+
+
 def _matches(path: Path, frames: int, size: tuple[int, int], fps: float) -> bool:
     info = path.is_file() and video_info(path)
     return bool(info) and abs(info[0] - frames) <= 1 and (info[1], info[2]) == tuple(size) and abs(info[3] - fps) < 0.01

@@ -47,6 +47,7 @@ from .client import BACKEND_NAMES, SearchClient
 from .errors import InvalidArgumentError, NotFoundError, RevsearchClientError
 from .metrics import average_precision_at_k, hit_at_k, precision_at_1
 from .v1 import search_service_pb2 as pb
+from .video_dataset import read_video
 
 BENCHMARKS = ("shared-clips", "crowd-faces", "lfw-clips")
 RANKINGS = ("mean_vector", "frames")
@@ -103,35 +104,32 @@ def default_cache_dir() -> Path:
 # the benchmarks
 
 
+def _write_mp4v(path: Path, frames: list, fps: float) -> None:
+    """BGR frames of one size as an MPEG-4 Part 2 file (this OpenCV build has no H.264 encoder)."""
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write mp4v to {path}")
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
 def cut_in_halves(clip: Path, out_dir: Path) -> tuple[Path, Path]:
     """The first and the second half of a clip as two mp4 files (kept from an earlier run when they
     are newer than the clip); written under temporary names and renamed."""
-    import cv2
-
     first, second = out_dir / f"{clip.stem}_a.mp4", out_dir / f"{clip.stem}_b.mp4"
     if all(p.is_file() and p.stat().st_mtime >= clip.stat().st_mtime for p in (first, second)):
         return first, second
-    cap = cv2.VideoCapture(str(clip))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames, fps = read_video(clip)
     if len(frames) < 2:
         raise ValueError(f"cannot cut {clip} in halves: {len(frames)} frame(s) read")
     mid = len(frames) // 2
     for path, part in ((first, frames[:mid]), (second, frames[mid:])):
-        h, w = part[0].shape[:2]
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.part.mp4")
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-        if not writer.isOpened():
-            raise RuntimeError(f"OpenCV cannot write mp4v to {tmp}")
-        for frame in part:
-            writer.write(frame)
-        writer.release()
+        _write_mp4v(tmp, part, fps)
         os.replace(tmp, path)
     return first, second
 
@@ -201,12 +199,7 @@ def crowd_faces(client: SearchClient, video_dir: Path, cache_dir: Path) -> Bench
             indices, frames, _ = _frames_at(Path(video_dir) / name, CROWD_FACE_FRACTIONS)
             h, w = frames[0].shape[:2]
             probe = out / f"{Path(name).stem}_probe.mp4"
-            writer = cv2.VideoWriter(str(probe), cv2.VideoWriter_fourcc(*"mp4v"), 1.0, (w, h))
-            if not writer.isOpened():
-                raise RuntimeError(f"OpenCV cannot write mp4v to {probe}")
-            for frame in frames:
-                writer.write(frame)
-            writer.release()
+            _write_mp4v(probe, frames, 1.0)
             resp = client.index_video(scratch, probe, id=video_id, frames=len(frames))
             for sampled in resp.frames:
                 n = min(len(frames) - 1, int(sampled.timestamp_s))  # 1 fps: frame n spans [n, n + 1) s

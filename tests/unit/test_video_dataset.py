@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from revsearch.video_dataset import (ClipPlan, expected_frames, generate, load_manifest, plan, relevant_map, render,
-                                     render_frames, video_codec)
+                                     read_video, render_frames, video_codec)
 from tests.helpers import LFW
 
 pytestmark = pytest.mark.skipif(not LFW.is_dir(), reason=f"shared test data missing: LFW at {LFW}")
@@ -24,15 +24,7 @@ def photo_count(identity: str) -> int:
 
 
 def read_frames(path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
+    return read_video(path)[0]
 
 
 def test_the_plan_is_the_same_for_a_seed_and_differs_for_another_seed(full_plan):
