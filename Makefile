@@ -41,7 +41,7 @@ models: venv
 	$(PY) scripts/build_models.py $(UNTRAINED_FLAG)
 
 serve: models
-	$(VENV)/bin/revsearch serve --port $(PORT) --data-dir $(DATA_DIR) $(UNTRAINED_FLAG)
+	$(VENV)/bin/revsearch-server --port $(PORT) --data-dir $(DATA_DIR) $(UNTRAINED_FLAG)
 
 test: venv
 	$(PY) scripts/build_models.py --allow-untrained

@@ -13,6 +13,7 @@ from PIL import Image
 
 from revsearch_server.app import RevsearchServer
 from revsearch_server.config import Settings
+from revsearch_server.wiring import Overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -33,9 +34,9 @@ def base_settings(tmp_path: Path, **overrides) -> Settings:
 class ServerThread:
     """Runs a RevsearchServer on its own event loop in a thread, so tests can use the sync client."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, overrides: Overrides = Overrides()):
         self.settings = settings
-        self.server = RevsearchServer(settings)
+        self.server = RevsearchServer(settings, overrides)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 

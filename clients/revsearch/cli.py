@@ -14,18 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .client import BACKEND_NAMES, CROP_MODES, INDEX_BACKENDS, ImageInput, SearchClient, struct_to_dict
-from .client import MEDIA_TYPES, RANKINGS, SAMPLING_MODES
+from .client import ImageInput, SearchClient, struct_to_dict
 from .errors import NotFoundError, RevsearchClientError
+from .names import CROP_MODES, INDEX_BACKENDS, INFERENCE_BACKENDS, ITEM_STATUSES, MEDIA_TYPES, RANKINGS, SAMPLING_MODES
+from .names import name_of
 from .v1 import search_service_pb2 as pb
 
 DEFAULT_EXTS = "jpg,jpeg,png,webp,bmp"
 VIDEO_EXTS = "mp4,mov,avi,mkv,webm,m4v"
-RANKING_NAMES = {v: k for k, v in RANKINGS.items()}
-SAMPLING_NAMES = {v: k for k, v in SAMPLING_MODES.items()}
-MEDIA_NAMES = {v: k for k, v in MEDIA_TYPES.items()}
-CROP_NAMES = {v: k for k, v in CROP_MODES.items()}
-INDEX_NAMES = {v: k for k, v in INDEX_BACKENDS.items()}
 out = Console()
 err = Console(stderr=True)
 
@@ -59,7 +55,8 @@ def cmd_index(client: SearchClient, args) -> int:
     coll = created.collection
     if created.created:
         err.print(f"created collection [bold]{coll.name}[/] (model {coll.model}, crop "
-                  f"{CROP_NAMES[coll.crop_mode]}, index {INDEX_NAMES[coll.index_backend]})")
+                  f"{name_of(CROP_MODES, coll.crop_mode, 'none')}, "
+                  f"index {name_of(INDEX_BACKENDS, coll.index_backend, 'milvus')})")
     if not coll.model_trained:
         warn_untrained(coll.model)
     counts = {"indexed": 0, "duplicate": 0, "no_face": 0, "failed": 0}
@@ -76,7 +73,7 @@ def cmd_index(client: SearchClient, args) -> int:
                   TimeRemainingColumn(), console=err, disable=args.quiet) as progress:
         task = progress.add_task("index", total=len(files), rate="")
         for resp in client.index_images(args.collection, items()):
-            name = pb.ItemStatus.Name(resp.status).removeprefix("ITEM_STATUS_").lower()
+            name = name_of(ITEM_STATUSES, resp.status, "unspecified")
             counts[name] = counts.get(name, 0) + 1
             if resp.status == pb.ITEM_STATUS_FAILED:
                 failures.append((resp.uri, f"{resp.error.code_name}: {resp.error.message}"))
@@ -106,7 +103,7 @@ def cmd_search(client: SearchClient, args) -> int:
         videos = client.search_videos(args.collection, image=query, top_k=args.top_k)
         return show_video_hits(args, args.image, videos, query_image=query)
     resp = client.search(args.collection, image=query, top_k=args.top_k)
-    backend = BACKEND_NAMES.get(resp.inference_backend, "-")
+    backend = name_of(INFERENCE_BACKENDS, resp.inference_backend)
     if not resp.model_trained:
         warn_untrained(resp.model)
     hits = [{"rank": h.rank, "score": h.score, "id": h.id, "uri": h.uri, "metadata": struct_to_dict(h.metadata)}
@@ -157,14 +154,15 @@ def _video_collection(client: SearchClient, args) -> tuple[pb.Collection | None,
         coll = created.collection
         if created.created:
             err.print(f"created video collection [bold]{coll.name}[/] (model {coll.model}, crop "
-                      f"{CROP_NAMES.get(coll.crop_mode, 'none')}, {coll.video_sampling.frames} frames "
-                      f"{SAMPLING_NAMES.get(coll.video_sampling.mode, 'uniform')} per video)")
+                      f"{name_of(CROP_MODES, coll.crop_mode, 'none')}, {coll.video_sampling.frames} frames "
+                      f"{name_of(SAMPLING_MODES, coll.video_sampling.mode, 'uniform')} per video)")
     else:
         if coll.media_type == pb.MEDIA_TYPE_VIDEO and (
                 (args.model and args.model != coll.model)
                 or (args.crop and CROP_MODES[args.crop] != coll.crop_mode)):
             err.print(f"[yellow]{coll.name} exists with model {coll.model}, crop "
-                      f"{CROP_NAMES.get(coll.crop_mode, 'none')}: --model and --crop apply only to a new collection[/]")
+                      f"{name_of(CROP_MODES, coll.crop_mode, 'none')}: "
+                      "--model and --crop apply only to a new collection[/]")
     if coll.media_type != pb.MEDIA_TYPE_VIDEO:
         err.print(f"[bold red]error:[/] collection {coll.name!r} holds images; index images with `revsearch index`, "
                   "or name a video collection (--create makes one)")
@@ -199,7 +197,7 @@ def cmd_index_videos(client: SearchClient, args) -> int:
             except OSError as exc:
                 rec.update(status="failed", error={"code": "UNREADABLE", "message": str(exc)})
             else:
-                rec.update(status=pb.ItemStatus.Name(resp.status).removeprefix("ITEM_STATUS_").lower(),
+                rec.update(status=name_of(ITEM_STATUSES, resp.status, "unspecified"),
                            id=resp.id, sha256=resp.sha256)
                 if resp.status != pb.ITEM_STATUS_DUPLICATE:  # a duplicate is not sampled again: no frames
                     rec.update(duration_s=round(resp.duration_s, 3), width=resp.width, height=resp.height,
@@ -241,8 +239,8 @@ def video_hits_dict(resp: pb.SearchVideosResponse) -> dict:
     """A SearchVideosResponse as the JSON the CLI prints (and the video sheet draws)."""
     return {
         "model": resp.model, "model_trained": resp.model_trained,
-        "ranking": RANKING_NAMES.get(resp.ranking, "frames"),
-        "inference_backend": BACKEND_NAMES.get(resp.inference_backend, "-"),
+        "ranking": name_of(RANKINGS, resp.ranking, "frames"),
+        "inference_backend": name_of(INFERENCE_BACKENDS, resp.inference_backend),
         "query_frames": [{"timestamp_s": round(f.timestamp_s, 3), "face_boxes": [_box_dict(b) for b in f.face_boxes]}
                          for f in resp.query_frames],
         "hits": [{"rank": h.rank, "id": h.id, "uri": h.uri, "score": round(h.score, 6),
@@ -296,7 +294,7 @@ def cmd_search_video(client: SearchClient, args) -> int:
 
 def cmd_info(client: SearchClient, args) -> int:
     info = client.info()
-    backend = BACKEND_NAMES.get(info.inference_backend, "-")
+    backend = name_of(INFERENCE_BACKENDS, info.inference_backend)
     if args.json:
         from google.protobuf import json_format
 
@@ -320,16 +318,17 @@ def cmd_collections(client: SearchClient, args) -> int:
     colls = client.list_collections()
     if args.json:
         print(json.dumps([{"name": c.name, "model": c.model, "dimension": c.dimension,
-                           "crop_mode": CROP_NAMES.get(c.crop_mode, "none"),
-                           "index_backend": INDEX_NAMES.get(c.index_backend, "milvus"), "items": c.item_count,
-                           "model_trained": c.model_trained, "media_type": MEDIA_NAMES.get(c.media_type, "image")}
+                           "crop_mode": name_of(CROP_MODES, c.crop_mode, "none"),
+                           "index_backend": name_of(INDEX_BACKENDS, c.index_backend, "milvus"),
+                           "items": c.item_count, "model_trained": c.model_trained,
+                           "media_type": name_of(MEDIA_TYPES, c.media_type, "image")}
                           for c in colls], indent=2))
         return 0
     table = Table("name", "media", "model", "crop", "index", "items", "created")
     for c in colls:
-        table.add_row(c.name, MEDIA_NAMES.get(c.media_type, "image"),
+        table.add_row(c.name, name_of(MEDIA_TYPES, c.media_type, "image"),
                       c.model + ("" if c.model_trained else " (UNTRAINED)"),
-                      CROP_NAMES.get(c.crop_mode, "none"), INDEX_NAMES.get(c.index_backend, "milvus"),
+                      name_of(CROP_MODES, c.crop_mode, "none"), name_of(INDEX_BACKENDS, c.index_backend, "milvus"),
                       str(c.item_count), c.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M"))
     out.print(table)
     return 0
@@ -441,13 +440,17 @@ def cmd_eval(client: SearchClient, args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
-    from revsearch_server.app import configure_logging, run
-    from revsearch_server.config import from_args
-
-    settings = from_args(args)
-    configure_logging(settings)
-    run(settings)
+def cmd_serve(argv: list[str]) -> int:
+    """`revsearch serve ARGS`: the same as `revsearch-server ARGS`; the server parses its own flags."""
+    try:
+        from revsearch_server.app import main as server_main
+    except ModuleNotFoundError as exc:
+        if exc.name != "revsearch_server":
+            raise  # the server is there but one of its imports fails: its traceback says more than we could
+        err.print("[bold red]error:[/] the revsearch server is not installed here (only the client is); install "
+                  "the repository with `pip install -e .` or use a machine that runs `revsearch-server`")
+        return 2
+    server_main(argv)
     return 0
 
 
@@ -458,13 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="start the gRPC server (and a managed CPU Triton)")
-    try:
-        from revsearch_server.config import add_arguments
-    except ImportError:  # the client installed without the server
-        pass
-    else:
-        add_arguments(serve)
+    # Everything after `serve` (--help included) goes to the server's own parser untouched: no prefix
+    # character that an argument starts with, so this parser sees no options, only one catch-all list.
+    serve = sub.add_parser("serve", help="start the gRPC server (and a managed CPU Triton); "
+                                         "`revsearch serve --help` lists its flags",
+                           add_help=False, prefix_chars="\0")
+    serve.add_argument("server_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                       help="the flags of revsearch-server")
     serve.set_defaults(func=None)
 
     index = sub.add_parser("index", help="index image files or folders into a collection")
@@ -576,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        return cmd_serve(args)
+        return cmd_serve(args.server_args)
     try:
         with SearchClient(args.server, timeout=args.timeout) as client:
             return args.func(client, args)

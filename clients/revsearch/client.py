@@ -19,17 +19,13 @@ import grpc
 from google.protobuf import struct_pb2
 
 from .errors import from_rpc_error
+from .names import CROP_MODES, INDEX_BACKENDS, MEDIA_TYPES, RANKINGS, SAMPLING_MODES
 from .v1 import search_service_pb2 as pb
 from .v1 import search_service_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT_S = 60.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-CROP_MODES = {"none": pb.CROP_MODE_NONE, "largest": pb.CROP_MODE_LARGEST_FACE, "all": pb.CROP_MODE_ALL_FACES}
-MEDIA_TYPES = {"image": pb.MEDIA_TYPE_IMAGE, "video": pb.MEDIA_TYPE_VIDEO}
-INDEX_BACKENDS = {"milvus": pb.INDEX_BACKEND_MILVUS, "exact_knn": pb.INDEX_BACKEND_EXACT_KNN}
-BACKEND_NAMES = {pb.INFERENCE_BACKEND_TRITON: "triton", pb.INFERENCE_BACKEND_ONNXRUNTIME_LOCAL: "onnxruntime-local",
-                 pb.INFERENCE_BACKEND_NONE: "none", pb.INFERENCE_BACKEND_UNSPECIFIED: "-"}
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
 
@@ -70,8 +66,6 @@ def _create_request(name, model, crop_mode, index_backend, description, exist_ok
 
 
 VIDEO_CHUNK_BYTES = 1024 * 1024
-SAMPLING_MODES = {"uniform": pb.SAMPLING_MODE_UNIFORM, "jitter": pb.SAMPLING_MODE_JITTER, "scene": pb.SAMPLING_MODE_SCENE}
-RANKINGS = {"frames": pb.VIDEO_RANKING_FRAMES, "mean_vector": pb.VIDEO_RANKING_MEAN_VECTOR}
 
 
 def _sampling(frames: int | None, mode: str | None, seed: int | None) -> pb.VideoSampling:

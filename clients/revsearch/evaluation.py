@@ -19,6 +19,7 @@ from pathlib import Path
 from .client import AsyncSearchClient, ImageInput
 from .errors import InvalidArgumentError, NotFoundError
 from .metrics import QueryScore, score_query, summarise
+from .names import ITEM_STATUSES, name_of
 from .v1 import search_service_pb2 as pb
 
 
@@ -33,8 +34,10 @@ class Pipeline:
 
 PIPELINES = {
     p.name: p for p in (
-        Pipeline("baseline", "resnet50", "none", "exact_knn", "ResNet50 on the whole image, exact KNN (original baseline)"),
-        Pipeline("resnet50-face", "resnet50", "largest", "milvus", "MTCNN face crop, ResNet50, Milvus (original improvement)"),
+        Pipeline("baseline", "resnet50", "none", "exact_knn",
+                 "ResNet50 on the whole image, exact KNN (original baseline)"),
+        Pipeline("resnet50-face", "resnet50", "largest", "milvus",
+                 "MTCNN face crop, ResNet50, Milvus (original improvement)"),
         Pipeline("face", "face_dlib", "largest", "milvus", "MTCNN face crop, aligned, dlib face model, Milvus"),
         Pipeline("resnet50-milvus", "resnet50", "none", "milvus", "ResNet50 on the whole image, Milvus"),
     )
@@ -76,7 +79,7 @@ async def run_pipeline(client: AsyncSearchClient, pipeline: Pipeline, images: li
     started = time.perf_counter()
     async for resp in client.index_images(name, (ImageInput.from_path(p) for p, _ in images)):
         path, label = images[resp.item_index]
-        status = pb.ItemStatus.Name(resp.status).removeprefix("ITEM_STATUS_").lower()
+        status = name_of(ITEM_STATUSES, resp.status, "unspecified")
         outcomes[status] += 1
         if resp.status in (pb.ITEM_STATUS_INDEXED, pb.ITEM_STATUS_DUPLICATE):
             label_of_id[resp.id] = label

@@ -43,14 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .client import BACKEND_NAMES, SearchClient
+from .client import SearchClient
 from .errors import InvalidArgumentError, NotFoundError, RevsearchClientError
 from .metrics import average_precision_at_k, hit_at_k, precision_at_1
-from .v1 import search_service_pb2 as pb
+from .names import INFERENCE_BACKENDS, ITEM_STATUSES, name_of
 from .video_dataset import read_video
 
 BENCHMARKS = ("shared-clips", "crowd-faces", "lfw-clips")
-RANKINGS = ("mean_vector", "frames")
+RANKINGS = ("mean_vector", "frames")  # names.RANKINGS in the order they are run and reported
 TOP_K = 20
 MAP_K = 10
 HIT_K = 5
@@ -258,7 +258,7 @@ def collection_name(bench: Benchmark) -> str:
 
 
 def _status(code: int) -> str:
-    return pb.ItemStatus.Name(code).removeprefix("ITEM_STATUS_").lower()
+    return name_of(ITEM_STATUSES, code, "unspecified")
 
 
 def _score(hits: list[tuple[str, float]], relevant: list[str]) -> dict:
@@ -365,7 +365,7 @@ def _run_queries(client: SearchClient, bench: Benchmark, name: str, rankings: tu
                     "no_face": no_face, "seconds": time.perf_counter() - t0, **_score([], q.relevant)}
         hits = [(h.id, float(h.score)) for h in resp.hits]
         return {"query": q.id, "relevant": q.relevant, "seconds": time.perf_counter() - t0,
-                "backend": BACKEND_NAMES.get(resp.inference_backend, "-"),
+                "backend": name_of(INFERENCE_BACKENDS, resp.inference_backend),
                 "top": [(h, round(s, 4)) for h, s in hits[:3]], **_score(hits, q.relevant)}
 
     # A few untimed queries first, so the first ranking does not pay for the server's warm-up alone.
@@ -448,8 +448,8 @@ def evaluate(target: str, benchmarks: list[str], *, lfw_dir: Path | None = None,
             reports.append(run_benchmark(client, bench, rankings, concurrency, index_concurrency, log, galleries))
         info_after = client.info()
     return {"kind": "video", "server_version": info.version, "server": target,
-            "inference_backend": {"before": BACKEND_NAMES.get(info.inference_backend, "-"),
-                                  "after": BACKEND_NAMES.get(info_after.inference_backend, "-")},
+            "inference_backend": {"before": name_of(INFERENCE_BACKENDS, info.inference_backend),
+                                  "after": name_of(INFERENCE_BACKENDS, info_after.inference_backend)},
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cache_dir": str(cache_dir),
             "top_k": TOP_K, "map_k": MAP_K, "hit_k": HIT_K, "concurrency": concurrency,
             "index_concurrency": index_concurrency, "cpus": os.cpu_count(),

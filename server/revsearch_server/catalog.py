@@ -1,4 +1,5 @@
-"""Collections: their settings (bound model, crop mode, index backend) and their indexes.
+"""The catalog: each collection's settings (bound model, crop mode, index backend, stored-row
+layout) and its indexes, over a VectorStore and exact-KNN directories.
 
 Milvus collections keep their settings in the Milvus collection's description, so every
 server process pointed at the same Milvus sees the same catalog. Exact-KNN collections keep
@@ -8,19 +9,18 @@ theirs in a spec.json next to their vectors under the data directory.
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .domain import CropMode, FaceOptions, IndexKind, MediaType, SamplingMode
 from .errors import AlreadyExists, InvalidArgument, NotFound
-from .index.base import VectorIndex
-from .index.exact_knn import ExactKnnIndex
-from .index.milvus import MilvusStore
-from .faces.cropper import FaceOptions
+from .index.base import VectorIndex, VectorStore
+from .index.milvus import CURRENT_LAYOUT, LAYOUT_JSON_FACE_FIELDS
 from .models import ModelSpec
 from .video.sampling import SamplingOptions
 
@@ -28,25 +28,9 @@ NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 MAX_DESCRIPTION = 1024
 
 
-class CropMode(str, enum.Enum):
-    NONE = "none"
-    LARGEST_FACE = "largest"
-    ALL_FACES = "all"
-
-
-class MediaType(str, enum.Enum):
-    IMAGE = "image"
-    VIDEO = "video"
-
-
 # A video collection keeps its videos' mean vectors in a second index of this suffix; user names
 # cannot contain "__", so it never clashes with a collection.
 MEANS_SUFFIX = "__means"
-
-
-class IndexKind(str, enum.Enum):
-    MILVUS = "milvus"
-    EXACT_KNN = "exact_knn"
 
 
 @dataclass(frozen=True)
@@ -63,6 +47,8 @@ class CollectionSpec:
     face_options: FaceOptions = FaceOptions()
     media_type: MediaType = MediaType.IMAGE
     video_sampling: SamplingOptions = SamplingOptions()
+    # How rows are stored (index/milvus.py); settings written before layouts existed are layout 1.
+    layout: int = LAYOUT_JSON_FACE_FIELDS
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -81,7 +67,8 @@ class CollectionSpec:
         d["crop_mode"], d["index_kind"] = CropMode(d["crop_mode"]), IndexKind(d["index_kind"])
         d["face_options"] = FaceOptions(**d.get("face_options", {}))
         d["media_type"] = MediaType(d.get("media_type", "image"))
-        d["video_sampling"] = SamplingOptions(**d.get("video_sampling", {}))
+        sampling = d.get("video_sampling", {})
+        d["video_sampling"] = SamplingOptions(**sampling | {"mode": SamplingMode(sampling.get("mode", "uniform"))})
         return cls(**d)
 
     @property
@@ -118,18 +105,19 @@ class Catalog:
     # The short life bounds how long a drop by another server process goes unnoticed here.
     SPEC_CACHE_S = 5.0
 
-    def __init__(self, milvus: MilvusStore, knn_root: Path):
+    def __init__(self, milvus: VectorStore, knn_root: Path, knn_index: Callable[[Path, int], VectorIndex]):
         self._milvus = milvus
+        self._knn_index = knn_index
         self._specs: dict[str, tuple[float, CollectionSpec]] = {}
         self._knn_root = knn_root
-        self._knn: dict[str, tuple[CollectionSpec, ExactKnnIndex]] = {}
-        self._knn_means: dict[str, ExactKnnIndex] = {}
+        self._knn: dict[str, tuple[CollectionSpec, VectorIndex]] = {}
+        self._knn_means: dict[str, VectorIndex] = {}
         self._lock = asyncio.Lock()
         knn_root.mkdir(parents=True, exist_ok=True)
         for spec_file in sorted(knn_root.glob("*/spec.json")):
             spec = CollectionSpec.from_json(spec_file.read_text())
             if spec is not None:
-                self._knn[spec.name] = (spec, ExactKnnIndex(spec_file.parent, spec.dimension))
+                self._knn[spec.name] = (spec, knn_index(spec_file.parent, spec.dimension))
 
     async def create(self, name: str, model: ModelSpec, crop_mode: CropMode, index_kind: IndexKind,
                      description: str, exist_ok: bool, face_options: FaceOptions = FaceOptions(),
@@ -142,7 +130,7 @@ class Catalog:
                               dimension=model.dimension, crop_mode=crop_mode, index_kind=index_kind,
                               created_at_ms=int(time.time() * 1000), description=description,
                               model_trained=model.trained, face_options=face_options, media_type=media_type,
-                              video_sampling=video_sampling)
+                              video_sampling=video_sampling, layout=CURRENT_LAYOUT)
         async with self._lock:
             self._specs.pop(name, None)
             existing = await self.find(name)
@@ -157,11 +145,12 @@ class Catalog:
                 directory = self._knn_root / name
                 directory.mkdir(parents=True, exist_ok=True)
                 (directory / "spec.json").write_text(spec.to_json())
-                self._knn[name] = (spec, ExactKnnIndex(directory, spec.dimension))
+                self._knn[name] = (spec, self._knn_index(directory, spec.dimension))
             else:
                 if spec.is_video:  # created first: a collection is only listed once its spec exists
-                    await self._milvus.create(name + MEANS_SUFFIX, spec.dimension, f"mean vectors of videos in {name}")
-                created = await self._milvus.create(name, spec.dimension, spec.to_json())
+                    await self._milvus.create(name + MEANS_SUFFIX, spec.dimension, f"mean vectors of videos in {name}",
+                                              spec.layout)
+                created = await self._milvus.create(name, spec.dimension, spec.to_json(), spec.layout)
                 if not created:  # another server process created it between our check and now
                     existing = await self.find(name)
                     if existing is not None and exist_ok and existing.same_settings(spec):
@@ -188,7 +177,7 @@ class Catalog:
         spec = await self.find(name)
         if spec is None:
             raise NotFound(f"collection {name!r} does not exist; create it first (see ListCollections)")
-        return spec, self._milvus.index(name, spec.dimension)
+        return spec, self._milvus.index(name, spec.dimension, spec.layout)
 
     async def means(self, spec: CollectionSpec) -> VectorIndex:
         """A video collection's index of one mean vector per video (ids: the video ids)."""
@@ -197,9 +186,9 @@ class Catalog:
             key = spec.name + MEANS_SUFFIX
             if key not in self._knn_means:
                 directory.mkdir(parents=True, exist_ok=True)
-                self._knn_means[key] = ExactKnnIndex(directory, spec.dimension)
+                self._knn_means[key] = self._knn_index(directory, spec.dimension)
             return self._knn_means[key]
-        return self._milvus.index(spec.name + MEANS_SUFFIX, spec.dimension)
+        return self._milvus.index(spec.name + MEANS_SUFFIX, spec.dimension, spec.layout)
 
     async def list(self) -> list[CollectionSpec]:
         specs = [s for s, _ in self._knn.values()]

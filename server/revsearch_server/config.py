@@ -40,8 +40,11 @@ class Settings:
     max_image_pixels: int = 50_000_000
     max_top_k: int = 1000
     max_receive_message_bytes: int = 32 * 1024 * 1024
-    # Bounded pool for decode and preprocessing (CPU-heavy, kept off the event loop).
+    # Bounded pool for decode and preprocessing (CPU-heavy, kept off the event loop); all pools
+    # are made in pools.py.
     decode_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    # Threads for the vector store's synchronous client calls (mostly waiting on I/O).
+    store_workers: int = 4
     batch_max_size: int = 8
     batch_max_wait_ms: float = 2.0
     # Query vectors per coalesced index search (1: every search calls the index alone).
@@ -129,6 +132,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-receive-message-bytes", type=int,
       default=_env("max_receive_message_bytes", d.max_receive_message_bytes))
     a("--decode-workers", type=int, default=_env("decode_workers", d.decode_workers))
+    a("--store-workers", type=int, default=_env("store_workers", d.store_workers),
+      help="threads for vector store calls (pymilvus is synchronous)")
     a("--batch-max-size", type=int, default=_env("batch_max_size", d.batch_max_size),
       help="largest inference batch gathered from concurrent requests")
     a("--batch-max-wait-ms", type=float, default=_env("batch_max_wait_ms", d.batch_max_wait_ms),

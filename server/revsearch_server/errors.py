@@ -1,6 +1,6 @@
 """Domain errors raised by the pipeline, independent of gRPC.
 
-Each class names the kind of failure; `grpc_status.py` maps them to gRPC codes in one place.
+Each class names the kind of failure; `transport/status.py` maps them to gRPC codes in one place.
 """
 
 

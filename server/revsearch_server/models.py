@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InvalidArgument
+
 log = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
@@ -92,3 +94,24 @@ def load_models(repository: Path, allow_untrained: bool) -> dict[str, ModelSpec]
             f"no servable model in {repository}: build one with `make models` "
             "(or `python scripts/build_models.py --allow-untrained` and serve with --allow-untrained)")
     return models
+
+
+@dataclass(frozen=True)
+class ServedModels:
+    """The models this server serves, by name, and the one used when a request names none."""
+    by_name: dict[str, ModelSpec]
+    default: str
+
+    def get(self, name: str = "") -> ModelSpec:
+        """The named model (the default for ""), or InvalidArgument listing what is served."""
+        name = name or self.default
+        spec = self.by_name.get(name)
+        if spec is None:
+            raise InvalidArgument(f"unknown model {name!r}; available: {', '.join(sorted(self.by_name))}")
+        return spec
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.by_name
+
+    def values(self):
+        return self.by_name.values()

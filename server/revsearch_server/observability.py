@@ -70,6 +70,8 @@ class Metrics:
         self._fallbacks = Counter("revsearch_fallbacks", "Switches from Triton to the local fallback", registry=r)
         self._dependency = Gauge("revsearch_dependency_up", "1 while a required dependency answers its health check",
                                  ["dependency"], registry=r)
+        self._malformed = Counter("revsearch_malformed_messages", "Requests whose bytes were not a valid message "
+                                  "of the RPC's request type (answered INVALID_ARGUMENT)", ["rpc"], registry=r)
         self._serving = Gauge("revsearch_serving", "1 while the health service reports SERVING", registry=r)
         for stage in STAGES:  # every stage is listed from the start, at count 0
             self._stage_seconds.labels(stage)
@@ -95,6 +97,9 @@ class Metrics:
 
     def rejected(self, rpc: str) -> None:
         self._rejected.labels(rpc or "unknown").inc()
+
+    def malformed(self, rpc: str) -> None:
+        self._malformed.labels(rpc).inc()
 
     def admission(self, inflight: int, waiting: int, capacity: int) -> None:
         self._inflight.set(inflight)
@@ -155,6 +160,7 @@ class _NoMetrics(Metrics):
 
     def request(self, rpc, code, seconds): pass
     def rejected(self, rpc): pass
+    def malformed(self, rpc): pass
     def admission(self, inflight, waiting, capacity): pass
     def embed_queue(self, model, images): pass
     def batch(self, model, size): pass

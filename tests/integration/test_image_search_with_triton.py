@@ -132,7 +132,7 @@ def test_the_face_pipeline_through_triton_finds_the_person(client, server):
 
 def test_when_triton_dies_the_server_falls_back_to_local_inference(client, server, files, indexed):
     expected = np.asarray(client.embed(files[1].read_bytes()).vector)
-    triton = server.server._triton
+    triton = server.server.deps.triton
     triton.process.send_signal(signal.SIGTERM)
     triton.process.wait(60)
     resp = client.embed(files[1].read_bytes())

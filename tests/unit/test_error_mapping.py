@@ -4,7 +4,7 @@ import grpc
 import pytest
 
 from revsearch_server import errors
-from revsearch_server.grpc_status import to_status, trailing_metadata
+from revsearch_server.transport.status import to_status, trailing_metadata
 
 
 @pytest.mark.parametrize("exc, code", [

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from revsearch_server.faces.detector import DetectedFace, DetectorSettings, FaceDetector, largest_face
+from revsearch_server.faces.detector import DetectorSettings, MtcnnDetector
+from revsearch_server.faces.geometry import DetectedFace, largest_face
 from tests.helpers import (CROWD_CLIP, CROWD_FRAME, HAMILTON_CLIP, HAMILTON_FRAME, lfw_images, synthetic_image,
                            video_frame)
 
@@ -21,8 +22,8 @@ def load_rgb(path: Path, size: tuple[int, int] | None = None, crop: tuple[int, i
 
 
 @pytest.fixture(scope="module")
-def detector() -> FaceDetector:
-    return FaceDetector()
+def detector() -> MtcnnDetector:
+    return MtcnnDetector()
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +103,8 @@ def test_an_image_without_a_face_gives_no_faces(detector):
 def test_min_face_size_is_honoured_for_small_faces():
     # Face regions of LFW images shrunk to 48x48: the faces are about 30x40 px.
     crops = [load_rgb(p, size=(48, 48), crop=(50, 50, 200, 200)) for p in lfw_images(4, per_person_max=1)]
-    assert all(len(f) == 1 for f in FaceDetector(DetectorSettings(min_face_size=20)).detect(crops))
-    assert FaceDetector(DetectorSettings(min_face_size=40)).detect(crops) == [[], [], [], []]
+    assert all(len(f) == 1 for f in MtcnnDetector(DetectorSettings(min_face_size=20)).detect(crops))
+    assert MtcnnDetector(DetectorSettings(min_face_size=40)).detect(crops) == [[], [], [], []]
 
 
 def test_largest_face_prefers_area_then_confidence():

@@ -118,7 +118,7 @@ class FakeTriton:
 class FakeLocal(FakeTriton):
     kind = BackendKind.ONNXRUNTIME_LOCAL
 
-    async def start(self, models):
+    async def wait_ready(self, models, within_s):
         pass
 
     async def embed(self, model, images):

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from revsearch_server.catalog import CollectionSpec, CropMode, IndexKind, validate_name
+from revsearch_server.catalog import CollectionSpec, validate_name
+from revsearch_server.domain import CropMode, IndexKind
 from revsearch_server.errors import InvalidArgument
-from revsearch_server.pipeline import (IndexInput, default_id, resolve_top_k, validate_item_fields,
-                                       validate_query_vector)
+from revsearch_server.validation import default_id, resolve_top_k, validate_item_fields, validate_query_vector
 
 
 def test_the_default_id_is_the_first_32_hex_characters_of_the_sha256():
@@ -34,13 +34,13 @@ def test_unset_top_k_means_twenty_and_zero_or_too_many_are_rejected():
 
 
 def test_item_ids_uris_and_metadata_are_bounded():
-    validate_item_fields(IndexInput(id="img-01:a.b_c", uri="x", image=b"1"))
+    validate_item_fields("img-01:a.b_c", "x", {})
     with pytest.raises(InvalidArgument, match="invalid id"):
-        validate_item_fields(IndexInput(id="has space", uri="", image=b"1"))
+        validate_item_fields("has space", "", {})
     with pytest.raises(InvalidArgument, match="uri"):
-        validate_item_fields(IndexInput(id="", uri="u" * 3000, image=b"1"))
+        validate_item_fields("", "u" * 3000, {})
     with pytest.raises(InvalidArgument, match="metadata"):
-        validate_item_fields(IndexInput(id="", uri="", image=b"1", metadata={"k": "v" * 20000}))
+        validate_item_fields("", "", {"k": "v" * 20000})
 
 
 def test_a_query_vector_must_match_the_dimension_and_be_finite_and_nonzero():

@@ -1,4 +1,5 @@
-"""The small interface every embedding backend implements."""
+"""The small interface every inference backend implements (Triton, ONNX Runtime in-process, the
+failover between them, and the tests' fakes), readiness calls included."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ class BackendKind(enum.Enum):
     NONE = "none"
 
 
-class EmbeddingBackend(Protocol):
+class InferenceBackend(Protocol):
     kind: BackendKind
 
-    async def start(self, models: dict[str, ModelSpec]) -> None:
-        """Connects / loads; raises errors.Unavailable when the backend cannot serve the models."""
+    async def wait_ready(self, models: dict[str, ModelSpec], within_s: float) -> None:
+        """Connects / loads until every model can be served; errors.Unavailable after within_s."""
+
+    async def ping(self, timeout_s: float) -> bool:
+        """Whether the backend answers within timeout_s (the health check; never raises)."""
 
     async def embed(self, model: ModelSpec, images: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] RGB images to float32 [N, D] raw (unnormalised) features.

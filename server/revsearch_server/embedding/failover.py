@@ -17,15 +17,13 @@ import numpy as np
 from ..errors import Unavailable
 from ..models import ModelSpec
 from ..observability import Metrics, or_null
-from .base import BackendKind
-from .local_onnx import LocalOnnxBackend
-from .triton import TritonBackend
+from .base import BackendKind, InferenceBackend
 
 log = logging.getLogger(__name__)
 
 
 class FailoverBackend:
-    def __init__(self, primary: TritonBackend | None, fallback: LocalOnnxBackend | None,
+    def __init__(self, primary: InferenceBackend | None, fallback: InferenceBackend | None,
                  reprobe_s: float = 30.0, metrics: Metrics | None = None):
         self._metrics = or_null(metrics)
         self._primary = primary
@@ -59,7 +57,7 @@ class FailoverBackend:
         if no_primary_reason:
             await self._fall_back(no_primary_reason)
         elif self._fallback is not None:
-            await self._fallback.start(models)
+            await self._fallback.wait_ready(models, primary_wait_s)
             self._use(self._fallback, f"{self._fallback.describe()} (Triton disabled)")
         else:
             self._use(None, "no inference backend configured")
@@ -86,7 +84,7 @@ class FailoverBackend:
             self._use(None, f"Triton unavailable and --fallback none: {reason}")
             log.error("inference backend: none (%s)", reason)
             return
-        await self._fallback.start(self._models)
+        await self._fallback.wait_ready(self._models, 0.0)
         self.fallbacks_taken += 1
         self._metrics.fallback()
         self._last_probe = time.monotonic()

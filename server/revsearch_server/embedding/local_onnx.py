@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 
 import numpy as np
 
@@ -27,14 +27,15 @@ def make_session(onnx_path, threads: int | None = None, spinning: bool = True):
 class LocalOnnxBackend:
     kind = BackendKind.ONNXRUNTIME_LOCAL
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, runner: Executor, threads: int | None = None):
+        """runner: one thread (pools.py), so batches run one after another, each using all
+        intra-op threads, instead of several runs fighting over two cores."""
         self._threads = threads
         self._sessions: dict[str, object] = {}
-        # One runner thread: batches run one after another, each using all intra-op threads,
-        # instead of several runs fighting over two cores.
-        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx-run")
+        self._runner = runner
 
-    async def start(self, models: dict[str, ModelSpec]) -> None:
+    async def wait_ready(self, models: dict[str, ModelSpec], within_s: float = 0.0) -> None:
+        """Loads a session per model (the files are local: no waiting involved)."""
         loop = asyncio.get_running_loop()
         for spec in models.values():
             if spec.name not in self._sessions:
@@ -48,8 +49,11 @@ class LocalOnnxBackend:
             self._runner, lambda: session.run([model.output_name], {model.input_name: images})[0])
         return np.asarray(out, dtype=np.float32)
 
+    async def ping(self, timeout_s: float) -> bool:
+        return True
+
     def describe(self) -> str:
         return "onnxruntime (CPU) in the server process"
 
     async def close(self) -> None:
-        self._runner.shutdown(wait=False, cancel_futures=True)
+        self._sessions.clear()

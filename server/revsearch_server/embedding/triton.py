@@ -33,9 +33,6 @@ class TritonBackend:
         self._log_hint = log_hint
         self._client = triton_aio.InferenceServerClient(url=url)
 
-    async def start(self, models: dict[str, ModelSpec]) -> None:
-        await self.wait_ready(models, self._timeout_s)
-
     async def wait_ready(self, models: dict[str, ModelSpec], within_s: float) -> None:
         """Waits until Triton serves every model, or raises Unavailable after within_s."""
         loop = asyncio.get_running_loop()

@@ -1,46 +1,34 @@
-"""Face crop modes for the pipeline: decode, detect (batched), pick the face, crop or align.
+"""Face crop modes: decode, detect (batched), pick the face, crop or align.
 
-MTCNN is CPU-heavy, so it runs in one dedicated worker thread: a batch of images is
-detected in one call rather than several calls fighting over the same cores. Detectors are
-loaded on first use, so servers without face collections never import torch.
+MTCNN is CPU-heavy, so it runs in one dedicated worker (a single-thread pool from pools.py): a
+batch of images is detected in one call rather than several calls fighting over the same cores.
+Detectors come from the factory given at construction (one per minimum face size) and are made
+on first use, so servers without face collections never load one.
 """
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
+from ..domain import FaceBox, FaceOptions
 from ..errors import InvalidArgument, RevsearchError
 from ..imaging import ImageLimits, decode_image
 from ..models import ModelSpec
 from ..observability import Metrics, or_null
 
-MAX_FACES_LIMIT = 64
 
+class FaceDetector(Protocol):
+    """Finds faces: boxes, confidences and five landmarks (faces/detector.py: MTCNN)."""
 
-@dataclass(frozen=True)
-class FaceOptions:
-    margin: float = 0.2
-    min_face_size: int = 20
-    min_confidence: float = 0.9
-    whole_image_if_no_face: bool = False
-    # Crop mode "all": at most this many faces per image are stored, the most prominent first, so
-    # a crowd photo cannot flood a collection.
-    max_faces: int = 16
-
-    def validate(self) -> "FaceOptions":
-        if not 0.0 <= self.margin <= 1.0:
-            raise InvalidArgument(f"face_options.margin must be within 0..1, got {self.margin}")
-        if not 10 <= self.min_face_size <= 2000:
-            raise InvalidArgument(f"face_options.min_face_size must be within 10..2000, got {self.min_face_size}")
-        if not 0.0 < self.min_confidence < 1.0:
-            raise InvalidArgument(f"face_options.min_confidence must be within (0, 1), got {self.min_confidence}")
-        if not 1 <= self.max_faces <= MAX_FACES_LIMIT:
-            raise InvalidArgument(f"face_options.max_faces must be within 1..{MAX_FACES_LIMIT}, got {self.max_faces}")
-        return self
+    def detect(self, images: list[np.ndarray]) -> list[list | None]:
+        """RGB uint8 HxWx3 arrays -> per image its DetectedFace list (most confident first), or None
+        for an image the detector failed on. Blocking."""
 
 
 class NoFace(InvalidArgument):
@@ -50,16 +38,19 @@ class NoFace(InvalidArgument):
 @dataclass
 class FaceCrop:
     pixels: np.ndarray  # the model's uint8 input
-    box: list[float] | None  # [x_min, y_min, x_max, y_max, confidence]; None for the whole-image fallback
+    box: FaceBox | None  # None for the whole image (no face crop, or the no-face fallback)
 
 
 class FaceCropper:
-    def __init__(self, decode_pool: Executor, limits: ImageLimits, metrics: Metrics | None = None):
+    def __init__(self, decode_pool: Executor, worker: Executor, detector_for: Callable[[int], FaceDetector],
+                 limits: ImageLimits, metrics: Metrics | None = None):
+        """worker: where detection runs (one thread); detector_for(min_face_size) makes a detector."""
         self._decode_pool = decode_pool
         self._metrics = or_null(metrics)
         self._limits = limits
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faces")
-        self._detectors: dict[int, object] = {}
+        self._worker = worker
+        self._detector_for = detector_for
+        self._detectors: dict[int, FaceDetector] = {}
 
     async def crops_of_arrays(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions,
                               all_faces: bool = False, detect_max_side: int | None = None
@@ -98,7 +89,7 @@ class FaceCropper:
         detect_max_side: detect on copies shrunk to this long side (MTCNN's cost grows with the
         pixel count), then crop the faces from the full-resolution images."""
         from .align import align_chip, margin_crop, whole_image
-        from .detector import faces_by_prominence
+        from .geometry import faces_by_prominence
 
         out: list[list[FaceCrop] | RevsearchError] = []
         for image, faces in zip(images, self._detect(images, options, detect_max_side)):
@@ -122,18 +113,16 @@ class FaceCropper:
                     pixels = align_chip(image, face.landmarks, model.input_size)
                 else:  # a box-with-margin crop (whole-image models, box-trained face models)
                     pixels = margin_crop(image, face.box, options.margin, model.input_size)
-                crops.append(FaceCrop(pixels, [*face.box, face.confidence]))
+                crops.append(FaceCrop(pixels, FaceBox(*face.box, face.confidence)))
             out.append(crops)
         return out
 
     def _detect(self, images: list[np.ndarray], options: FaceOptions, max_side: int | None = None):
-        from .detector import DetectorSettings, FaceDetector, scaled
+        from .geometry import scaled
 
         detector = self._detectors.get(options.min_face_size)
         if detector is None:
-            # Confidence is filtered below per collection; the detector keeps every candidate.
-            detector = FaceDetector(DetectorSettings(min_face_size=options.min_face_size, min_confidence=0.0))
-            self._detectors[options.min_face_size] = detector
+            detector = self._detectors[options.min_face_size] = self._detector_for(options.min_face_size)
         factors = [1.0] * len(images)
         if max_side:
             import cv2
@@ -151,5 +140,3 @@ class FaceCropper:
         return [None if fs is None else [scaled(f, 1.0 / k) for f in fs if f.confidence >= options.min_confidence]
                 for fs, k in zip(faces, factors)]
 
-    def close(self) -> None:
-        self._worker.shutdown(wait=False, cancel_futures=True)

@@ -1,4 +1,4 @@
-"""What a stored item is, what a hit is, and the interface every vector index implements."""
+"""What a stored item is, what a hit is, and the interfaces every vector store and index implement."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import Hashable
 from typing import Protocol
 
 import numpy as np
+
+from ..domain import FaceBox
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +25,8 @@ class Record:
     model_version: str
     created_at_ms: int
     metadata: dict = field(default_factory=dict)
-    # [x_min, y_min, x_max, y_max, confidence] of the face the vector came from, if any.
-    face_box: list[float] | None = None
+    # The face the vector came from, if any.
+    face_box: FaceBox | None = None
     # Crop mode "all" and videos: how many rows the record's item has; set on its row 0.
     face_count: int | None = None
     # Videos: time of the sampled frame the vector came from, seconds.
@@ -38,7 +40,7 @@ class Hit:
     score: float  # cosine similarity, higher is better
     sha256: str
     metadata: dict
-    face_box: list[float] | None
+    face_box: FaceBox | None
     timestamp_s: float | None = None
 
 
@@ -69,6 +71,36 @@ class VectorIndex(Protocol):
         """Deletes; returns the ids that existed."""
 
     async def count(self) -> int: ...
+
+
+class VectorStore(Protocol):
+    """Where collections live (Milvus Lite, a Milvus server): one object per server process,
+    shared by every collection. Every method may raise errors.Unavailable."""
+
+    def describe(self) -> str:
+        """A line for logs and the info RPC, e.g. `milvus-lite:/path/milvus.db`."""
+
+    async def start(self) -> None:
+        """Connects; raises errors.Unavailable when the store cannot be reached."""
+
+    async def ping(self, timeout_s: float) -> bool:
+        """Whether the store answers within timeout_s (the health check; never raises)."""
+
+    async def create(self, name: str, dimension: int, description: str, layout: int) -> bool:
+        """Creates a collection with the given stored-row layout; False when it exists already."""
+
+    async def description(self, name: str) -> str | None:
+        """The collection's description (revsearch keeps its settings there), None if absent."""
+
+    async def descriptions(self) -> list[str]:
+        """The descriptions of every revsearch collection in the store."""
+
+    async def drop(self, name: str) -> None: ...
+
+    def index(self, name: str, dimension: int, layout: int) -> VectorIndex:
+        """The collection's index (cheap: no call to the store)."""
+
+    async def close(self) -> None: ...
 
 
 async def insert_or_undo(index: VectorIndex, records: list[Record]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..domain import FaceBox
 from .base import Hit, Record
 
 _RECORD_FIELDS = ("id", "uri", "sha256", "model", "model_version", "created_at_ms", "metadata", "face_box",
@@ -57,6 +58,7 @@ class ExactKnnIndex:
                 vectors = data["vectors"]
                 metas = json.loads(str(data["records"]))
             for meta, vec in zip(metas, vectors):
+                meta["face_box"] = FaceBox.from_list(meta.get("face_box"))  # stored as a list of five
                 rec = Record(vector=vec.astype(np.float32), **meta)
                 # A later segment holding the same id (re-indexed after a delete) wins.
                 self._records[rec.id] = rec
@@ -67,7 +69,8 @@ class ExactKnnIndex:
     def _write_segment(self, records: list[Record]) -> None:
         name = f"seg-{time.time_ns():020d}.npz"
         vectors = np.stack([r.vector for r in records]).astype(np.float32)
-        metas = json.dumps([{k: getattr(r, k) for k in _RECORD_FIELDS} for r in records])
+        metas = json.dumps([{k: getattr(r, k) for k in _RECORD_FIELDS} | {"face_box": r.face_box and r.face_box.to_list()}
+                            for r in records])
         _atomic_write(self._dir / name, lambda f: np.savez(f, vectors=vectors, records=np.array(metas)))
 
     def _write_tombstones(self) -> None:

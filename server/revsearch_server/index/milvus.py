@@ -4,6 +4,14 @@ pymilvus is synchronous, so calls run in a small thread pool and each carries a 
 (`timeout`); a failure to reach Milvus becomes errors.Unavailable, never a hang.
 Searches use a configurable consistency level (Session by default: this process reads its own
 acknowledged writes without paying for Strong consistency's wait on every search).
+
+Stored-row layouts (a collection records its layout in its settings, catalog.py):
+  1  (releases up to 0.1.0) one JSON column `face_box` carried {"box": [x0, y0, x1, y1, conf],
+     "faces": face count, "t": frame timestamp}.
+  2  `face_box` JSON holds only the box ({"x_min", ...} or {}); `face_count` (INT64, 0: none) and
+     `timestamp_s` (DOUBLE, -1: none) are columns of their own. Milvus 2.3 servers have no
+     nullable fields, hence the sentinels.
+Collections of either layout open, search, index and delete; new collections get layout 2.
 """
 
 from __future__ import annotations
@@ -14,10 +22,12 @@ import logging
 import math
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from concurrent.futures import Executor
 
 import numpy as np
 
+from ..domain import FaceBox
 from ..errors import NotFound, Unavailable
 from .base import Hit, Record
 
@@ -25,7 +35,9 @@ log = logging.getLogger(__name__)
 
 PREFIX = "revsearch_"
 _MISSING_COLLECTION = re.compile(r"collection not found|can't find collection|CollectionNotExists", re.I)
-OUTPUT_FIELDS = ["uri", "sha256", "metadata", "face_box"]
+LAYOUT_JSON_FACE_FIELDS, LAYOUT_FACE_COLUMNS = 1, 2
+CURRENT_LAYOUT = LAYOUT_FACE_COLUMNS
+_NO_FACE_COUNT, _NO_TIMESTAMP = 0, -1.0
 # Row keys: a 64-character item id plus "~<face>" in crop mode "all" (see rows.py).
 _ID_MAX, _URI_MAX = 80, 2048
 
@@ -52,7 +64,8 @@ def _quote_list(values: list[str]) -> str:
 class MilvusStore:
     """Owns the connection; hands out per-collection indexes."""
 
-    def __init__(self, uri: str, token: str, timeout_s: float, consistency: str, search_ef: int = 256):
+    def __init__(self, uri: str, token: str, timeout_s: float, consistency: str, pool: Executor,
+                 search_ef: int = 256):
         self.uri = uri
         self._token = token
         self._timeout_s = timeout_s
@@ -65,7 +78,7 @@ class MilvusStore:
         self.index_type = "FLAT" if self.is_lite else "AUTOINDEX"
         self._client = None
         self._client_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="milvus")
+        self._pool = pool  # pymilvus is synchronous; its calls run here (sized in pools.py)
 
     @property
     def is_lite(self) -> bool:
@@ -111,7 +124,7 @@ class MilvusStore:
         except Exception:
             return False
 
-    async def create(self, name: str, dimension: int, description: str) -> bool:
+    async def create(self, name: str, dimension: int, description: str, layout: int = CURRENT_LAYOUT) -> bool:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
@@ -124,6 +137,9 @@ class MilvusStore:
         schema.add_field("created_at_ms", DataType.INT64)
         schema.add_field("metadata", DataType.JSON)
         schema.add_field("face_box", DataType.JSON)
+        if layout >= LAYOUT_FACE_COLUMNS:
+            schema.add_field("face_count", DataType.INT64)
+            schema.add_field("timestamp_s", DataType.DOUBLE)
         index_params = MilvusClient.prepare_index_params()
         index_params.add_index(field_name="vector", index_type=self.index_type, metric_type="COSINE")
         if await self.call("has_collection", milvus_name(name)):
@@ -147,20 +163,22 @@ class MilvusStore:
     async def drop(self, name: str) -> None:
         await self.call("drop_collection", milvus_name(name))
 
-    def index(self, name: str, dimension: int) -> "MilvusIndex":
-        return MilvusIndex(self, milvus_name(name), dimension)
+    def index(self, name: str, dimension: int, layout: int = CURRENT_LAYOUT) -> "MilvusIndex":
+        return MilvusIndex(self, milvus_name(name), dimension, layout)
 
     async def close(self) -> None:
         if self._client is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, self._client.close)
-        self._pool.shutdown(wait=False)
 
 
 class MilvusIndex:
-    def __init__(self, store: MilvusStore, collection: str, dimension: int):
+    def __init__(self, store: MilvusStore, collection: str, dimension: int, layout: int = CURRENT_LAYOUT):
         self._store = store
         self._c = collection
         self._dim = dimension
+        self._columns = layout >= LAYOUT_FACE_COLUMNS
+        self._output = ["uri", "sha256", "metadata", "face_box"] + (
+            ["face_count", "timestamp_s"] if self._columns else [])
 
     @property
     def search_key(self) -> tuple:
@@ -173,7 +191,7 @@ class MilvusIndex:
         rows = [{
             "id": r.id, "vector": r.vector.tolist(), "uri": r.uri, "sha256": r.sha256, "model": r.model,
             "model_version": r.model_version, "created_at_ms": r.created_at_ms, "metadata": r.metadata,
-            "face_box": _face_json(r),
+            **(_face_columns(r) if self._columns else {"face_box": _face_json_v1(r)}),
         } for r in records]
         try:
             # Upsert, not insert: Milvus keeps both rows of a repeated primary key, so a retried or
@@ -191,9 +209,9 @@ class MilvusIndex:
     async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
         results = await self._store.call(
             "search", self._c, data=[q.tolist() for q in queries], limit=top_k,
-            output_fields=OUTPUT_FIELDS, search_params=self._search_params(top_k),
+            output_fields=self._output, search_params=self._search_params(top_k),
             consistency_level=self._store.consistency)
-        return [[_hit(h) for h in hits] for hits in results]
+        return [[self._hit(h) for h in hits] for hits in results]
 
     def _search_params(self, top_k: int) -> dict:
         if self._store.is_lite:  # FLAT: exact, no parameters
@@ -213,7 +231,7 @@ class MilvusIndex:
             return {}
         rows = await self._store.call("query", self._c, filter=f"id in {_quote_list(ids)}",
                                       output_fields=["*"], consistency_level=self._store.consistency)
-        return {r["id"]: _record(r) for r in rows}
+        return {r["id"]: self._record(r) for r in rows}
 
     async def existing_ids(self, ids: list[str]) -> set[str]:
         if not ids:
@@ -241,40 +259,44 @@ class MilvusIndex:
         return int(rows[0]["count(*)"]) if rows else 0
 
 
-def _face_json(r: Record) -> dict:
-    out: dict = {"box": r.face_box} if r.face_box else {}
+    def _faces(self, row: dict) -> tuple[FaceBox | None, int | None, float | None]:
+        """(face box, face count, timestamp) of a stored row in either layout."""
+        if self._columns:
+            box = row.get("face_box") or {}
+            count, t = row.get("face_count", _NO_FACE_COUNT), row.get("timestamp_s", _NO_TIMESTAMP)
+            return (FaceBox(**box) if box else None, None if count == _NO_FACE_COUNT else int(count),
+                    None if t is None or t < 0 else float(t))
+        old = row.get("face_box")
+        old = old if isinstance(old, dict) else {}
+        return FaceBox.from_list(old.get("box")), old.get("faces"), old.get("t")
+
+    def _hit(self, h: dict) -> Hit:
+        e = h.get("entity", {})
+        box, _, t = self._faces(e)
+        return Hit(id=str(h["id"]), uri=e.get("uri", ""), score=float(h["distance"]), sha256=e.get("sha256", ""),
+                   metadata=e.get("metadata") or {}, face_box=box, timestamp_s=t)
+
+    def _record(self, r: dict) -> Record:
+        box, count, t = self._faces(r)
+        return Record(id=r["id"], vector=np.asarray(r["vector"], dtype=np.float32), uri=r["uri"],
+                      sha256=r["sha256"], model=r["model"], model_version=r["model_version"],
+                      created_at_ms=int(r["created_at_ms"]), metadata=r.get("metadata") or {},
+                      face_box=box, face_count=count, timestamp_s=t)
+
+
+def _face_columns(r: Record) -> dict:
+    return {"face_box": asdict(r.face_box) if r.face_box else {},
+            "face_count": _NO_FACE_COUNT if r.face_count is None else r.face_count,
+            "timestamp_s": _NO_TIMESTAMP if r.timestamp_s is None else r.timestamp_s}
+
+
+def _face_json_v1(r: Record) -> dict:
+    out: dict = {"box": r.face_box.to_list()} if r.face_box else {}
     if r.face_count is not None:
         out["faces"] = r.face_count
     if r.timestamp_s is not None:
         out["t"] = r.timestamp_s
     return out
-
-
-def _face_count(value) -> int | None:
-    return value.get("faces") if isinstance(value, dict) else None
-
-
-def _timestamp(value) -> float | None:
-    return value.get("t") if isinstance(value, dict) else None
-
-
-def _face_box(value) -> list[float] | None:
-    return (value or {}).get("box") if isinstance(value, dict) else None
-
-
-def _hit(h: dict) -> Hit:
-    e = h.get("entity", {})
-    return Hit(id=str(h["id"]), uri=e.get("uri", ""), score=float(h["distance"]), sha256=e.get("sha256", ""),
-               metadata=e.get("metadata") or {}, face_box=_face_box(e.get("face_box")),
-               timestamp_s=_timestamp(e.get("face_box")))
-
-
-def _record(r: dict) -> Record:
-    return Record(id=r["id"], vector=np.asarray(r["vector"], dtype=np.float32), uri=r["uri"],
-                  sha256=r["sha256"], model=r["model"], model_version=r["model_version"],
-                  created_at_ms=int(r["created_at_ms"]), metadata=r.get("metadata") or {},
-                  face_box=_face_box(r.get("face_box")), face_count=_face_count(r.get("face_box")),
-                  timestamp_s=_timestamp(r.get("face_box")))
 
 
 def _short(exc: Exception) -> str:

@@ -76,11 +76,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..domain import SamplingMode
 from ..errors import InvalidArgument, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
-MODES = ("uniform", "jitter", "scene")
+MODES = tuple(m.value for m in SamplingMode)
 READABLE = "mp4 (m4v), mov, avi, mkv or webm"
 FALLBACK_FPS = 25.0
 MAX_FPS = 1000.0
@@ -103,7 +104,7 @@ class VideoLimits:
 @dataclass(frozen=True)
 class SamplingOptions:
     frames: int = 5
-    mode: str = "uniform"  # "uniform" | "jitter" | "scene"
+    mode: SamplingMode = SamplingMode.UNIFORM
     seed: int = 0
 
     def validate(self, limits: VideoLimits) -> "SamplingOptions":
@@ -157,10 +158,10 @@ def sample_frames(path: str | os.PathLike, options: SamplingOptions, limits: Vid
     options = options.validate(limits)
     opened = _open(path, limits, name)
     try:
-        if options.mode == "scene":
+        if options.mode == SamplingMode.SCENE:
             picked = _sample_scene(opened, options.frames, limits)
         else:
-            targets = uniform_targets(opened.info.frame_count, options.frames, jitter=options.mode == "jitter",
+            targets = uniform_targets(opened.info.frame_count, options.frames, jitter=options.mode == SamplingMode.JITTER,
                                       seed=options.seed)
             picked = _read_targets(opened, targets, limits)
     finally:

@@ -7,7 +7,7 @@ import uuid
 
 import grpc
 
-from . import errors
+from .. import errors
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,94 @@
+"""Collections, a shared domain service: a name -> its settings, its index, its bound model and,
+for videos, its index of mean vectors; creating, listing, dropping, deleting items.
+
+Built on the catalog (catalog.py: settings and indexes over the vector store) and the served
+models. Both the image and the video use cases open collections here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .catalog import Catalog, CollectionSpec
+from .domain import CropMode, FaceOptions, IndexKind, MediaType
+from .errors import InvalidArgument, NotFound
+from .index.base import VectorIndex
+from .models import ModelSpec, ServedModels
+from .rows import item_of, row_id, rows_of
+from .validation import validate_delete_ids
+from .video.sampling import SamplingOptions
+
+@dataclass(frozen=True)
+class Collection:
+    """An open collection."""
+    spec: CollectionSpec
+    index: VectorIndex
+    model: ModelSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class Collections:
+    def __init__(self, catalog: Catalog, models: ServedModels):
+        self._catalog = catalog
+        self.models = models
+
+    async def open(self, name: str, media: MediaType | None = None) -> Collection:
+        """The collection, NOT_FOUND if it does not exist or its model is not served here, and
+        INVALID_ARGUMENT if it holds another media type than `media`."""
+        spec, index = await self._catalog.get(name)
+        model = self.models.by_name.get(spec.model)
+        if model is None:
+            raise NotFound(f"collection {name!r} uses model {spec.model!r}, which this server does not "
+                           f"serve (available: {', '.join(sorted(self.models.by_name))})")
+        if media is MediaType.IMAGE and spec.is_video:
+            raise InvalidArgument(f"collection {name!r} holds videos; index and search it with IndexVideo and "
+                                  "SearchVideos (revsearch index-videos / search-video)")
+        if media is MediaType.VIDEO and not spec.is_video:
+            raise InvalidArgument(f"collection {name!r} holds images; index and search it with IndexImages and "
+                                  "SearchImages, or create a collection with media type video")
+        return Collection(spec, index, model)
+
+    async def means(self, collection: Collection) -> VectorIndex:
+        """A video collection's index of one mean vector per video (ids: the video ids)."""
+        return await self._catalog.means(collection.spec)
+
+    async def create(self, name: str, model: ModelSpec, crop_mode: CropMode, index_kind: IndexKind,
+                     description: str, exist_ok: bool, face_options: FaceOptions, media_type: MediaType,
+                     sampling: SamplingOptions) -> tuple[CollectionSpec, bool]:
+        """Creates it with settings already resolved (usecases/collections.py fills in defaults)."""
+        return await self._catalog.create(name, model, crop_mode, index_kind, description, exist_ok, face_options,
+                                          media_type, sampling)
+
+    async def describe(self, name: str) -> tuple[CollectionSpec, int]:
+        """Settings and stored vector count."""
+        spec, index = await self._catalog.get(name)
+        return spec, await index.count()
+
+    async def list(self) -> list[tuple[CollectionSpec, int]]:
+        out = []
+        for spec in await self._catalog.list():
+            _, index = await self._catalog.get(spec.name)
+            out.append((spec, await index.count()))
+        return out
+
+    async def drop(self, name: str) -> None:
+        await self._catalog.drop(name)
+
+    async def delete_items(self, name: str, ids: list[str]) -> tuple[list[str], list[str]]:
+        """(deleted, not found) item ids, each once, in the order given. Items with several rows
+        lose all of them, videos their mean vector too."""
+        validate_delete_ids(ids)
+        spec, index = await self._catalog.get(name)
+        if spec.crop_mode is CropMode.ALL_FACES or spec.is_video:
+            firsts = await index.get([row_id(i, 0) for i in dict.fromkeys(ids)])
+            rows = [r for first in firsts.values() for r in rows_of(item_of(first.id), first.face_count or 1)]
+            deleted = list(dict.fromkeys(item_of(r) for r in await index.delete(rows)))
+            if spec.is_video:
+                await (await self._catalog.means(spec)).delete(deleted)
+        else:
+            deleted = await index.delete(ids)
+        gone = set(deleted)
+        return deleted, [i for i in dict.fromkeys(ids) if i not in gone]

@@ -1,0 +1,1 @@
+"""The transport layer: gRPC messages in and out, one error path, stream mechanics."""

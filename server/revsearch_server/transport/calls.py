@@ -1,0 +1,204 @@
+"""One error path for every RPC kind (unary, client-streaming, bidirectional) and the service's
+registration with tolerant request decoding.
+
+Every call of the service goes through `guarded`: the same status mapping (transport/status.py),
+trailing metadata (the retry hint of an overload), request metrics by RPC and code, and the same
+handling of cancellation, for unary and streaming handlers alike.
+
+Malformed request bytes: grpc decodes a request before any handler runs, and a decode error there
+became UNKNOWN ("Unexpected DecodeError") for unary calls and INTERNAL with a logged traceback
+for streams. Here the request deserializer never raises: it returns a `Malformed` marker, which
+`guarded` turns into INVALID_ARGUMENT naming the message type, counts
+(`revsearch_malformed_messages_total`) and logs as one line, at most once per `LOG_EVERY_S` per RPC
+with the number of lines suppressed, so a flood cannot fill the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+
+from ..errors import InvalidArgument
+from ..observability import Metrics, or_null
+from .status import to_status, trailing_metadata
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """What the deserializer returns for bytes that are not a valid message of its type."""
+    type_name: str
+    reason: str
+
+
+class MalformedMessage(InvalidArgument):
+    pass
+
+
+def tolerant_deserializer(message_class: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    type_name = message_class.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception as exc:  # DecodeError, and whatever else a hostile byte string provokes
+            return Malformed(type_name, str(exc)[:200] or type(exc).__name__)
+
+    return deserialize
+
+
+class RateLimitedLog:
+    """One log line per key at most every `every_s` seconds; the lines in between are counted."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S, clock=time.monotonic):
+        self._every_s = every_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args) -> bool:
+        """Logs unless a line of this key was logged within every_s; True when logged."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._every_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        suffix = f" ({suppressed} similar lines suppressed)" if suppressed else ""
+        log.warning(message + suffix, *args)
+        return True
+
+
+class CallGuard:
+    """Wraps handlers: status mapping, metrics and cancellation in one place."""
+
+    def __init__(self, metrics: Metrics | None = None, log_every_s: float = LOG_EVERY_S):
+        self._metrics = or_null(metrics)
+        self._malformed_log = RateLimitedLog(log_every_s)
+
+    def check(self, rpc: str, request):
+        """The request, or MalformedMessage (INVALID_ARGUMENT) when it did not decode."""
+        if isinstance(request, Malformed):
+            self._metrics.malformed(rpc)
+            self._malformed_log.warning(rpc, "%s: malformed %s rejected: %s", rpc, request.type_name, request.reason)
+            raise MalformedMessage(f"the request is not a valid {request.type_name} message "
+                                   f"(protobuf decoding failed: {request.reason}); send a serialized "
+                                   f"{request.type_name}")
+        return request
+
+    async def checked(self, rpc: str, requests: AsyncIterator) -> AsyncIterator:
+        async for request in requests:
+            yield self.check(rpc, request)
+
+    def unary(self, rpc: str, handler):
+        async def call(request, context):
+            outcome = _Outcome(self._metrics, rpc, context)
+            try:
+                return await handler(self.check(rpc, request), context)
+            except BaseException as exc:  # noqa: B902 - every kind is mapped, then re-raised or aborted
+                await outcome.failed(exc)
+            finally:
+                outcome.count()
+
+        return call
+
+    def stream_unary(self, rpc: str, handler):
+        async def call(requests, context):
+            outcome = _Outcome(self._metrics, rpc, context)
+            try:
+                return await handler(self.checked(rpc, requests), context)
+            except BaseException as exc:  # noqa: B902
+                await outcome.failed(exc)
+            finally:
+                outcome.count()
+
+        return call
+
+    def stream_stream(self, rpc: str, handler):
+        async def call(requests, context):
+            outcome = _Outcome(self._metrics, rpc, context)
+            try:
+                async for response in handler(self.checked(rpc, requests), context):
+                    yield response
+            except BaseException as exc:  # noqa: B902
+                await outcome.failed(exc)
+            finally:
+                outcome.count()
+
+        return call
+
+
+class _Outcome:
+    """The code one call ended with, counted once."""
+
+    def __init__(self, metrics: Metrics, rpc: str, context):
+        self._metrics, self._rpc, self._context = metrics, rpc, context
+        self._started = time.perf_counter()
+        self._code: grpc.StatusCode | None = grpc.StatusCode.OK
+
+    async def failed(self, exc: BaseException) -> None:
+        """Maps exc: cancellation and aborts are re-raised, anything else aborts the call with
+        its status (which raises grpc's AbortError)."""
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # client gone or deadline passed
+            self._code = _cancelled_code(self._context)
+            raise exc
+        if isinstance(exc, grpc.aio.AbortError):
+            self._code = self._context.code() or grpc.StatusCode.UNKNOWN
+            raise exc
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit
+            raise exc
+        status, message = to_status(exc)
+        # Counted before abort, which sends the status to the client at once.
+        self._metrics.request(self._rpc, status.name, time.perf_counter() - self._started)
+        self._code = None
+        await self._context.abort(status, message, trailing_metadata(exc))
+
+    def count(self) -> None:
+        if self._code is not None:
+            self._metrics.request(self._rpc, self._code.name if isinstance(self._code, grpc.StatusCode)
+                                  else str(self._code), time.perf_counter() - self._started)
+
+
+def _cancelled_code(context) -> grpc.StatusCode:
+    """A handler is cancelled when its client cancels or its deadline passes."""
+    try:
+        remaining = context.time_remaining()
+    except Exception:  # no deadline information
+        remaining = None
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else \
+        grpc.StatusCode.CANCELLED
+
+
+def service_handler(service: ServiceDescriptor, messages, servicer, guard: CallGuard) -> grpc.GenericRpcHandler:
+    """The service's RPCs, each bound to the servicer's method of its name through the guard.
+
+    messages: the generated module holding the request and response classes."""
+    handlers = {}
+    for method in service.methods:
+        request_class = getattr(messages, method.input_type.name)
+        response_class = getattr(messages, method.output_type.name)
+        impl = getattr(servicer, method.name)
+        kwargs = dict(request_deserializer=tolerant_deserializer(request_class),
+                      response_serializer=response_class.SerializeToString)
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                guard.stream_stream(method.name, impl), **kwargs)
+        elif method.client_streaming:
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                guard.stream_unary(method.name, impl), **kwargs)
+        elif method.server_streaming:
+            raise NotImplementedError(f"{method.name}: server-streaming RPCs have no guard yet")
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(guard.unary(method.name, impl), **kwargs)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

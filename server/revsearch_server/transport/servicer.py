@@ -1,0 +1,117 @@
+"""The gRPC servicer: request messages -> use case calls -> response messages. Nothing else.
+
+Wire-level checks and conversion live in convert.py, stream mechanics in streams.py and
+uploads.py, errors, metrics and malformed requests in calls.py (which wraps every method here),
+and all search logic in the use cases.
+"""
+
+from __future__ import annotations
+
+from revsearch.v1 import search_service_pb2 as pb
+
+from ..errors import InvalidArgument
+from ..usecases.collections import ManageCollections
+from ..usecases.images import ImageSearch
+from ..usecases.server_info import DescribeServer
+from ..usecases.videos import VideoSearch
+from . import convert
+from .streams import read_ahead
+from .uploads import ChunkBody, first_header
+
+
+class SearchServicer:
+    """Implements revsearch.v1.SearchService (registered through calls.service_handler)."""
+
+    def __init__(self, collections: ManageCollections, images: ImageSearch, videos: VideoSearch,
+                 server: DescribeServer, index_batch_size: int):
+        self._collections = collections
+        self._images = images
+        self._videos = videos
+        self._server = server
+        self._index_batch = index_batch_size
+
+    # -- collections -----------------------------------------------------------------------
+    async def CreateCollection(self, request, context):
+        spec, created = await self._collections.create(**convert.create_collection_args(request))
+        count = 0 if created else (await self._collections.describe(spec.name))[1]
+        return pb.CreateCollectionResponse(collection=convert.collection_pb(spec, count), created=created)
+
+    async def ListCollections(self, request, context):
+        return pb.ListCollectionsResponse(
+            collections=[convert.collection_pb(s, n) for s, n in await self._collections.list()])
+
+    async def DescribeCollection(self, request, context):
+        spec, count = await self._collections.describe(request.name)
+        return pb.DescribeCollectionResponse(collection=convert.collection_pb(spec, count))
+
+    async def DropCollection(self, request, context):
+        await self._collections.drop(request.name)
+        return pb.DropCollectionResponse()
+
+    # -- images ----------------------------------------------------------------------------
+    async def IndexImages(self, requests, context):
+        """Indexes whatever has arrived as one batch (streams.read_ahead: the flow control)."""
+        stream = _OneCollection()
+        async for batch in read_ahead(stream.items(requests), self._index_batch):
+            outcomes = await self._images.index_batch(stream.collection, [item for _, item in batch])
+            for (position, _), out in zip(batch, outcomes):
+                yield convert.index_response_pb(position, out)
+
+    async def SearchImages(self, request, context):
+        result = await self._images.search(request.collection, convert.query_from_pb(request),
+                                           convert.top_k_from_pb(request))
+        return convert.search_response_pb(result)
+
+    async def BatchSearchImages(self, request, context):
+        results = await self._images.search_batch(request.collection, [convert.query_from_pb(q)
+                                                                       for q in request.queries],
+                                                  convert.top_k_from_pb(request))
+        spec = None
+        if all(isinstance(r, Exception) for r in results):  # the response still names the model
+            spec, _ = await self._collections.describe(request.collection)
+        return convert.batch_search_response_pb(results, spec)
+
+    async def EmbedImage(self, request, context):
+        e = await self._images.embed_image(request.image, request.model, request.collection)
+        return pb.EmbedImageResponse(vector=e.vector.tolist(), model=e.model.name, model_version=e.model.version,
+                                     model_trained=e.model.trained, inference_backend=convert.backend_pb(e.backend))
+
+    async def DeleteImages(self, request, context):
+        deleted, missing = await self._images.delete(request.collection, list(request.ids))
+        return pb.DeleteImagesResponse(deleted_ids=deleted, not_found_ids=missing)
+
+    # -- videos ----------------------------------------------------------------------------
+    async def IndexVideo(self, requests, context):
+        messages = aiter(requests)
+        header = await first_header(messages, "IndexVideoRequest")
+        out = await self._videos.index_video(convert.video_upload_from_pb(header), ChunkBody(messages))
+        return convert.index_video_response_pb(out)
+
+    async def SearchVideos(self, requests, context):
+        messages = aiter(requests)
+        header = await first_header(messages, "SearchVideosRequest")
+        result = await self._videos.search(convert.video_query_from_pb(header), ChunkBody(messages))
+        return convert.search_videos_response_pb(result)
+
+    # -- server ----------------------------------------------------------------------------
+    async def GetServerInfo(self, request, context):
+        return convert.server_info_pb(self._server.info())
+
+
+class _OneCollection:
+    """An IndexImages stream: the first request names the collection, later ones repeat it or
+    leave it empty."""
+
+    def __init__(self):
+        self.collection = ""
+
+    async def items(self, requests):
+        async for request in requests:
+            if not self.collection:
+                if not request.collection:
+                    raise InvalidArgument("the first IndexImagesRequest must name the collection")
+                self.collection = request.collection
+            elif request.collection and request.collection != self.collection:
+                raise InvalidArgument(f"one stream indexes into one collection: got {request.collection!r} "
+                                      f"after {self.collection!r}")
+            yield convert.index_input_from_pb(request.item)

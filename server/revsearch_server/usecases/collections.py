@@ -1,0 +1,61 @@
+"""Collection use cases: create (with the defaults filled in), list, describe, drop."""
+
+from __future__ import annotations
+
+from ..catalog import CollectionSpec
+from ..collection_service import Collections
+from ..domain import CropMode, FaceOptions, IndexKind, MediaType
+from ..errors import InvalidArgument
+from ..models import ModelSpec
+from ..video.sampling import SamplingOptions, VideoLimits
+
+# Video collections with no model named take the face model: "which videos show this person".
+VIDEO_DEFAULT_MODEL = "face_dlib"
+
+
+def check_crop_settings(model: ModelSpec, crop_mode: CropMode, face_options: FaceOptions | None) -> FaceOptions:
+    """The collection's face options (defaults filled in), or an error naming what does not fit."""
+    if crop_mode is CropMode.NONE:
+        if model.needs_face_crop:
+            raise InvalidArgument(f"model {model.name!r} embeds aligned face crops; create the collection "
+                                  "with crop mode 'largest'")
+        if face_options is not None:
+            raise InvalidArgument("face_options apply only to the face crop modes")
+        return FaceOptions()
+    return (face_options or FaceOptions()).validate()
+
+
+class ManageCollections:
+    def __init__(self, collections: Collections, video_limits: VideoLimits):
+        self._collections = collections
+        self._video_limits = video_limits
+
+    async def create(self, name: str, model: str, crop_mode: CropMode | None, index_kind: IndexKind,
+                     description: str, exist_ok: bool, face_options: FaceOptions | None = None,
+                     media_type: MediaType = MediaType.IMAGE, video_sampling: SamplingOptions | None = None
+                     ) -> tuple[CollectionSpec, bool]:
+        """crop_mode None: unspecified. Video collections then default to the face pipeline (the
+        face model, every face of every sampled frame); image collections to whole images."""
+        models = self._collections.models
+        if media_type is MediaType.VIDEO and not model and VIDEO_DEFAULT_MODEL in models:
+            model = VIDEO_DEFAULT_MODEL
+        spec = models.get(model)
+        if crop_mode is None:
+            video_faces = media_type is MediaType.VIDEO and (spec.needs_face_crop or spec.name == VIDEO_DEFAULT_MODEL)
+            crop_mode = CropMode.ALL_FACES if video_faces else CropMode.NONE
+        options = check_crop_settings(spec, crop_mode, face_options)
+        if media_type is MediaType.IMAGE and video_sampling is not None:
+            raise InvalidArgument("video_sampling applies only to video collections (media type video)")
+        sampling = (video_sampling or SamplingOptions()).validate(self._video_limits)
+        return await self._collections.create(name, spec, crop_mode, index_kind, description, exist_ok, options,
+                                              media_type, sampling)
+
+    async def describe(self, name: str) -> tuple[CollectionSpec, int]:
+        """Settings and stored vector count."""
+        return await self._collections.describe(name)
+
+    async def list(self) -> list[tuple[CollectionSpec, int]]:
+        return await self._collections.list()
+
+    async def drop(self, name: str) -> None:
+        await self._collections.drop(name)

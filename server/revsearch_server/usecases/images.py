@@ -1,0 +1,268 @@
+"""Image use cases: index images, search by image / vector / stored item, embed, delete items.
+
+Each call takes its admission slots (one per image to decode and embed) here, so every
+transport gets the same backpressure. Knows nothing of gRPC.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..admission import Admission
+from ..collection_service import Collection, Collections
+from ..domain import CropMode, FaceBox, FaceOptions, ItemStatus, MediaType
+from ..embedding.base import BackendKind
+from ..encoder import Encoder
+from ..errors import AlreadyExists, InvalidArgument, NotFound, RevsearchError
+from ..faces.cropper import NoFace
+from ..imaging import sha256_hex
+from ..index.base import Hit, Record, VectorIndex, insert_or_undo
+from ..index.coalescer import SearchCoalescer
+from ..models import ModelSpec
+from ..observability import Metrics, or_null
+from ..rows import collapse_hits, item_of, row_id
+from ..validation import (MAX_BATCH_QUERIES, default_id, resolve_top_k, validate_item_fields,
+                          validate_query_vector)
+
+# Crop mode "all" searches rows (faces) and returns items, so it fetches more rows than items;
+# Milvus caps a search's limit at 16384.
+MAX_ROW_FETCH = 16384
+
+
+@dataclass
+class IndexInput:
+    id: str
+    uri: str
+    image: bytes
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class IndexOutcome:
+    id: str
+    uri: str
+    status: ItemStatus
+    error: RevsearchError | None = None
+    # Every stored face, most prominent first (one for crop mode "largest", none without faces).
+    face_boxes: list[FaceBox] = field(default_factory=list)
+
+    @property
+    def face_box(self) -> FaceBox | None:
+        return self.face_boxes[0] if self.face_boxes else None
+
+
+@dataclass
+class Query:
+    """Exactly one of image, vector or item_id."""
+    image: bytes | None = None
+    vector: list[float] | np.ndarray | None = None
+    item_id: str | None = None
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    model: ModelSpec
+    backend: BackendKind | None  # None when no image was embedded for the query
+    query_face_box: FaceBox | None = None
+
+
+@dataclass
+class Embedding:
+    vector: np.ndarray
+    model: ModelSpec
+    backend: BackendKind
+
+
+class ImageSearch:
+    def __init__(self, collections: Collections, encoder: Encoder, searcher: SearchCoalescer, admission: Admission,
+                 max_top_k: int, metrics: Metrics | None = None):
+        self._collections = collections
+        self._encoder = encoder
+        self._searcher = searcher
+        self._admission = admission
+        self.max_top_k = max_top_k
+        self._metrics = or_null(metrics)
+
+    # -- embedding ---------------------------------------------------------------------------
+    async def embed_image(self, data: bytes, model_name: str = "", collection: str = "") -> Embedding:
+        """The image's vector with a collection's model and crop settings, or with a model by name."""
+        async with self._admission.slots(1, "EmbedImage"):
+            if collection:
+                c = await self._collections.open(collection)
+                model, faces = c.model, c.spec.crop_options
+            else:
+                model = self._collections.models.get(model_name)
+                faces = FaceOptions() if model.needs_face_crop else None  # a face model needs its face
+            crop = await self._encoder.prepare_query(data, model, faces)
+            vectors = await self._encoder.embed(model, [crop])
+        return Embedding(vectors[0], model, self._encoder.backend)
+
+    # -- indexing ----------------------------------------------------------------------------
+    async def index_batch(self, collection: str, items: list[IndexInput]) -> list[IndexOutcome]:
+        """Indexes items (waiting, bounded, for admission); each gets its own outcome. Nothing of
+        a failed item is stored, and the batch is stored with one insert, all or nothing, also
+        when the caller is cancelled during it."""
+        c = await self._collections.open(collection, MediaType.IMAGE)
+        async with self._admission.slots(len(items), "IndexImages", wait=True):
+            return await self._index(c, items)
+
+    async def _index(self, c: Collection, items: list[IndexInput]) -> list[IndexOutcome]:
+        model, index = c.model, c.index
+        multi = c.spec.crop_mode is CropMode.ALL_FACES  # several rows per item, keyed by rows.row_id
+        key = (lambda item_id: row_id(item_id, 0)) if multi else (lambda item_id: item_id)
+        outcomes: list[IndexOutcome | None] = [None] * len(items)
+        digests = [sha256_hex(it.image) if it.image else "" for it in items]
+
+        for i, item in enumerate(items):
+            try:
+                validate_item_fields(item.id, item.uri, item.metadata)
+            except RevsearchError as exc:
+                outcomes[i] = IndexOutcome(item.id, item.uri, ItemStatus.FAILED, exc)
+        todo = [i for i in range(len(items)) if outcomes[i] is None]
+        prepared = dict(zip(todo, await self._encoder.prepare([items[i].image for i in todo], model,
+                                                              c.spec.crop_options, all_faces=multi)))
+        for i, result in prepared.items():
+            if isinstance(result, NoFace):
+                outcomes[i] = IndexOutcome(items[i].id, items[i].uri, ItemStatus.NO_FACE, result)
+            elif isinstance(result, RevsearchError):
+                outcomes[i] = IndexOutcome(items[i].id, items[i].uri, ItemStatus.FAILED, result)
+        live = [i for i in range(len(items)) if outcomes[i] is None]
+
+        # Deduplicate by content: against the collection, then within this batch.
+        with self._metrics.stage("dedup"):
+            known = {d: item_of(r)
+                     for d, r in (await index.ids_for_sha256(sorted({digests[i] for i in live}))).items()}
+            ids = {i: items[i].id or default_id(digests[i]) for i in live}
+            clashes = {item_of(r) for r in await index.existing_ids(
+                sorted({key(ids[i]) for i in live if digests[i] not in known}))}
+        first_in_batch: dict[str, int] = {}
+        fresh, fresh_ids = [], set()
+        for i in live:
+            digest = digests[i]
+            if digest in known:
+                outcomes[i] = IndexOutcome(known[digest], items[i].uri, ItemStatus.DUPLICATE)
+            elif digest in first_in_batch:
+                outcomes[i] = IndexOutcome(ids[first_in_batch[digest]], items[i].uri, ItemStatus.DUPLICATE)
+            elif ids[i] in clashes or ids[i] in fresh_ids:
+                outcomes[i] = IndexOutcome(ids[i], items[i].uri, ItemStatus.FAILED, AlreadyExists(
+                    f"id {ids[i]!r} is already used for a different image in {c.name!r}"))
+            else:
+                first_in_batch[digest] = i
+                fresh.append(i)
+                fresh_ids.add(ids[i])
+        if not fresh:
+            return outcomes  # type: ignore[return-value]
+
+        crops = [(i, k, crop) for i in fresh for k, crop in enumerate(prepared[i])]
+        try:
+            vectors = await self._encoder.embed(model, [crop for _, _, crop in crops])
+            now = int(time.time() * 1000)
+            # One insert for the batch, whole or not at all: a request cancelled during it (client
+            # gone, deadline passed) gets its rows deleted again once the write has finished.
+            with self._metrics.stage("index"):
+                await insert_or_undo(index, [
+                    Record(id=row_id(ids[i], k) if multi else ids[i], vector=vectors[n], uri=items[i].uri,
+                           sha256=digests[i], model=model.name, model_version=model.version, created_at_ms=now,
+                           metadata=items[i].metadata, face_box=crop.box,
+                           face_count=len(prepared[i]) if multi else None)
+                    for n, (i, k, crop) in enumerate(crops)])
+        except RevsearchError as exc:
+            for i in fresh:
+                outcomes[i] = IndexOutcome(ids[i], items[i].uri, ItemStatus.FAILED, exc)
+            return outcomes  # type: ignore[return-value]
+        for i in fresh:
+            outcomes[i] = IndexOutcome(ids[i], items[i].uri, ItemStatus.INDEXED,
+                                       face_boxes=[c.box for c in prepared[i] if c.box is not None])
+        return outcomes  # type: ignore[return-value]
+
+    # -- search ------------------------------------------------------------------------------
+    async def search(self, collection: str, query: Query, top_k: int | None = None) -> SearchResult:
+        [result] = await self.search_batch(collection, [query], top_k, rpc="SearchImages")
+        if isinstance(result, RevsearchError):
+            raise result
+        return result
+
+    async def search_batch(self, collection: str, queries: list[Query], top_k: int | None = None,
+                           rpc: str = "BatchSearchImages") -> list[SearchResult | RevsearchError]:
+        """One result or error per query. Image queries are prepared and embedded as one batch,
+        and all query vectors go to the index in one call."""
+        k = resolve_top_k(top_k, self.max_top_k)
+        if not queries:
+            raise InvalidArgument("queries is empty; give 1 to 64 queries")
+        if len(queries) > MAX_BATCH_QUERIES:
+            raise InvalidArgument(f"{len(queries)} queries given; at most {MAX_BATCH_QUERIES} per call")
+        async with self._admission.slots(sum(q.image is not None for q in queries), rpc):
+            c = await self._collections.open(collection, MediaType.IMAGE)
+            return await self._search(c, queries, k)
+
+    async def _search(self, c: Collection, queries: list[Query], k: int) -> list[SearchResult | RevsearchError]:
+        multi = c.spec.crop_mode is CropMode.ALL_FACES
+        out: list[SearchResult | RevsearchError | None] = [None] * len(queries)
+        vectors: dict[int, np.ndarray] = {}
+        boxes: dict[int, FaceBox | None] = {}
+
+        images = [i for i, q in enumerate(queries) if q.image is not None]
+        if images:
+            prepared = await self._encoder.prepare([queries[i].image for i in images], c.model, c.spec.crop_options)
+            ok = []
+            for i, crops in zip(images, prepared):
+                if isinstance(crops, NoFace):
+                    out[i] = NoFace(f"the query image has {crops}")
+                elif isinstance(crops, RevsearchError):
+                    out[i] = crops
+                else:
+                    ok.append((i, crops[0]))  # the most prominent face: what a query photo is about
+            if ok:
+                embedded = await self._encoder.embed(c.model, [crop for _, crop in ok])
+                for (i, crop), v in zip(ok, embedded):
+                    vectors[i], boxes[i] = v, crop.box
+        wanted = {i: row_id(q.item_id, 0) if multi else q.item_id for i, q in enumerate(queries)
+                  if q.image is None and q.vector is None and q.item_id}
+        found = await c.index.get(sorted(set(wanted.values()))) if wanted else {}
+        for i, q in enumerate(queries):
+            if q.image is not None:
+                continue
+            try:
+                if q.vector is not None:
+                    vectors[i] = validate_query_vector(q.vector, c.spec.dimension)[0]
+                elif q.item_id:
+                    if wanted[i] not in found:
+                        raise NotFound(f"no item with id {q.item_id!r} in collection {c.name!r}")
+                    vectors[i] = found[wanted[i]].vector
+                else:
+                    raise InvalidArgument("a query is required: set image, vector or item_id")
+            except RevsearchError as exc:
+                out[i] = exc
+        if vectors:
+            order = sorted(vectors)
+            matrix = np.stack([vectors[i] for i in order]).astype(np.float32)
+            with self._metrics.stage("search"):
+                hits = await (search_items(self._searcher, c.index, matrix, k) if multi
+                              else self._searcher.search(c.index, matrix, k))
+            backend = self._encoder.backend if images else None
+            for i, h in zip(order, hits):
+                out[i] = SearchResult(hits=h, model=c.model, backend=backend if i in boxes else None,
+                                      query_face_box=boxes.get(i))
+        return out  # type: ignore[return-value]
+
+    async def delete(self, collection: str, ids: list[str]) -> tuple[list[str], list[str]]:
+        """(deleted, not found) item ids; works on image and video collections alike."""
+        return await self._collections.delete_items(collection, ids)
+
+
+async def search_items(searcher: SearchCoalescer, index: VectorIndex, queries: np.ndarray, k: int
+                       ) -> list[list[Hit]]:
+    """Top k items when items have several rows: fetch more rows until k distinct items are
+    found or the collection (or Milvus's limit) is exhausted."""
+    fetch = min(MAX_ROW_FETCH, max(4 * k, k + 32))
+    while True:
+        rows = await searcher.search(index, queries, fetch)
+        items = [collapse_hits(r, k) for r in rows]
+        short = any(len(it) < k and len(r) == fetch for it, r in zip(items, rows))
+        if not short or fetch == MAX_ROW_FETCH:
+            return items
+        fetch = min(MAX_ROW_FETCH, fetch * 4)

@@ -1,0 +1,59 @@
+"""What GetServerInfo reports: version, the inference backend answering now, models, store, limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import __version__
+from ..config import Settings
+from ..embedding.base import BackendKind, InferenceBackend
+from ..models import ModelSpec, ServedModels
+from ..validation import MAX_BATCH_QUERIES
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_image_bytes: int
+    max_image_pixels: int
+    max_top_k: int
+    max_receive_message_bytes: int
+    max_video_bytes: int
+    max_video_duration_s: float
+    max_video_width: int
+    max_video_height: int
+    max_video_frames: int
+    max_batch_queries: int
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    backend: BackendKind
+    backend_detail: str
+    fallback: str
+    models: list[ModelSpec]
+    default_model: str
+    vector_store: str
+    limits: Limits
+
+
+class DescribeServer:
+    """Reads the live state on each call (the active backend changes on failover)."""
+
+    def __init__(self, settings: Settings, backend: InferenceBackend, models: ServedModels, vector_store: str):
+        self._backend = backend
+        self._models = models
+        self._store = vector_store
+        self._fallback = settings.fallback
+        s = settings
+        self._limits = Limits(
+            max_image_bytes=s.max_image_bytes, max_image_pixels=s.max_image_pixels, max_top_k=s.max_top_k,
+            max_receive_message_bytes=s.max_receive_message_bytes, max_video_bytes=s.max_video_bytes,
+            max_video_duration_s=s.max_video_duration_s, max_video_width=s.max_video_width,
+            max_video_height=s.max_video_height, max_video_frames=s.max_video_frames,
+            max_batch_queries=MAX_BATCH_QUERIES)
+
+    def info(self) -> ServerInfo:
+        return ServerInfo(version=__version__, backend=self._backend.kind, backend_detail=self._backend.describe(),
+                          fallback=self._fallback, models=list(self._models.values()),
+                          default_model=self._models.default, vector_store=self._store, limits=self._limits)

@@ -1,0 +1,200 @@
+"""The wiring seam: one factory builds the dependencies from settings, another the gRPC server
+from settings plus dependencies. Nothing else chooses an implementation.
+
+Tests pass their own parts through `Overrides` (a deterministic inference backend, a fake face
+detector, another vector store) and get everything else built as in production.
+
+Start-up order: models (fail fast with a clear message), inference (managed or external Triton,
+else the local fallback), vector store (serving goes on while it is down: calls answer
+UNAVAILABLE and health says so), then the domain services and use cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from revsearch.v1 import search_service_pb2 as pb
+
+from .admission import Admission
+from .catalog import Catalog
+from .collection_service import Collections
+from .config import Settings
+from .embedding.base import InferenceBackend
+from .embedding.embedder import Embedder
+from .embedding.failover import FailoverBackend
+from .encoder import Encoder
+from .errors import Unavailable
+from .faces.cropper import FaceCropper, FaceDetector
+from .imaging import ImageLimits
+from .index.base import VectorStore
+from .index.coalescer import SearchCoalescer
+from .index.exact_knn import ExactKnnIndex
+from .models import ModelsUnavailable, ServedModels, load_models
+from .observability import Metrics
+from .pools import Pools
+from .transport.calls import CallGuard, service_handler
+from .transport.servicer import SearchServicer
+from .triton_managed import ManagedTriton
+from .usecases.collections import ManageCollections
+from .usecases.images import ImageSearch
+from .usecases.server_info import DescribeServer
+from .usecases.videos import VideoSearch
+from .video.sampling import VideoLimits
+
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["SearchService"]
+SERVICE_NAME = SERVICE.full_name
+# An external Triton gets a short look at start-up; a managed one gets its full start time.
+EXTERNAL_TRITON_WAIT_S = 10.0
+
+
+@dataclass
+class Overrides:
+    """Parts a caller supplies instead of the ones the settings choose."""
+    # The only inference backend (no Triton, no fallback), e.g. a deterministic fake.
+    inference: InferenceBackend | None = None
+    # min_face_size -> detector; default MTCNN (faces/detector.py, loaded on first use).
+    detector_for: Callable[[int], FaceDetector] | None = None
+    vector_store: VectorStore | None = None
+
+
+@dataclass
+class Dependencies:
+    """Everything the gRPC server needs, built and started; `close` releases it all."""
+    settings: Settings
+    metrics: Metrics
+    pools: Pools
+    models: ServedModels
+    inference: FailoverBackend
+    embedder: Embedder
+    store: VectorStore
+    store_ok: bool  # whether the store answered at start-up
+    admission: Admission
+    collections: ManageCollections
+    images: ImageSearch
+    videos: VideoSearch
+    server_info: DescribeServer
+    triton: ManagedTriton | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.embedder.close()
+        await self.store.close()
+        self.pools.shutdown()
+        if self.triton is not None:
+            await asyncio.to_thread(self.triton.stop)
+
+
+def mtcnn_detector(min_face_size: int) -> FaceDetector:
+    from .faces.detector import DetectorSettings, MtcnnDetector  # torch loads only with a face collection
+
+    # Confidence is filtered per collection by the cropper; the detector keeps every candidate.
+    return MtcnnDetector(DetectorSettings(min_face_size=min_face_size, min_confidence=0.0))
+
+
+async def build_dependencies(settings: Settings, metrics: Metrics, overrides: Overrides = Overrides()
+                             ) -> Dependencies:
+    s = settings
+    models = load_models(s.model_repository, s.allow_untrained)
+    if s.default_model not in models:
+        raise ModelsUnavailable(f"default model {s.default_model!r} is not servable; available: "
+                                f"{', '.join(sorted(models))} (--default-model picks another)")
+    served = ServedModels(models, s.default_model)
+    pools = Pools.from_settings(s)
+    triton = None
+    try:
+        inference, triton = await _inference(s, models, pools, metrics, overrides.inference)
+        embedder = Embedder(inference, models, s.batch_max_size, s.batch_max_wait_ms / 1000, metrics)
+
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        store = overrides.vector_store or _milvus(s, pools)
+        store_ok = True
+        try:
+            await store.start()
+        except Unavailable as exc:
+            store_ok = False
+            log.error("vector store unreachable at start-up: %s", exc)
+    except BaseException:
+        pools.shutdown()
+        if triton is not None:
+            await asyncio.to_thread(triton.stop)
+        raise
+
+    limits = ImageLimits(max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
+    video_limits = VideoLimits(max_duration_s=s.max_video_duration_s, max_width=s.max_video_width,
+                               max_height=s.max_video_height, max_frames=s.max_video_frames)
+    admission = Admission(s.max_inflight_images, s.admission_wait_s, metrics)
+    collections = Collections(Catalog(store, s.data_dir / "exact_knn", ExactKnnIndex), served)
+    cropper = FaceCropper(pools.decode, pools.faces, overrides.detector_for or mtcnn_detector, limits, metrics)
+    encoder = Encoder(embedder, cropper, pools.decode, limits, metrics)
+    searcher = SearchCoalescer(s.search_batch_max_queries, metrics)
+    return Dependencies(
+        settings=s, metrics=metrics, pools=pools, models=served, inference=inference, embedder=embedder,
+        store=store, store_ok=store_ok, admission=admission, triton=triton,
+        collections=ManageCollections(collections, video_limits),
+        images=ImageSearch(collections, encoder, searcher, admission, s.max_top_k, metrics),
+        videos=VideoSearch(collections, encoder, admission, video_limits, s.video_frame_max_side, s.max_video_bytes,
+                           s.max_top_k, pools.decode, metrics),
+        server_info=DescribeServer(s, inference, served, store.describe()))
+
+
+async def _inference(s: Settings, models: dict, pools: Pools, metrics: Metrics,
+                     only: InferenceBackend | None) -> tuple[FailoverBackend, ManagedTriton | None]:
+    """Triton (external or managed) with the local fallback, as the settings say."""
+    from .embedding.local_onnx import LocalOnnxBackend
+    from .embedding.triton import TritonBackend
+
+    if only is not None:
+        backend = FailoverBackend(None, only, metrics=metrics)
+        await backend.start(models, primary_wait_s=0.0)
+        return backend, None
+    primary, triton, wait_s, reason = None, None, min(EXTERNAL_TRITON_WAIT_S, s.triton_startup_timeout_s), ""
+    if s.triton_enabled and not s.managed_triton:
+        primary = TritonBackend(s.triton_url, s.triton_timeout_s)
+    elif s.managed_triton:
+        triton = ManagedTriton(s.model_repository, s.data_dir / "triton", models)
+        try:
+            url = await asyncio.to_thread(triton.start)
+            primary = TritonBackend(url, s.triton_timeout_s, alive=triton.alive, log_hint=f"; see {triton.log_path}")
+            wait_s = s.triton_startup_timeout_s
+        except Unavailable as exc:
+            reason = str(exc)
+            log.error("managed Triton could not start: %s", exc)
+    fallback = LocalOnnxBackend(pools.inference) if s.fallback == "local" or not s.triton_enabled else None
+    backend = FailoverBackend(primary, fallback, metrics=metrics)
+    await backend.start(models, primary_wait_s=wait_s, no_primary_reason=reason)
+    return backend, triton
+
+
+def _milvus(s: Settings, pools: Pools) -> VectorStore:
+    from .index.milvus import MilvusStore
+
+    uri = s.milvus_uri or str(s.milvus_lite_path.resolve())
+    return MilvusStore(uri, s.milvus_token, s.milvus_timeout_s, s.milvus_consistency, pools.store, s.milvus_search_ef)
+
+
+def build_grpc_server(settings: Settings, deps: Dependencies, health_servicer: health.aio.HealthServicer
+                      ) -> tuple[grpc.aio.Server, int]:
+    """The gRPC server with the search service, health and reflection, bound (not started)."""
+    s = settings
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", s.max_receive_message_bytes),
+        ("grpc.max_send_message_length", s.max_receive_message_bytes),
+    ])
+    servicer = SearchServicer(deps.collections, deps.images, deps.videos, deps.server_info, s.index_batch_size)
+    server.add_generic_rpc_handlers((service_handler(SERVICE, pb, servicer, CallGuard(deps.metrics)),))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{s.host}:{s.port}")
+    return server, port
