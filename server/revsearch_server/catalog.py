@@ -19,8 +19,7 @@ from pathlib import Path
 
 from .domain import CropMode, FaceOptions, IndexKind, MediaType, SamplingMode
 from .errors import AlreadyExists, InvalidArgument, NotFound
-from .index.base import VectorIndex, VectorStore
-from .index.milvus import CURRENT_LAYOUT, LAYOUT_JSON_FACE_FIELDS
+from .index.base import CURRENT_LAYOUT, LAYOUT_JSON_FACE_FIELDS, VectorIndex, VectorStore
 from .models import ModelSpec
 from .video.sampling import SamplingOptions
 

@@ -12,6 +12,8 @@ from dataclasses import replace
 from .index.base import Hit
 
 SEPARATOR = "~"
+# Searches of such items fetch more rows than items; Milvus caps a search's limit at 16384.
+MAX_ROW_FETCH = 16384
 
 
 def row_id(item_id: str, k: int) -> str:

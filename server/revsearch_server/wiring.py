@@ -135,7 +135,8 @@ async def build_dependencies(settings: Settings, metrics: Metrics, overrides: Ov
     video_limits = VideoLimits(max_duration_s=s.max_video_duration_s, max_width=s.max_video_width,
                                max_height=s.max_video_height, max_frames=s.max_video_frames)
     admission = Admission(s.max_inflight_images, s.admission_wait_s, metrics)
-    collections = Collections(Catalog(store, s.data_dir / "exact_knn", ExactKnnIndex), served)
+    knn = lambda directory, dimension: ExactKnnIndex(directory, dimension, pools.store)  # noqa: E731
+    collections = Collections(Catalog(store, s.data_dir / "exact_knn", knn), served)
     cropper = FaceCropper(pools.decode, pools.faces, overrides.detector_for or mtcnn_detector, limits, metrics)
     encoder = Encoder(embedder, cropper, pools.decode, limits, metrics)
     searcher = SearchCoalescer(s.search_batch_max_queries, metrics)

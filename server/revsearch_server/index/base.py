@@ -14,6 +14,10 @@ from ..domain import FaceBox
 
 log = logging.getLogger(__name__)
 
+# Stored-row layouts of a collection (index/milvus.py describes them); new collections get the current one.
+LAYOUT_JSON_FACE_FIELDS, LAYOUT_FACE_COLUMNS = 1, 2
+CURRENT_LAYOUT = LAYOUT_FACE_COLUMNS
+
 
 @dataclass
 class Record:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import time
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,10 @@ def _atomic_write(path: Path, write) -> None:
 
 
 class ExactKnnIndex:
-    def __init__(self, directory: Path, dimension: int):
+    def __init__(self, directory: Path, dimension: int, pool: Executor | None = None):
+        """pool: where file writes and the matrix product run (pools.py's store pool in the server;
+        None: the event loop's default executor)."""
+        self._pool = pool
         self._dir = directory
         self._dim = dimension
         self._lock = asyncio.Lock()
@@ -47,6 +51,9 @@ class ExactKnnIndex:
     def search_key(self) -> int:
         # The catalog keeps one ExactKnnIndex per collection, so the object is the collection.
         return id(self)
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     # -- persistence -------------------------------------------------------------------------
     def _load(self) -> None:
@@ -82,12 +89,12 @@ class ExactKnnIndex:
         if not records:
             return
         async with self._lock:
-            await asyncio.to_thread(self._write_segment, records)
+            await self._run(self._write_segment, records)
             # An id deleted earlier and indexed again must not be hidden by its old tombstone.
             revived = {r.id for r in records} & self._tombstones
             if revived:
                 self._tombstones -= revived
-                await asyncio.to_thread(self._write_tombstones)
+                await self._run(self._write_tombstones)
             for r in records:
                 self._records[r.id] = r
             self._matrix = None
@@ -102,7 +109,7 @@ class ExactKnnIndex:
     async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
         matrix, ids = self._snapshot()
         records = self._records
-        return await asyncio.to_thread(_knn, matrix, ids, records, queries, top_k)
+        return await self._run(_knn, matrix, ids, records, queries, top_k)
 
     async def ids_for_sha256(self, digests: list[str]) -> dict[str, str]:
         wanted = set(digests)
@@ -119,7 +126,7 @@ class ExactKnnIndex:
             existing = [i for i in dict.fromkeys(ids) if i in self._records]
             if existing:
                 self._tombstones.update(existing)
-                await asyncio.to_thread(self._write_tombstones)
+                await self._run(self._write_tombstones)
                 for i in existing:
                     del self._records[i]
                 self._matrix = None

@@ -29,14 +29,12 @@ import numpy as np
 
 from ..domain import FaceBox
 from ..errors import NotFound, Unavailable
-from .base import Hit, Record
+from .base import CURRENT_LAYOUT, LAYOUT_FACE_COLUMNS, Hit, Record
 
 log = logging.getLogger(__name__)
 
 PREFIX = "revsearch_"
 _MISSING_COLLECTION = re.compile(r"collection not found|can't find collection|CollectionNotExists", re.I)
-LAYOUT_JSON_FACE_FIELDS, LAYOUT_FACE_COLUMNS = 1, 2
-CURRENT_LAYOUT = LAYOUT_FACE_COLUMNS
 _NO_FACE_COUNT, _NO_TIMESTAMP = 0, -1.0
 # Row keys: a 64-character item id plus "~<face>" in crop mode "all" (see rows.py).
 _ID_MAX, _URI_MAX = 80, 2048

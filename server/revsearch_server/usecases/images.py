@@ -23,14 +23,9 @@ from ..index.base import Hit, Record, VectorIndex, insert_or_undo
 from ..index.coalescer import SearchCoalescer
 from ..models import ModelSpec
 from ..observability import Metrics, or_null
-from ..rows import collapse_hits, item_of, row_id
+from ..rows import MAX_ROW_FETCH, collapse_hits, item_of, row_id
 from ..validation import (MAX_BATCH_QUERIES, default_id, resolve_top_k, validate_item_fields,
                           validate_query_vector)
-
-# Crop mode "all" searches rows (faces) and returns items, so it fetches more rows than items;
-# Milvus caps a search's limit at 16384.
-MAX_ROW_FETCH = 16384
-
 
 @dataclass
 class IndexInput:

@@ -38,10 +38,9 @@ from ..faces.cropper import NoFace
 from ..index.base import Hit, Record, VectorIndex, insert_or_undo
 from ..models import ModelSpec
 from ..observability import Metrics, or_null
-from ..rows import item_of, row_id
+from ..rows import MAX_ROW_FETCH, item_of, row_id
 from ..validation import default_id, resolve_top_k, validate_item_fields
 from ..video.sampling import SampledFrame, SamplingOptions, VideoInfo, VideoLimits, probe, sample_frames
-from .images import MAX_ROW_FETCH
 
 log = logging.getLogger(__name__)
 
