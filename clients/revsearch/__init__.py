@@ -1,9 +1,9 @@
 """revsearch client: the generated stubs (revsearch.v1), a friendly client library and the CLI.
 
-`from revsearch import SearchClient, AsyncSearchClient, RevsearchClientError` works as before, but the
-client library is loaded only when one of them is first asked for (PEP 562): the server imports the
-stubs (revsearch.v1) and the enum names (revsearch.names) from this package and should not pay for,
-or depend on, the client library.
+`from revsearch import SearchClient, AsyncSearchClient, RevsearchClientError` works as before (and so does
+Security, the TLS and API key settings), but the client library is loaded only when one of them is first
+asked for (PEP 562): the server imports the stubs (revsearch.v1) and the enum names (revsearch.names) from
+this package and should not pay for, or depend on, the client library.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; at run time __getattr__ below does the import
-    from .client import AsyncSearchClient, SearchClient
+    from .client import AsyncSearchClient, SearchClient, Security
     from .errors import RevsearchClientError
 
 # Public name -> the submodule that defines it.
-_LAZY = {"SearchClient": "client", "AsyncSearchClient": "client", "RevsearchClientError": "errors"}
+_LAZY = {"SearchClient": "client", "AsyncSearchClient": "client", "Security": "client",
+         "RevsearchClientError": "errors"}
 
 __all__ = sorted(_LAZY)
 

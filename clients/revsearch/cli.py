@@ -1,5 +1,9 @@
 """The `revsearch` command line: serve, index, search, index-videos, search-video, info, collections, drop,
-eval, loadtest."""
+eval, loadtest.
+
+Every command but `serve` reaches the server through one Security (TLS, mutual TLS, API key) built from the
+global --tls* and --api-key flags, which default from the REVSEARCH_TLS* and REVSEARCH_API_KEY variables.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .client import ImageInput, SearchClient, struct_to_dict
-from .errors import NotFoundError, RevsearchClientError
+from .client import (ENV_API_KEY, ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_SERVER_NAME, ImageInput,
+                     SearchClient, Security, parse_flag, struct_to_dict)
+from .errors import NotFoundError, RevsearchClientError, UnauthenticatedError
 from .names import CROP_MODES, INDEX_BACKENDS, INFERENCE_BACKENDS, ITEM_STATUSES, MEDIA_TYPES, RANKINGS, SAMPLING_MODES
 from .names import name_of
 from .v1 import search_service_pb2 as pb
@@ -367,7 +372,8 @@ def cmd_loadtest(client: SearchClient, args) -> int:
                       f"p99 {step['p99_ms']:8.1f} ms, errors {step['errors'] or 0}")
 
     report = asyncio.run(run(args.server, args.workload, args.collection, images, levels, duration, args.requests,
-                             warmup_s=args.warmup, timeout_s=args.request_timeout, progress=progress))
+                             warmup_s=args.warmup, timeout_s=args.request_timeout, progress=progress,
+                             security=getattr(args, "security", None)))
     for step in report["steps"]:
         errors = ", ".join(f"{k} {v}" for k, v in step["errors"].items()) or "0"
         table.add_row(str(step["concurrency"]), f"{step['throughput']:.1f}", f"{step['p50_ms']:.1f}",
@@ -404,7 +410,8 @@ def cmd_eval(client: SearchClient, args) -> int:
                                          else args.video_identities or None),
                              cache_dir=Path(args.video_cache) if args.video_cache else None,
                              concurrency=args.concurrency or ve.DEFAULT_CONCURRENCY, timeout=args.timeout,
-                             progress=True, log=lambda message: err.print(message, highlight=False))
+                             progress=True, log=lambda message: err.print(message, highlight=False),
+                             security=getattr(args, "security", None))
         if args.out:
             written = ve.write_report(report, Path(args.out))
             err.print(f"video report written to {args.out}/ ({len(written)} files)")
@@ -427,7 +434,7 @@ def cmd_eval(client: SearchClient, args) -> int:
         err.print(f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(PIPELINES)}")
         return 2
     report = asyncio.run(evaluate(args.server, Path(args.dir), names, args.concurrency or 8, args.max_identities,
-                                  args.timeout))
+                                  args.timeout, security=getattr(args, "security", None)))
     if args.out:
         written = write_report(report, Path(args.out))
         err.print(f"report written to {args.out}/ ({len(written)} files)")
@@ -454,11 +461,53 @@ def cmd_serve(argv: list[str]) -> int:
     return 0
 
 
+def add_security_flags(parser: argparse.ArgumentParser) -> None:
+    """The global --tls* and --api-key flags, defaulting from the same variables as Security.from_env."""
+    env = os.environ
+    group = parser.add_argument_group("security", "TLS, mutual TLS and the API key; each flag defaults from "
+                                                  "its variable")
+    # The raw variable is the default; security_from_args parses it, so that a bad value is a clear error
+    # there rather than a traceback while the parser is being built.
+    group.add_argument("--tls", action=argparse.BooleanOptionalAction, default=env.get(ENV_TLS) or None,
+                       help=f"connect with TLS, checking the server against the system's root certificates or "
+                            f"--tls-ca ({ENV_TLS}=1/true/yes/on); any other --tls-* flag implies it; --no-tls: "
+                            f"plaintext, whatever the --tls-* flags and variables say")
+    group.add_argument("--tls-ca", metavar="FILE", default=env.get(ENV_TLS_CA) or None,
+                       help=f"PEM file of the CA that signed the server's certificate ({ENV_TLS_CA})")
+    group.add_argument("--tls-cert", metavar="FILE", default=env.get(ENV_TLS_CERT) or None,
+                       help=f"PEM certificate of this client, for mutual TLS; needs --tls-key ({ENV_TLS_CERT})")
+    group.add_argument("--tls-key", metavar="FILE", default=env.get(ENV_TLS_KEY) or None,
+                       help=f"PEM private key of --tls-cert, unencrypted ({ENV_TLS_KEY})")
+    group.add_argument("--tls-server-name", metavar="NAME", default=env.get(ENV_TLS_SERVER_NAME) or None,
+                       help=f"the name the server's certificate must carry, when it is not the host of --server "
+                            f"({ENV_TLS_SERVER_NAME})")
+    # Never %(default)s here: the help would print the key.
+    group.add_argument("--api-key", metavar="KEY", default=env.get(ENV_API_KEY, "").strip() or None,
+                       help=f"API key sent as `authorization: Bearer KEY` on every call ({ENV_API_KEY}; prefer "
+                            f"the variable: other users of this machine can see command lines)")
+
+
+def security_from_args(args: argparse.Namespace) -> Security:
+    """One Security from the global flags (and, through their defaults, the environment); ValueError when a
+    setting is wrong, naming the file or variable."""
+    if args.tls is False:  # --no-tls: the one way to reach a plaintext server while REVSEARCH_TLS_CA & co. are set
+        return Security(api_key=args.api_key)
+    tls = parse_flag(args.tls, ENV_TLS) if isinstance(args.tls, str) else bool(args.tls)
+    return Security(tls=tls, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
+                    server_name=args.tls_server_name, api_key=args.api_key)
+
+
+def _is_local(target: str) -> bool:
+    host = target.rsplit(":", 1)[0].strip("[]") if not target.startswith("unix:") else "localhost"
+    return host in ("localhost", "127.0.0.1", "::1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revsearch", description="reverse image search over gRPC")
     parser.add_argument("--server", default=os.environ.get("REVSEARCH_SERVER", "localhost:50051"),
                         help="server address host:port (REVSEARCH_SERVER)")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
+    add_security_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     # Everything after `serve` (--help included) goes to the server's own parser untouched: no prefix
@@ -581,10 +630,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return cmd_serve(args.server_args)
     try:
-        with SearchClient(args.server, timeout=args.timeout) as client:
+        args.security = security_from_args(args)
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    if args.security.api_key and not args.security.tls and not _is_local(args.server):
+        err.print(f"[yellow]warning: sending the API key to {args.server} without TLS; anyone on the way can "
+                  "read it (use --tls or REVSEARCH_TLS=1)[/]")
+    try:
+        with SearchClient(args.server, timeout=args.timeout, security=args.security) as client:
             return args.func(client, args)
     except RevsearchClientError as exc:
         err.print(f"[bold red]error:[/] {exc.code.name}: {exc.details}")
+        if isinstance(exc, UnauthenticatedError):
+            err.print(f"give the server's API key with --api-key or {ENV_API_KEY}")
         return 3
     except FileNotFoundError as exc:
         err.print(f"[bold red]error:[/] {exc}")

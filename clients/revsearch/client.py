@@ -6,12 +6,18 @@
         for r in c.index_images("photos", [ImageInput.from_path("a.jpg")]):
             print(r.status, r.id)
         hits = c.search("photos", image=open("q.jpg", "rb").read()).hits
+
+A server that serves TLS and wants an API key takes a Security (or Security.from_env(), which reads
+the REVSEARCH_TLS* and REVSEARCH_API_KEY variables):
+
+    SearchClient("search.example:50051", security=Security(ca="ca.pem", api_key="..."))
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterable, Iterable, Iterator
+import os
+from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +34,155 @@ DEFAULT_TIMEOUT_S = 60.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+
+# The environment variables Security.from_env reads; the CLI's flags default from the same ones.
+ENV_TLS = "REVSEARCH_TLS"
+ENV_TLS_CA = "REVSEARCH_TLS_CA"
+ENV_TLS_CERT = "REVSEARCH_TLS_CERT"
+ENV_TLS_KEY = "REVSEARCH_TLS_KEY"
+ENV_TLS_SERVER_NAME = "REVSEARCH_TLS_SERVER_NAME"
+ENV_API_KEY = "REVSEARCH_API_KEY"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def parse_flag(value: str, name: str = ENV_TLS) -> bool:
+    """1/true/yes/on or 0/false/no/off (any case; empty is off); anything else is an error naming `name`."""
+    word = value.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise ValueError(f"{name}={value!r}: use 1/true/yes/on or 0/false/no/off")
+
+
+# What each file must hold, checked when a Security is made: a swapped --tls-cert/--tls-key or a
+# passphrase-protected key would otherwise surface only as a failed handshake (UNAVAILABLE) on the first call.
+_PEM_KINDS = {"ca": ("TLS CA file", b"CERTIFICATE-----"), "cert": ("TLS client certificate", b"CERTIFICATE-----"),
+              "key": ("TLS client key", b"PRIVATE KEY-----")}
+
+
+def _read_pem(path: Path, setting: str) -> bytes:
+    what, marker = _PEM_KINDS[setting]
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{what} {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data or marker not in data:
+        raise ValueError(f"{what} {str(path)!r} does not hold a PEM {marker[:-5].decode().lower()}")
+    if setting == "key" and b"ENCRYPTED" in data:
+        raise ValueError(f"{what} {str(path)!r} is encrypted; gRPC needs the key without a passphrase")
+    return data
+
+
+@dataclass(frozen=True)
+class Security:
+    """How to reach a server: TLS (`ca`: the CA file that signed the server's certificate, None for the system's
+    roots), mutual TLS (`cert` and `key`: this client's certificate and key), `server_name` when the certificate
+    names another host than the address dialled, and `api_key`, sent on every call as `authorization: Bearer`.
+
+    Any of ca, cert, key or server_name turns TLS on. The files are checked when a Security is made (a clear
+    ValueError naming the file) and read again when a channel is opened, so a renewed certificate is picked up by
+    the next client. The key never appears in repr() or in an error message.
+    """
+
+    tls: bool = False
+    ca: Path | str | None = None
+    cert: Path | str | None = None
+    key: Path | str | None = None
+    server_name: str | None = None
+    api_key: str | None = None
+
+    def __post_init__(self):
+        # Empty strings (an unset flag, an empty variable) mean "not given"; paths become Paths.
+        for name in ("ca", "cert", "key"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, Path(value).expanduser() if value not in (None, "") else None)
+        for name in ("server_name", "api_key"):
+            if getattr(self, name) == "":
+                object.__setattr__(self, name, None)
+        if (self.cert is None) != (self.key is None):
+            given, missing = ("cert", "key") if self.key is None else ("key", "cert")
+            raise ValueError(f"mutual TLS needs both a client certificate and its key: {given} "
+                             f"{str(getattr(self, given))!r} was given without a {missing}")
+        if self.ca or self.cert or self.server_name:
+            object.__setattr__(self, "tls", True)
+        for name in ("ca", "cert", "key"):
+            if getattr(self, name) is not None:
+                _read_pem(getattr(self, name), name)
+        # gRPC accepts only printable ASCII in a text header, and the server splits "Bearer <key>" on a space.
+        if self.api_key is not None and not all("!" <= ch <= "~" for ch in self.api_key):
+            raise ValueError("the API key must be printable ASCII without spaces or newlines")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in ("tls", "ca", "cert", "key", "server_name"))
+        return f"Security({shown}, api_key={'<hidden>' if self.api_key else None})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Security":
+        """From REVSEARCH_TLS (1/true/yes/on), REVSEARCH_TLS_CA, REVSEARCH_TLS_CERT, REVSEARCH_TLS_KEY,
+        REVSEARCH_TLS_SERVER_NAME and REVSEARCH_API_KEY; unset or empty variables mean "not given"."""
+        env = os.environ if environ is None else environ
+        key = env.get(ENV_API_KEY, "").strip()  # a key pasted into a file often brings a newline
+        return cls(tls=parse_flag(env.get(ENV_TLS, ""), ENV_TLS), ca=env.get(ENV_TLS_CA) or None,
+                   cert=env.get(ENV_TLS_CERT) or None, key=env.get(ENV_TLS_KEY) or None,
+                   server_name=env.get(ENV_TLS_SERVER_NAME) or None, api_key=key or None)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """The TLS credentials (CA None: the system's root certificates); only for a TLS Security."""
+        if not self.tls:
+            raise ValueError("a plaintext Security has no channel credentials")
+        read = lambda name: _read_pem(getattr(self, name), name) if getattr(self, name) else None  # noqa: E731
+        return grpc.ssl_channel_credentials(root_certificates=read("ca"), private_key=read("key"),
+                                            certificate_chain=read("cert"))
+
+    def channel_options(self) -> list[tuple[str, str]]:
+        """Channel options beyond the message sizes: the name to check the server's certificate against."""
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.tls and self.server_name else []
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata every call sends: the API key as `authorization: Bearer <key>`, or nothing."""
+        return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+
+
+def _open_channel(target: str, security: Security, aio: bool):
+    transport = grpc.aio if aio else grpc
+    options = _CHANNEL_OPTIONS + security.channel_options()
+    if security.tls:
+        return transport.secure_channel(target, security.channel_credentials(), options=options)
+    return transport.insecure_channel(target, options=options)
+
+
+class _AuthorizedStub:
+    """The generated stub with the call metadata bound to every method. The clients make every call through
+    their stub, so this is the one place the API key is added, for unary and streaming calls, sync and asyncio
+    alike; an interceptor would do the same but wrap each asyncio call in one more call object (overhead the
+    load tester would measure as its own)."""
+
+    def __init__(self, stub: pb_grpc.SearchServiceStub, metadata: tuple[tuple[str, str], ...]):
+        self._stub = stub
+        self._metadata = metadata
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # not a method; and no recursion while _stub is unset (copy, pickle)
+            raise AttributeError(name)
+        method = getattr(self._stub, name)
+        metadata = self._metadata
+
+        def call(request, **kwargs):
+            return method(request, metadata=metadata, **kwargs)
+
+        call.__name__ = name
+        setattr(self, name, call)  # later lookups find it without __getattr__
+        return call
+
+    def __repr__(self) -> str:  # never the metadata: it holds the key
+        return "<SearchServiceStub with authorization>"
+
+
+def _stub(channel, security: Security):
+    stub = pb_grpc.SearchServiceStub(channel)
+    metadata = security.call_metadata()
+    return _AuthorizedStub(stub, metadata) if metadata else stub
 
 
 @dataclass
@@ -135,13 +290,16 @@ def _typed_errors(method):
 
 
 class SearchClient:
-    """Blocking client. Every call takes `timeout` (seconds); the default is the client's."""
+    """Blocking client. Every call takes `timeout` (seconds); the default is the client's. `security`: TLS,
+    mutual TLS and the API key (None: plaintext, no key)."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = DEFAULT_TIMEOUT_S,
+                 security: Security | None = None):
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
-        self._stub = pb_grpc.SearchServiceStub(self._channel)
+        self.security = security or Security()
+        self._channel = _open_channel(target, self.security, aio=False)
+        self._stub = _stub(self._channel, self.security)
 
     def __enter__(self):
         return self
@@ -271,13 +429,15 @@ def _async_typed_errors(method):
 
 
 class AsyncSearchClient:
-    """asyncio client (grpc.aio) with the same calls as SearchClient."""
+    """asyncio client (grpc.aio) with the same calls and `security` as SearchClient."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = DEFAULT_TIMEOUT_S,
+                 security: Security | None = None):
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-        self._stub = pb_grpc.SearchServiceStub(self._channel)
+        self.security = security or Security()
+        self._channel = _open_channel(target, self.security, aio=True)
+        self._stub = _stub(self._channel, self.security)
 
     async def __aenter__(self):
         return self

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .client import AsyncSearchClient, ImageInput
+from .client import AsyncSearchClient, ImageInput, Security
 from .errors import InvalidArgumentError, NotFoundError
 from .metrics import QueryScore, score_query, summarise
 from .names import ITEM_STATUSES, name_of
@@ -126,11 +126,12 @@ def _examples(results, n: int = 3) -> dict:
 
 
 async def evaluate(target: str, root: Path, pipelines: list[str], concurrency: int = 8,
-                   max_identities: int | None = None, timeout: float = 600) -> dict:
+                   max_identities: int | None = None, timeout: float = 600, security: Security | None = None) -> dict:
+    """Runs the pipelines through the server at `target`; `security`: TLS and API key (None: plaintext)."""
     images = scan_dataset(root, max_identities)
     if not images:
         raise FileNotFoundError(f"no Person/*.jpg images under {root}")
-    async with AsyncSearchClient(target, timeout=timeout) as client:
+    async with AsyncSearchClient(target, timeout=timeout, security=security) as client:
         info = await client.info()
         reports = [await run_pipeline(client, PIPELINES[p], images, root, concurrency) for p in pipelines]
     counts = Counter(label for _, label in images)

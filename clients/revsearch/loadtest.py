@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from .client import AsyncSearchClient, ImageInput
+from .client import AsyncSearchClient, ImageInput, Security
 from .errors import NotFoundError, RevsearchClientError
 
 WORKLOADS = ("search", "embed", "index", "mix", "noop")
@@ -185,10 +185,11 @@ def _cpu_seconds() -> float:
 
 async def run(target: str, workload: str, collection: str, images: list[tuple[str, bytes]],
               concurrencies: list[int], duration_s: float | None, requests: int | None,
-              warmup_s: float = 2.0, timeout_s: float = 30.0, progress=None) -> dict:
-    """Runs the sweep; returns the report (JSON-ready)."""
+              warmup_s: float = 2.0, timeout_s: float = 30.0, progress=None,
+              security: Security | None = None) -> dict:
+    """Runs the sweep; returns the report (JSON-ready). `security`: TLS and API key (None: plaintext)."""
     test = LoadTest(target, workload, collection, images, timeout_s)
-    async with AsyncSearchClient(target, timeout=max(60.0, timeout_s)) as client:
+    async with AsyncSearchClient(target, timeout=max(60.0, timeout_s), security=security) as client:
         info = await client.info()
         setup = await test.prepare(client)
         if warmup_s > 0:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .client import SearchClient
+from .client import SearchClient, Security
 from .errors import InvalidArgumentError, NotFoundError, RevsearchClientError
 from .metrics import average_precision_at_k, hit_at_k, precision_at_1
 from .names import INFERENCE_BACKENDS, ITEM_STATUSES, name_of
@@ -417,8 +417,10 @@ def evaluate(target: str, benchmarks: list[str], *, lfw_dir: Path | None = None,
              identities: int | None = DEFAULT_IDENTITIES, cache_dir: Path | None = None,
              rankings: tuple[str, ...] = RANKINGS, concurrency: int = DEFAULT_CONCURRENCY,
              index_concurrency: int = DEFAULT_INDEX_CONCURRENCY, timeout: float = 120,
-             progress: bool = False, log: Callable[[str], None] = lambda _: None) -> dict:
-    """Prepares and runs the named benchmarks through the server at ``target``; returns the report."""
+             progress: bool = False, log: Callable[[str], None] = lambda _: None,
+             security: Security | None = None) -> dict:
+    """Prepares and runs the named benchmarks through the server at ``target``; returns the report.
+    ``security``: TLS and API key (None: plaintext)."""
     unknown = [b for b in benchmarks if b not in BENCHMARKS]
     if unknown:
         raise ValueError(f"unknown video benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
@@ -430,7 +432,7 @@ def evaluate(target: str, benchmarks: list[str], *, lfw_dir: Path | None = None,
     lfw = lfw_dir or default_data_dir("lfw")
     if lfw is None and "lfw-clips" in benchmarks:
         raise FileNotFoundError("no LFW folder (../shared/data/lfw): give DIR")
-    with SearchClient(target, timeout=timeout) as client:
+    with SearchClient(target, timeout=timeout, security=security) as client:
         info = client.info()
         galleries: dict[str, dict] = {}
         reports = []

@@ -22,13 +22,9 @@ from .embedding.base import BackendKind
 from .health import HealthMonitor
 from .models import ModelsUnavailable
 from .observability import Metrics
-from .wiring import SERVICE_NAME, Dependencies, Overrides, build_dependencies, build_grpc_server
+from .wiring import SERVICE_NAME, Dependencies, Overrides, StartupError, build_dependencies, build_grpc_server
 
 log = logging.getLogger("revsearch")
-
-
-class StartupError(Exception):
-    """A start-up problem the user can fix; the message says how."""
 
 
 class RevsearchServer:
@@ -51,11 +47,11 @@ class RevsearchServer:
         s = self.settings
         if s.metrics_port >= 0:
             try:
-                port = self.metrics.serve(s.host, s.metrics_port)
+                port = self.metrics.serve(s.metrics_host, s.metrics_port)
             except OSError as exc:
-                raise StartupError(f"cannot serve metrics on {s.host}:{s.metrics_port}: {exc} (--metrics-port picks "
-                                   "another port, 0 a free one, -1 turns metrics off)") from None
-            log.info("metrics on http://%s:%d/metrics", s.host, port)
+                raise StartupError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc} (--metrics-port "
+                                   "picks another port, 0 a free one, -1 turns metrics off)") from None
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, port)
         self.deps = deps = await build_dependencies(s, self.metrics, self._overrides)
         self._server, self.port = build_grpc_server(s, deps, self.health)
         await self._server.start()
@@ -87,6 +83,12 @@ class RevsearchServer:
             await self.deps.close()
         self.metrics.close()
 
+    def reload(self) -> None:
+        """Re-reads the TLS files and the key file (what SIGHUP does); a bad file keeps the old."""
+        if self.deps is not None:
+            log.info("reloading TLS and API keys")
+            self.deps.security.reload()
+
     async def wait(self) -> None:
         await self._server.wait_for_termination()
 
@@ -99,6 +101,8 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
+        # SIGHUP: re-read the TLS certificate and the API keys; serving goes on.
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
         metrics = f"; metrics on port {server.metrics_port}" if server.metrics_port else ""
         print(f"revsearch listening on {settings.host}:{server.port}{metrics}", flush=True)
         await stop.wait()

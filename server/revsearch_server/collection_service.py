@@ -7,6 +7,7 @@ models. Both the image and the video use cases open collections here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .catalog import Catalog, CollectionSpec
@@ -67,9 +68,12 @@ class Collections:
         spec, index = await self._catalog.get(name)
         return spec, await index.count()
 
-    async def list(self) -> list[tuple[CollectionSpec, int]]:
+    async def list(self, visible: Callable[[str], bool] = lambda name: True) -> list[tuple[CollectionSpec, int]]:
+        """The collections whose names `visible` accepts (counted: one store call each)."""
         out = []
         for spec in await self._catalog.list():
+            if not visible(spec.name):
+                continue
             _, index = await self._catalog.get(spec.name)
             out.append((spec, await index.count()))
         return out

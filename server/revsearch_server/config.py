@@ -64,10 +64,39 @@ class Settings:
     # get RESOURCE_EXHAUSTED with a retry-after-ms hint; streams wait up to admission_wait_s.
     max_inflight_images: int = 256
     admission_wait_s: float = 10.0
-    # Prometheus metrics over HTTP on host:metrics_port; 0 picks a free port, -1 disables.
+    # Prometheus metrics over HTTP on metrics_host:metrics_port; 0 picks a free port, -1 disables.
+    # Loopback by default: the metrics name collections and key ids.
     metrics_port: int = 9464
+    metrics_host: str = "127.0.0.1"
     # Seconds between health checks of the vector store and the inference backend.
     health_interval_s: float = 5.0
+    # Safe exposure (README "Securing a deployment"): TLS files (PEM), the API key file (TOML).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    api_keys: str = ""
+    allow_insecure_keys: bool = False
+    # Reflection: "auto" serves it without keys and hides it with keys; "on" / "off" decide.
+    reflection: str = "auto"
+    # Transport limits (each proven by tests/service/test_transport_limits.py).
+    stream_idle_timeout_s: float = 30.0
+    max_concurrent_rpcs: int = 512
+    max_concurrent_streams: int = 100
+    # A client pinging more often than this (without data) is sent GOAWAY after 2 strikes.
+    keepalive_min_interval_s: float = 10.0
+    max_metadata_bytes: int = 16 * 1024
+    # Connections are closed after this age (0: never), in-flight calls getting the grace period;
+    # clients reconnect, so load spreads again over replicas behind a balancer.
+    max_connection_age_s: float = 3600.0
+    max_connection_age_grace_s: float = 30.0
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert or self.tls_key)
+
+    @property
+    def reflection_enabled(self) -> bool:
+        return self.reflection == "on" or (self.reflection == "auto" and not self.api_keys)
 
     @property
     def milvus_lite_path(self) -> Path:
@@ -157,6 +186,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="longest a stream (IndexImages, video uploads) waits for room before RESOURCE_EXHAUSTED, seconds")
     a("--metrics-port", type=int, default=_env("metrics_port", d.metrics_port),
       help="Prometheus metrics over HTTP on this port (same host as gRPC); 0 picks a free port, -1 disables")
+    a("--metrics-host", default=_env("metrics_host", d.metrics_host),
+      help="address of the metrics endpoint (default loopback: metrics name collections and key ids)")
+    a("--tls-cert", default=_env("tls_cert", d.tls_cert), help="serve TLS with this PEM certificate (chain)")
+    a("--tls-key", default=_env("tls_key", d.tls_key), help="the certificate's PEM private key")
+    a("--tls-client-ca", default=_env("tls_client_ca", d.tls_client_ca),
+      help="require client certificates signed by this PEM CA (mutual TLS)")
+    a("--api-keys", default=_env("api_keys", d.api_keys),
+      help="TOML file of API keys with roles, collection scopes and rates; re-read on SIGHUP")
+    a("--allow-insecure-keys", action="store_true", default=_env("allow_insecure_keys", d.allow_insecure_keys),
+      help="allow API keys without TLS on a non-loopback address (keys then cross the network in plaintext)")
+    a("--reflection", choices=["auto", "on", "off"], default=_env("reflection", d.reflection),
+      help="gRPC reflection: auto serves it unless API keys are on")
+    a("--stream-idle-timeout", dest="stream_idle_timeout_s", type=float,
+      default=_env("stream_idle_timeout_s", d.stream_idle_timeout_s),
+      help="a stream that sends nothing for this many seconds ends with DEADLINE_EXCEEDED (0: no limit)")
+    a("--max-concurrent-rpcs", type=int, default=_env("max_concurrent_rpcs", d.max_concurrent_rpcs),
+      help="calls handled at once; more are answered RESOURCE_EXHAUSTED")
+    a("--max-concurrent-streams", type=int, default=_env("max_concurrent_streams", d.max_concurrent_streams),
+      help="HTTP/2 streams (calls) per connection")
+    a("--keepalive-min-interval-s", type=float, default=_env("keepalive_min_interval_s", d.keepalive_min_interval_s),
+      help="clients pinging more often are disconnected")
+    a("--max-metadata-bytes", type=int, default=_env("max_metadata_bytes", d.max_metadata_bytes),
+      help="largest request metadata (headers) accepted")
+    a("--max-connection-age-s", type=float, default=_env("max_connection_age_s", d.max_connection_age_s),
+      help="connections are closed after this many seconds (0: never); clients reconnect")
+    a("--max-connection-age-grace-s", type=float,
+      default=_env("max_connection_age_grace_s", d.max_connection_age_grace_s),
+      help="seconds in-flight calls get to finish when their connection reaches its age")
     a("--health-interval-s", type=float, default=_env("health_interval_s", d.health_interval_s),
       help="seconds between health checks of Milvus and the inference backend (grpc.health.v1 status)")
 

@@ -38,3 +38,15 @@ class FailedPrecondition(RevsearchError):
 
 class Unavailable(RevsearchError):
     """A dependency (Triton, Milvus) cannot be reached or did not answer in time; retry later."""
+
+
+class DeadlineExceeded(RevsearchError):
+    """The call took longer than allowed (e.g. a stream that sent nothing for too long)."""
+
+
+class Unauthenticated(RevsearchError):
+    """No API key, an unknown one, or a malformed authorization header."""
+
+
+class PermissionDenied(RevsearchError):
+    """The caller's key may not do this (its role, or a collection outside its scope)."""

@@ -72,6 +72,10 @@ class Metrics:
                                  ["dependency"], registry=r)
         self._malformed = Counter("revsearch_malformed_messages", "Requests whose bytes were not a valid message "
                                   "of the RPC's request type (answered INVALID_ARGUMENT)", ["rpc"], registry=r)
+        self._key_requests = Counter("revsearch_key_requests", "Finished RPCs by API key id, method and gRPC status "
+                                     "code ('-': no key)", ["key", "rpc", "code"], registry=r)
+        self._denials = Counter("revsearch_auth_denials", "Calls refused by API key checks, by key id ('-': no key "
+                                "or an unknown one) and reason", ["key", "reason"], registry=r)
         self._serving = Gauge("revsearch_serving", "1 while the health service reports SERVING", registry=r)
         for stage in STAGES:  # every stage is listed from the start, at count 0
             self._stage_seconds.labels(stage)
@@ -100,6 +104,12 @@ class Metrics:
 
     def malformed(self, rpc: str) -> None:
         self._malformed.labels(rpc).inc()
+
+    def key_request(self, key: str, rpc: str, code: str) -> None:
+        self._key_requests.labels(key, rpc, code).inc()
+
+    def denied(self, key: str, reason: str) -> None:
+        self._denials.labels(key, reason).inc()
 
     def admission(self, inflight: int, waiting: int, capacity: int) -> None:
         self._inflight.set(inflight)
@@ -161,6 +171,8 @@ class _NoMetrics(Metrics):
     def request(self, rpc, code, seconds): pass
     def rejected(self, rpc): pass
     def malformed(self, rpc): pass
+    def key_request(self, key, rpc, code): pass
+    def denied(self, key, reason): pass
     def admission(self, inflight, waiting, capacity): pass
     def embed_queue(self, model, images): pass
     def batch(self, model, size): pass

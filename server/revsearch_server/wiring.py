@@ -12,9 +12,11 @@ UNAVAILABLE and health says so), then the domain services and use cases.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -39,7 +41,10 @@ from .index.exact_knn import ExactKnnIndex
 from .models import ModelsUnavailable, ServedModels, load_models
 from .observability import Metrics
 from .pools import Pools
-from .transport.calls import CallGuard, service_handler
+from .security.auth import Authenticator
+from .security.keys import KeyFileError
+from .security.tls import ServerTls, TlsError, TlsFiles
+from .transport.calls import CallGuard, GuardLimits, service_handler
 from .transport.servicer import SearchServicer
 from .triton_managed import ManagedTriton
 from .usecases.collections import ManageCollections
@@ -54,6 +59,56 @@ SERVICE = pb.DESCRIPTOR.services_by_name["SearchService"]
 SERVICE_NAME = SERVICE.full_name
 # An external Triton gets a short look at start-up; a managed one gets its full start time.
 EXTERNAL_TRITON_WAIT_S = 10.0
+
+
+class StartupError(Exception):
+    """A start-up problem the user can fix; the message says how."""
+
+
+@dataclass
+class Security:
+    """TLS and API keys, as the settings ask; both re-read on SIGHUP."""
+    tls: ServerTls | None = None
+    auth: Authenticator | None = None
+
+    def reload(self) -> None:
+        if self.tls is not None:
+            self.tls.reload()
+        if self.auth is not None:
+            self.auth.reload()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_security(s: Settings, metrics: Metrics) -> Security:
+    """The TLS credentials and key ring; StartupError naming the file and the problem."""
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise StartupError("TLS needs both --tls-cert and --tls-key")
+    if s.tls_client_ca and not s.tls_enabled:
+        raise StartupError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    try:
+        tls = ServerTls(TlsFiles(Path(s.tls_cert), Path(s.tls_key), Path(s.tls_client_ca) if s.tls_client_ca else None)
+                        ) if s.tls_enabled else None
+        auth = Authenticator(Path(s.api_keys), metrics) if s.api_keys else None
+    except (TlsError, KeyFileError) as exc:
+        raise StartupError(str(exc)) from None
+    exposed = not is_loopback(s.host)
+    if auth is not None and tls is None and exposed and not s.allow_insecure_keys:
+        raise StartupError(f"API keys without TLS on {s.host}: keys would cross the network in plaintext. Serve TLS "
+                           "(--tls-cert/--tls-key), listen on a loopback address, or pass --allow-insecure-keys")
+    if auth is None and exposed:
+        log.warning("no API keys (--api-keys): anyone who reaches %s:%d can read, write and drop every collection",
+                    s.host, s.port)
+    if auth is not None:
+        log.info("API keys from %s: %s", s.api_keys, ", ".join(auth.key_ids))
+    return Security(tls, auth)
 
 
 @dataclass
@@ -82,6 +137,7 @@ class Dependencies:
     images: ImageSearch
     videos: VideoSearch
     server_info: DescribeServer
+    security: Security = field(default_factory=Security)
     triton: ManagedTriton | None = None
     _closed: bool = field(default=False, repr=False)
 
@@ -106,6 +162,7 @@ def mtcnn_detector(min_face_size: int) -> FaceDetector:
 async def build_dependencies(settings: Settings, metrics: Metrics, overrides: Overrides = Overrides()
                              ) -> Dependencies:
     s = settings
+    security = build_security(s, metrics)  # before anything starts: a bad file stops start-up at once
     models = load_models(s.model_repository, s.allow_untrained)
     if s.default_model not in models:
         raise ModelsUnavailable(f"default model {s.default_model!r} is not servable; available: "
@@ -142,7 +199,7 @@ async def build_dependencies(settings: Settings, metrics: Metrics, overrides: Ov
     searcher = SearchCoalescer(s.search_batch_max_queries, metrics)
     return Dependencies(
         settings=s, metrics=metrics, pools=pools, models=served, inference=inference, embedder=embedder,
-        store=store, store_ok=store_ok, admission=admission, triton=triton,
+        store=store, store_ok=store_ok, admission=admission, triton=triton, security=security,
         collections=ManageCollections(collections, video_limits),
         images=ImageSearch(collections, encoder, searcher, admission, s.max_top_k, metrics),
         videos=VideoSearch(collections, encoder, admission, video_limits, s.video_frame_max_side, s.max_video_bytes,
@@ -187,15 +244,35 @@ def _milvus(s: Settings, pools: Pools) -> VectorStore:
 
 def build_grpc_server(settings: Settings, deps: Dependencies, health_servicer: health.aio.HealthServicer
                       ) -> tuple[grpc.aio.Server, int]:
-    """The gRPC server with the search service, health and reflection, bound (not started)."""
+    """The gRPC server with the search service, health (never behind a key) and reflection, bound
+    (not started), with the transport limits of the settings."""
     s = settings
-    server = grpc.aio.server(options=[
+    options = [
         ("grpc.max_receive_message_length", s.max_receive_message_bytes),
         ("grpc.max_send_message_length", s.max_receive_message_bytes),
-    ])
+        ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+        # Soft and hard limit alike: between the two grpc refuses at random.
+        ("grpc.max_metadata_size", s.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", s.max_metadata_bytes),
+        # Pings without data more often than this are strikes; 2 strikes and the client gets GOAWAY.
+        ("grpc.http2.min_ping_interval_without_data_ms", int(s.keepalive_min_interval_s * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+    if s.max_connection_age_s > 0:
+        options += [("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_s * 1000))]
+    server = grpc.aio.server(options=options)
     servicer = SearchServicer(deps.collections, deps.images, deps.videos, deps.server_info, s.index_batch_size)
-    server.add_generic_rpc_handlers((service_handler(SERVICE, pb, servicer, CallGuard(deps.metrics)),))
+    guard = CallGuard(deps.metrics, deps.security.auth,
+                      GuardLimits(stream_idle_timeout_s=s.stream_idle_timeout_s, max_concurrent_rpcs=s.max_concurrent_rpcs))
+    server.add_generic_rpc_handlers((service_handler(SERVICE, pb, servicer, guard),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{s.host}:{s.port}")
+    if s.reflection_enabled:
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{s.host}:{s.port}"
+    tls = deps.security.tls
+    try:
+        port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {address}: {exc} (--host/--port)") from None
     return server, port

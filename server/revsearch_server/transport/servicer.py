@@ -15,6 +15,7 @@ from ..usecases.images import ImageSearch
 from ..usecases.server_info import DescribeServer
 from ..usecases.videos import VideoSearch
 from . import convert
+from .calls import CALLER
 from .streams import read_ahead
 from .uploads import ChunkBody, first_header
 
@@ -37,8 +38,9 @@ class SearchServicer:
         return pb.CreateCollectionResponse(collection=convert.collection_pb(spec, count), created=created)
 
     async def ListCollections(self, request, context):
-        return pb.ListCollectionsResponse(
-            collections=[convert.collection_pb(s, n) for s, n in await self._collections.list()])
+        # Only the collections the caller's key may use (every one without keys).
+        listed = await self._collections.list(visible=CALLER.get().may_use)
+        return pb.ListCollectionsResponse(collections=[convert.collection_pb(s, n) for s, n in listed])
 
     async def DescribeCollection(self, request, context):
         spec, count = await self._collections.describe(request.name)

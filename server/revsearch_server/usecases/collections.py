@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..catalog import CollectionSpec
 from ..collection_service import Collections
 from ..domain import CropMode, FaceOptions, IndexKind, MediaType
@@ -54,8 +56,9 @@ class ManageCollections:
         """Settings and stored vector count."""
         return await self._collections.describe(name)
 
-    async def list(self) -> list[tuple[CollectionSpec, int]]:
-        return await self._collections.list()
+    async def list(self, visible: Callable[[str], bool] = lambda name: True) -> list[tuple[CollectionSpec, int]]:
+        """The collections whose names `visible` accepts, with their counts."""
+        return await self._collections.list(visible)
 
     async def drop(self, name: str) -> None:
         await self._collections.drop(name)

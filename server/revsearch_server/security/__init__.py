@@ -1,0 +1,1 @@
+"""Safe exposure: TLS certificates, API keys with roles, collection scopes and rates."""
