@@ -56,12 +56,17 @@ class RevsearchServer:
         self._server, self.port = build_grpc_server(s, deps, self.health)
         await self._server.start()
         # Health: from what start-up found, then re-checked every --health-interval-s.
-        store, backend = deps.store, deps.inference
+        store, backend, triton = deps.store, deps.inference, deps.triton
         probe_s = max(0.5, min(s.milvus_timeout_s, s.health_interval_s))
+
+        async def inference_ok() -> bool:
+            if triton is not None:  # a managed Triton that died is started again; the fallback serves meanwhile
+                await asyncio.to_thread(triton.restart_if_dead)
+            return await backend.check(min(2.0, probe_s))
+
         self._monitor = HealthMonitor(
             self.health, ("", SERVICE_NAME),
-            {"vector_store": lambda: store.ping(probe_s),
-             "inference": lambda: backend.check(min(2.0, probe_s))},
+            {"vector_store": lambda: store.ping(probe_s), "inference": inference_ok},
             s.health_interval_s, self.metrics)
         await self._monitor.report({"vector_store": deps.store_ok, "inference": backend.kind is not BackendKind.NONE})
         self._monitor.start()

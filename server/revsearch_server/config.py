@@ -33,6 +33,9 @@ class Settings:
     triton_timeout_s: float = 30.0
     triton_startup_timeout_s: float = 180.0
     fallback: str = "local"
+    # While on the fallback, Triton is tried again this often (seconds); a managed Triton that
+    # exited is restarted by the health checks.
+    triton_reprobe_s: float = 10.0
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
     default_model: str = "resnet50"
     allow_untrained: bool = False
@@ -151,6 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       default=_env("triton_startup_timeout_s", d.triton_startup_timeout_s))
     a("--fallback", choices=["local", "none"], default=_env("fallback", d.fallback),
       help="when Triton is unreachable: run the model in-process with ONNX Runtime, or answer UNAVAILABLE")
+    a("--triton-reprobe-s", type=float, default=_env("triton_reprobe_s", d.triton_reprobe_s),
+      help="while on the fallback, seconds between attempts to return to Triton")
     a("--model-repository", type=Path, default=_env("model_repository", d.model_repository))
     a("--default-model", default=_env("default_model", d.default_model))
     a("--allow-untrained", action="store_true", default=_env("allow_untrained", d.allow_untrained),

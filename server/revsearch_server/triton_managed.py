@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import Unavailable
@@ -54,6 +55,9 @@ class ManagedTriton:
         self.models = list(models)
         self.process: subprocess.Popen | None = None
         self._backend_dir: str | None = None
+        self._port: int | None = None
+        self.restarts = 0
+        self._restarted_at = 0.0
 
     def start(self) -> str:
         """Starts tritonserver; returns its gRPC address. Readiness is awaited by the caller."""
@@ -70,7 +74,8 @@ class ManagedTriton:
         for src in (server_dir / "backends" / "python" / "libtriton_python.so",
                     server_dir / "backends" / "python" / "triton_python_backend_utils.py", stub):
             (python_dir / src.name).symlink_to(src)
-        port = _free_port()
+        # A restart keeps the port, so the client (embedding/triton.py) needs no new address.
+        port = self._port = self._port or _free_port()
         site_packages = os.pathsep.join(dict.fromkeys([sysconfig.get_paths()["purelib"],
                                                        sysconfig.get_paths()["platlib"]]))
         env = {**os.environ, "TRITON_STUB_PYTHONPATH": site_packages,
@@ -89,6 +94,21 @@ class ManagedTriton:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def restart_if_dead(self, min_interval_s: float = 10.0) -> bool:
+        """Starts Triton again when its process has exited (crashed, killed), at most once per
+        min_interval_s so a Triton that cannot start does not spin. True when restarted."""
+        if self.process is None or self.alive() or time.monotonic() - self._restarted_at < min_interval_s:
+            return False
+        code = self.process.returncode
+        self._restarted_at = time.monotonic()
+        if self._backend_dir:
+            shutil.rmtree(self._backend_dir, ignore_errors=True)
+            self._backend_dir = None
+        self.restarts += 1
+        log.error("managed Triton exited (code %s); starting it again (restart %d)", code, self.restarts)
+        self.start()
+        return True
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -230,7 +230,7 @@ async def _inference(s: Settings, models: dict, pools: Pools, metrics: Metrics,
             reason = str(exc)
             log.error("managed Triton could not start: %s", exc)
     fallback = LocalOnnxBackend(pools.inference) if s.fallback == "local" or not s.triton_enabled else None
-    backend = FailoverBackend(primary, fallback, metrics=metrics)
+    backend = FailoverBackend(primary, fallback, reprobe_s=s.triton_reprobe_s, metrics=metrics)
     await backend.start(models, primary_wait_s=wait_s, no_primary_reason=reason)
     return backend, triton
 

@@ -300,3 +300,20 @@ def test_the_client_library_and_the_cli_work_against_tls_and_keys(secured, pki):
     refused = cli("info")
     assert refused.returncode != 0 and "UNAUTHENTICATED" in (refused.stdout + refused.stderr).upper()
     assert KEYS["reader"] not in listed.stdout + listed.stderr
+
+
+def test_the_container_health_check_passes_over_tls_without_a_key(secured, pki):
+    import os
+    import subprocess
+    import sys
+
+    server, _ = secured
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REVSEARCH_")},
+           "REVSEARCH_TLS_CA": str(pki["ca"].pem)}
+    probe = subprocess.run([sys.executable, "-m", "revsearch_server.healthcheck", f"localhost:{server.server.port}"],
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert probe.returncode == 0 and probe.stdout.strip() == "SERVING"
+    env.pop("REVSEARCH_TLS_CA")
+    plaintext = subprocess.run([sys.executable, "-m", "revsearch_server.healthcheck", f"localhost:{server.server.port}"],
+                               capture_output=True, text=True, timeout=60, env=env)
+    assert plaintext.returncode == 1

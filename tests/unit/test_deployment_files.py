@@ -55,3 +55,24 @@ def test_triton_in_compose_selects_a_config_every_loaded_model_has(triton, kind)
         config = (ROOT / "model_repository" / model / "configs" / f"{config_name}.pbtxt").read_text()
         assert 'backend: "onnxruntime"' in config and kind in config
         assert f'name: "{model}"' in config
+
+
+@pytest.mark.parametrize("server", ["revsearch", "revsearch-cpu"])
+def test_compose_serves_tls_and_api_keys_and_keeps_metrics_off_the_public_interface(server):
+    service = _compose()["services"][server]
+    env = service["environment"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in service["volumes"]}
+    assert mounts["/etc/revsearch/tls"] == "./deploy/tls" and mounts["/etc/revsearch/api_keys.toml"].startswith("./deploy/")
+    assert env["REVSEARCH_TLS_CERT"].startswith("/etc/revsearch/tls/") and env["REVSEARCH_TLS_KEY"].startswith(
+        "/etc/revsearch/tls/")
+    assert env["REVSEARCH_API_KEYS"] == "/etc/revsearch/api_keys.toml"
+    assert "127.0.0.1:9464:9464" in service["ports"]
+    assert service["healthcheck"]["test"][-2:] == ["revsearch_server.healthcheck", "localhost:50051"]
+
+
+def test_the_example_key_file_is_a_valid_key_file():
+    from revsearch_server.security.keys import Role, load_key_file
+
+    ring = load_key_file(ROOT / "deploy" / "api_keys.example.toml")
+    assert {k.id: k.role for k in ring.keys} == {"search-frontend": Role.READ, "indexer": Role.WRITE,
+                                                 "operator": Role.ADMIN}

@@ -5,6 +5,10 @@ pymilvus is synchronous, so calls run in a small thread pool and each carries a 
 Searches use a configurable consistency level (Session by default: this process reads its own
 acknowledged writes without paying for Strong consistency's wait on every search).
 
+Failing fast: once a call finds the store unreachable, later calls fail at once with
+Unavailable instead of each waiting out its deadline, except one probe call every
+PROBE_EVERY_S; the first call (or health check) that gets through closes the circuit again.
+
 Stored-row layouts (a collection records its layout in its settings, catalog.py):
   1  (releases up to 0.1.0) one JSON column `face_box` carried {"box": [x0, y0, x1, y1, conf],
      "faces": face count, "t": frame timestamp}.
@@ -22,6 +26,7 @@ import logging
 import math
 import re
 import threading
+import time
 from dataclasses import asdict
 from concurrent.futures import Executor
 
@@ -34,6 +39,7 @@ from .base import CURRENT_LAYOUT, LAYOUT_FACE_COLUMNS, Hit, Record
 log = logging.getLogger(__name__)
 
 PREFIX = "revsearch_"
+PROBE_EVERY_S = 1.0
 _MISSING_COLLECTION = re.compile(r"collection not found|can't find collection|CollectionNotExists", re.I)
 _NO_FACE_COUNT, _NO_TIMESTAMP = 0, -1.0
 # Row keys: a 64-character item id plus "~<face>" in crop mode "all" (see rows.py).
@@ -77,6 +83,9 @@ class MilvusStore:
         self._client = None
         self._client_lock = threading.Lock()
         self._pool = pool  # pymilvus is synchronous; its calls run here (sized in pools.py)
+        # The circuit: why the store is taken to be down (None: up), and when a call last tried it.
+        self._down: str | None = None
+        self._last_try = 0.0
 
     @property
     def is_lite(self) -> bool:
@@ -93,20 +102,38 @@ class MilvusStore:
                 self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self._timeout_s)
             return self._client
 
+    @property
+    def is_down(self) -> bool:
+        return self._down is not None
+
     async def call(self, method: str, *args, **kwargs):
         """Runs client.<method> in the pool with the deadline; maps failures to Unavailable."""
         kwargs["timeout"] = call_timeout(kwargs.get("timeout", self._timeout_s))
+        now = time.monotonic()
+        if self._down is not None and now - self._last_try < PROBE_EVERY_S:
+            raise Unavailable(f"vector store {self.describe()} is unreachable ({self._down}); failing at once "
+                              "until it answers again (retry shortly)")
+        self._last_try = now
 
         def run():
             return getattr(self._connect(), method)(*args, **kwargs)
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, run)
         except Exception as exc:  # pymilvus raises many types; all but one mean the store failed us
             if _MISSING_COLLECTION.search(str(exc)):  # dropped by another server process meanwhile
                 raise NotFound(f"collection {args[0].removeprefix(PREFIX)!r} does not exist (dropped)") from exc
-            log.warning("milvus %s failed: %s", method, exc)
+            if self._down is None:
+                log.warning("milvus %s failed: %s", method, exc)
+            self._down = _short(exc)
             raise Unavailable(f"vector store {self.describe()} failed during {method}: {_short(exc)}") from exc
+        self._up()
+        return result
+
+    def _up(self) -> None:
+        if self._down is not None:
+            log.info("vector store %s answers again", self.describe())
+            self._down = None
 
     async def start(self) -> None:
         await self.call("list_collections")
@@ -118,9 +145,11 @@ class MilvusStore:
 
         try:
             await asyncio.get_running_loop().run_in_executor(self._pool, run)
-            return True
-        except Exception:
+        except Exception as exc:
+            self._down = self._down or _short(exc)
             return False
+        self._up()
+        return True
 
     async def create(self, name: str, dimension: int, description: str, layout: int = CURRENT_LAYOUT) -> bool:
         from pymilvus import DataType, MilvusClient
