@@ -17,6 +17,7 @@ with the number of lines suppressed, so a flood cannot fill the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -159,49 +160,39 @@ class CallGuard:
         CALLER.set(caller)
         return caller
 
+    @contextlib.asynccontextmanager
+    async def _call(self, rpc: str, context):
+        """One call's admission, outcome and metrics: what every handler kind shares."""
+        outcome = _Outcome(self._metrics, rpc, context)
+        try:
+            outcome.caller = self._enter(rpc, context)
+            self._active += 1
+            outcome.counted_active = True
+            yield outcome.caller
+        except BaseException as exc:  # noqa: B902 - every kind is mapped, then re-raised or aborted
+            await outcome.failed(exc)
+        finally:
+            self._leave(outcome)
+
     def unary(self, rpc: str, handler):
         async def call(request, context):
-            outcome = _Outcome(self._metrics, rpc, context)
-            try:
-                outcome.caller = caller = self._enter(rpc, context)
-                self._active += 1
-                outcome.counted_active = True
+            async with self._call(rpc, context) as caller:
                 return await handler(self.check(rpc, request, caller), context)
-            except BaseException as exc:  # noqa: B902 - every kind is mapped, then re-raised or aborted
-                await outcome.failed(exc)
-            finally:
-                self._leave(outcome)
 
         return call
 
     def stream_unary(self, rpc: str, handler):
         async def call(requests, context):
-            outcome = _Outcome(self._metrics, rpc, context)
-            try:
-                outcome.caller = caller = self._enter(rpc, context)
-                self._active += 1
-                outcome.counted_active = True
+            async with self._call(rpc, context) as caller:
                 return await handler(self.checked(rpc, requests, caller), context)
-            except BaseException as exc:  # noqa: B902
-                await outcome.failed(exc)
-            finally:
-                self._leave(outcome)
 
         return call
 
     def stream_stream(self, rpc: str, handler):
         async def call(requests, context):
-            outcome = _Outcome(self._metrics, rpc, context)
-            try:
-                outcome.caller = caller = self._enter(rpc, context)
-                self._active += 1
-                outcome.counted_active = True
+            async with self._call(rpc, context) as caller:
                 async for response in handler(self.checked(rpc, requests, caller), context):
                     yield response
-            except BaseException as exc:  # noqa: B902
-                await outcome.failed(exc)
-            finally:
-                self._leave(outcome)
 
         return call
 
