@@ -13,40 +13,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from revsearch.client import AsyncSearchClient  # noqa: E402
-from revsearch_server.embedding.local_onnx import make_session  # noqa: E402
-from revsearch_server.imaging import ImageLimits, preprocess  # noqa: E402
-from revsearch_server.models import load_models  # noqa: E402
-from tests.helpers import lfw_images  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import start_server, stop_server  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+from common import NO_LIMITS, RESULTS, ROOT, lfw_images, machine, now_utc, start_server, stop_server, write_results
+from revsearch.client import AsyncSearchClient
+from revsearch_server.embedding.local_onnx import make_session
+from revsearch_server.imaging import preprocess
+from revsearch_server.models import load_models
 
 
 def bench_onnxruntime(model, images: list[bytes], batch: int, seconds: float, spinning: bool) -> dict:
-    limits = ImageLimits(1 << 30, 1 << 30)
-    pixels = np.stack([preprocess(b, limits, model.input_size, model.resize_to) for b in images])
+    pixels = np.stack([preprocess(b, NO_LIMITS, model.input_size, model.resize_to) for b in images])
+    # The bare session on purpose (no Embedder, no batcher): this path is the model's ceiling.
     session = make_session(model.onnx_path, spinning=spinning)
-    session.run(None, {"images": pixels[:batch]})  # warm-up
+    session.run(None, {model.input_name: pixels[:batch]})  # warm-up
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         for i in range(0, len(pixels), batch):
-            session.run(None, {"images": pixels[i:i + batch]})
+            session.run(None, {model.input_name: pixels[i:i + batch]})
             done += len(pixels[i:i + batch])
     elapsed = time.perf_counter() - started
     return {"images_per_s": done / elapsed, "images": done, "seconds": elapsed, "batch": batch,
@@ -131,15 +120,14 @@ def main() -> int:
     finally:
         servers.close()
     raw = {"images_per_s": median_of([r["a"] for r in rounds]), "batch": args.batch}
-    triton = {"images_per_s": median_of([r["b"] for r in rounds]), "p50_ms": median_of([r["b"] for r in rounds], "p50_ms"),
-              "p99_ms": median_of([r["b"] for r in rounds], "p99_ms"), "backend_detail": rounds[0]["b"]["backend_detail"]}
-    local = {"images_per_s": median_of([r["c"] for r in rounds]), "p50_ms": median_of([r["c"] for r in rounds], "p50_ms"),
-             "p99_ms": median_of([r["c"] for r in rounds], "p99_ms"), "backend_detail": rounds[0]["c"]["backend_detail"]}
+    triton, local = ({"images_per_s": median_of([r[p] for r in rounds]),
+                      "p50_ms": median_of([r[p] for r in rounds], "p50_ms"),
+                      "p99_ms": median_of([r[p] for r in rounds], "p99_ms"),
+                      "backend_detail": rounds[0][p]["backend_detail"]} for p in ("b", "c"))
     result = {
         "benchmark": "resnet50 embedding throughput",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+        "date": now_utc(),
+        "machine": machine(),
         "model": {"name": model.name, "trained": model.trained, "input": "uint8 224x224x3"},
         "images": len(images),
         "a_onnxruntime_direct": raw,
@@ -150,11 +138,11 @@ def main() -> int:
         "ratio_c_over_a": float(np.median([r["c_over_a"] for r in rounds])),
         "target_b_over_a": 0.9,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "embedding_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "embedding_throughput.md").write_text(
+    weights = ("with pretrained weights" if model.trained
+               else "UNTRAINED (no pretrained weights here; same graph, so the same compute per image)")
+    write_results("embedding_throughput", result, (
         f"# ResNet50 embedding throughput ({result['date']}, {os.cpu_count()} CPUs)\n\n"
-        f"Model: ResNet50 {'with pretrained weights' if model.trained else 'UNTRAINED (no pretrained weights here; same graph, so the same compute per image)'}.\n\n"
+        f"Model: ResNet50 {weights}.\n\n"
         f"| path | images/s | setting | ratio to (a) |\n|---|---|---|---|\n"
         f"| (a) ONNX Runtime in-process | {raw['images_per_s']:.1f} | batch {args.batch} | 1.00 |\n"
         f"| (b) gRPC EmbedImage, Triton (CPU, Python backend) | {triton['images_per_s']:.1f} | "
@@ -163,7 +151,7 @@ def main() -> int:
         f"concurrency {args.concurrency}, p99 {local['p99_ms']:.0f} ms | {result['ratio_c_over_a']:.2f} |\n\n"
         f"Medians of {args.rounds} interleaved rounds of {args.seconds:.0f} s per path (ratios taken within "
         f"each round). Target b/a >= 0.9. Server micro-batching: up to 8 images, 2 ms wait; Triton dynamic "
-        f"batching, preferred batch 8. All three use ONNX Runtime with all cores and thread spinning on.\n")
+        f"batching, preferred batch 8. All three use ONNX Runtime with all cores and thread spinning on.\n"))
     print(f"ratios: b/a = {result['ratio_b_over_a']:.3f}, c/a = {result['ratio_c_over_a']:.3f} "
           f"(target b/a >= 0.9); written to {RESULTS.relative_to(ROOT)}/embedding_throughput.{{json,md}}")
     return 0

@@ -1,13 +1,16 @@
 """Face pipeline speed: each stage alone, then the whole pipeline through the server, in one run.
 
-On the same LFW images it measures, in this process and one stage at a time (as the server runs
-them: detection batched 8 images at a time, the face model on chips and their mirror images):
-  decode   JPEG bytes -> RGB array (PIL, EXIF applied)
-  detect   MTCNN (facenet-pytorch, min face 20 px) -> faces/s and images/s
-  align    five landmarks -> 150 px chip (similarity transform)
-  embed    the face model (ONNX Runtime, in-process, flip-averaged like the server) -> faces/s
-  store    Milvus Lite upserts of the 128-d vectors, 8 per call
-and then IndexImages over gRPC into a `largest`-face collection of a revsearch server process
+On the same LFW images it measures, in this process and one stage at a time, with the server's own
+code (as the server runs it: detection batched 8 images at a time, the face model on chips and
+their mirror images):
+  decode   JPEG bytes -> RGB array (imaging.decode_image: PIL, EXIF applied)
+  detect   MTCNN (the server's detector, min face 20 px) -> faces/s and images/s
+  align    the most prominent face -> 150 px chip (faces/cropper.py: the part after detection)
+  embed    the face model (embedding/embedder.py over the in-process ONNX Runtime backend:
+           flip-averaged, L2-normalised) -> faces/s
+  store    Milvus Lite upserts of the 128-d vectors, 8 per call (index/milvus.py)
+Detect and align are one FaceCropper.crop_arrays call per batch, split where detection returns.
+Then IndexImages over gRPC into a `largest`-face collection of a revsearch server process
 (managed CPU Triton, Milvus Lite), the way users index. It writes each stage's seconds per image,
 its share of the sum, and the served images/s against the sequential sum of the stages to
 benchmarks/results/face_pipeline.{json,md}.
@@ -24,91 +27,63 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from common import machine, now_utc, start_server, stop_server, write_results  # noqa: E402
-from revsearch.client import AsyncSearchClient, ImageInput  # noqa: E402
-from revsearch_server.embedding.local_onnx import make_session  # noqa: E402
-from revsearch_server.faces.align import align_chip  # noqa: E402
-from revsearch_server.faces.detector import DetectorSettings, FaceDetector, prominent_face  # noqa: E402
-from revsearch_server.imaging import ImageLimits, decode_image  # noqa: E402
-from revsearch_server.index.base import Record  # noqa: E402
-from revsearch_server.index.milvus import MilvusStore  # noqa: E402
-from revsearch_server.models import load_models  # noqa: E402
-from tests.helpers import lfw_images  # noqa: E402
+from common import (NO_LIMITS, ROOT, TimedCropper, lfw_images, local_embedder, machine, milvus_store, now_utc,
+                    start_server, stop_server, timed, write_results)
+from revsearch.client import AsyncSearchClient, ImageInput
+from revsearch.v1 import search_service_pb2 as pb
+from revsearch_server.domain import FaceBox, FaceOptions
+from revsearch_server.imaging import decode_image
+from revsearch_server.index.base import Record
+from revsearch_server.models import load_models
 
 DETECT_BATCH = 8  # the server's micro-batch: detection runs on the images of one index batch
-
-
-def timed(fn):
-    started = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - started
+# A `largest`-face collection's defaults: min face 20 px, confidence >= 0.9, the most prominent face.
+OPTIONS = FaceOptions()
 
 
 def stage_decode(blobs: list[bytes]) -> tuple[list[np.ndarray], float]:
-    limits = ImageLimits(1 << 30, 1 << 30)
-    return timed(lambda: [np.asarray(decode_image(b, limits), dtype=np.uint8) for b in blobs])
+    return timed(lambda: [np.asarray(decode_image(b, NO_LIMITS), dtype=np.uint8) for b in blobs])
 
 
-def stage_detect(images: list[np.ndarray]) -> tuple[list, float]:
-    detector = FaceDetector(DetectorSettings(min_face_size=20, min_confidence=0.9))
-    detector.detect(images[:DETECT_BATCH])  # warm-up (first call builds the networks' kernels)
-
-    def run():
-        faces = []
+def stage_detect_and_align(images: list[np.ndarray], model) -> tuple[np.ndarray, list[FaceBox], int, float, float]:
+    """(chips, their boxes, faces detected, detect seconds, align seconds)."""
+    cropper = TimedCropper()
+    try:
+        cropper.crop(images[:DETECT_BATCH], model, OPTIONS)  # warm-up (first call builds the networks' kernels)
+        chips, boxes, n_faces, t_detect, t_align = [], [], 0, 0.0, 0.0
         for i in range(0, len(images), DETECT_BATCH):
-            faces += detector.detect(images[i:i + DETECT_BATCH])
-        return faces
-
-    return timed(run)
-
-
-def stage_align(images: list[np.ndarray], faces: list, size: int) -> tuple[np.ndarray, float]:
-    def run():
-        chips = []
-        for img, fs in zip(images, faces):
-            face = prominent_face(fs, img.shape[1], img.shape[0])
-            if face is not None:
-                chips.append(align_chip(img, face.landmarks, size))
-        return np.stack(chips)
-
-    return timed(run)
+            part = cropper.crop(images[i:i + DETECT_BATCH], model, OPTIONS)
+            chips += part.pixels()
+            boxes += [c.box for r in part.crops if isinstance(r, list) for c in r]
+            n_faces += part.count_faces(OPTIONS.min_confidence)
+            t_detect += part.detect_s
+            t_align += part.crop_s
+    finally:
+        cropper.close()
+    return np.stack(chips), boxes, n_faces, t_detect, t_align
 
 
-def stage_embed(model, chips: np.ndarray, batch: int) -> tuple[np.ndarray, float]:
-    session = make_session(model.onnx_path, spinning=True)
-    session.run(None, {model.input_name: chips[:batch]})  # warm-up
-
-    def run():
-        out = []
-        for i in range(0, len(chips), batch):
-            part = chips[i:i + batch]
-            both = session.run(None, {model.input_name: np.concatenate([part, part[:, :, ::-1]])})[0]
-            out.append(both[:len(part)] + both[len(part):])
-        return np.concatenate(out)
-
-    return timed(run)
+async def stage_embed(model, chips: np.ndarray, batch: int) -> tuple[np.ndarray, float]:
+    async with local_embedder({model.name: model}) as embedder:
+        await embedder.embed(model, chips[:batch])  # warm-up
+        started = time.perf_counter()
+        out = [await embedder.embed(model, chips[i:i + batch]) for i in range(0, len(chips), batch)]
+        return np.concatenate(out), time.perf_counter() - started
 
 
-async def stage_store(vectors: np.ndarray, workdir: str) -> float:
-    store = MilvusStore(f"{workdir}/store.db", token="", timeout_s=60, consistency="Session")
-    await store.start()
-    await store.create("bench", vectors.shape[1], "benchmark")
-    index = store.index("bench", vectors.shape[1])
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    records = [Record(id=f"r{i}", vector=v.astype(np.float32), uri=f"img{i}", sha256=f"{i:064x}", model="face_dlib",
-                      model_version="1", created_at_ms=0, metadata={}, face_box=[0, 0, 1, 1, 1.0])
-               for i, v in enumerate(unit)]
-    await index.insert(records[:DETECT_BATCH])  # warm-up, then overwrite: upserts of the same ids
-    started = time.perf_counter()
-    for i in range(0, len(records), DETECT_BATCH):
-        await index.insert(records[i:i + DETECT_BATCH])
-    elapsed = time.perf_counter() - started
-    await store.close()
-    return elapsed
+async def stage_store(vectors: np.ndarray, boxes: list[FaceBox], workdir: str) -> float:
+    async with milvus_store(f"{workdir}/store.db") as store:
+        await store.create("bench", vectors.shape[1], "benchmark")
+        index = store.index("bench", vectors.shape[1])
+        # The vectors are the Embedder's: L2-normalised already, as the server stores them.
+        records = [Record(id=f"r{i}", vector=v, uri=f"img{i}", sha256=f"{i:064x}", model="face_dlib",
+                          model_version="1", created_at_ms=0, metadata={}, face_box=box)
+                   for i, (v, box) in enumerate(zip(vectors, boxes))]
+        await index.insert(records[:DETECT_BATCH])  # warm-up, then overwrite: upserts of the same ids
+        started = time.perf_counter()
+        for i in range(0, len(records), DETECT_BATCH):
+            await index.insert(records[i:i + DETECT_BATCH])
+        return time.perf_counter() - started
 
 
 async def served(address: str, paths: list[Path], streams: int) -> dict:
@@ -131,7 +106,8 @@ async def served(address: str, paths: list[Path], streams: int) -> dict:
         await asyncio.gather(*(stream(items[k::streams]) for k in range(streams)))
         elapsed = time.perf_counter() - started
     return {"images_per_s": len(items) / elapsed, "seconds": elapsed, "images": len(items), "streams": streams,
-            "indexed": sum(1 for s in statuses if s == 1), "no_face": sum(1 for s in statuses if s == 4),
+            "indexed": sum(1 for s in statuses if s == pb.ITEM_STATUS_INDEXED),
+            "no_face": sum(1 for s in statuses if s == pb.ITEM_STATUS_NO_FACE),
             "backend": info.inference_detail}
 
 
@@ -149,12 +125,10 @@ def main() -> int:
     print(f"face pipeline on {n} LFW images (250x250 JPEG), {machine()['cpus']} CPUs", flush=True)
 
     images, t_decode = stage_decode(blobs)
-    faces, t_detect = stage_detect(images)
-    n_faces = sum(len(f) for f in faces)
-    chips, t_align = stage_align(images, faces, model.input_size)
-    vectors, t_embed = stage_embed(model, chips, args.embed_batch)
+    chips, boxes, n_faces, t_detect, t_align = stage_detect_and_align(images, model)
+    vectors, t_embed = asyncio.run(stage_embed(model, chips, args.embed_batch))
     with tempfile.TemporaryDirectory(prefix="bench-faces-") as workdir:
-        t_store = asyncio.run(stage_store(vectors, workdir))
+        t_store = asyncio.run(stage_store(vectors, boxes, workdir))
     stages = {"decode": t_decode, "detect": t_detect, "align": t_align, "embed": t_embed, "store": t_store}
     per_image = {k: v / n for k, v in stages.items()}
     total = sum(per_image.values())

@@ -3,8 +3,9 @@
 1. Starts a revsearch server process (managed CPU Triton, Milvus Lite), creates a ResNet50
    collection, indexes --images real LFW images through the server, stops it, and tops the
    collection up to --vectors rows with synthetic L2-normalised vectors written straight into the
-   Milvus Lite file with the server's own MilvusIndex (no RPC inserts raw vectors; the file is the
-   server's, so the server is stopped while seeding).
+   store (the Milvus Lite file, or the Milvus server) as pymilvus inserts of rows in the server's
+   layout (no RPC inserts raw vectors; a Lite file is the server's, so the server is stopped while
+   seeding).
 2. Restarts the server and runs `revsearch loadtest --workload search --sweep ...` (a separate
    process, as users run it) with LFW query images: throughput, p50/p95/p99 and errors per
    concurrency, the knee.
@@ -19,25 +20,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_search_scaling import (ServerControl, process_tree, rss_kb, start_milvus_server,  # noqa: E402
-                                  stop_milvus_server)
-from common import RESULTS, machine, now_utc, start_server, stop_server, write_results  # noqa: E402
-from revsearch.client import ImageInput, SearchClient  # noqa: E402
-from revsearch_server.index.milvus import milvus_name  # noqa: E402
-from tests.helpers import LFW, lfw_images  # noqa: E402
+from common import (LFW, RESULTS, ROOT, ServerControl, lfw_images, machine, now_utc, process_tree, rss_kb,
+                    start_milvus_server, start_server, stop_milvus_server, stop_server, write_results)
+from revsearch.client import ImageInput, SearchClient
+from revsearch.v1 import search_service_pb2 as pb
+from revsearch_server.domain import l2_normalize
+from revsearch_server.index.milvus import CURRENT_LAYOUT, LAYOUT_FACE_COLUMNS, milvus_name
 
 COLLECTION = "load"
 
@@ -59,6 +58,9 @@ def seed(uri: str, dimension: int, target: int, have: int) -> float:
     """Plain inserts (the server upserts, which costs a delete per row; these ids are all new)."""
     from pymilvus import MilvusClient
 
+    # The rows below are in the layout the server gives new collections (index/milvus.py): face_box
+    # JSON, face_count and timestamp_s columns with their "none" values. A new layout must be added here.
+    assert CURRENT_LAYOUT == LAYOUT_FACE_COLUMNS, f"seed() writes layout {LAYOUT_FACE_COLUMNS}, not {CURRENT_LAYOUT}"
     client = MilvusClient(uri=uri)
     rng = np.random.default_rng(0)
     # 500 rows a call: Milvus Lite took 2,300 rows/s of 2048-d vectors at 500 a call but 43 rows/s at 5,000
@@ -66,12 +68,11 @@ def seed(uri: str, dimension: int, target: int, have: int) -> float:
     started, batch = time.perf_counter(), 500
     for start in range(have, target, batch):
         n = min(batch, target - start)
-        vectors = rng.standard_normal((n, dimension)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = l2_normalize(rng.standard_normal((n, dimension)).astype(np.float32))
         client.insert(milvus_name(COLLECTION), [
             {"id": f"synthetic{start + i}", "vector": v.tolist(), "uri": f"synthetic://{start + i}",
              "sha256": f"{start + i:064x}", "model": "resnet50", "model_version": "1", "created_at_ms": 0,
-             "metadata": {}, "face_box": {}} for i, v in enumerate(vectors)])
+             "metadata": {}, "face_box": {}, "face_count": 0, "timestamp_s": -1.0} for i, v in enumerate(vectors)])
     elapsed = time.perf_counter() - started
     client.close()
     return elapsed
@@ -123,10 +124,14 @@ def run(args, data_dir: Path, uri: str, extra: list[str], milvus_proc, name: str
         with SearchClient(address, timeout=600) as client:
             dim = client.create_collection(COLLECTION, model="resnet50").collection.dimension
             items = [ImageInput.from_path(p) for p in lfw_images(args.images, per_person_max=2)]
-            indexed = sum(1 for r in client.index_images(COLLECTION, items) if r.status == 1)
+            indexed = sum(1 for r in client.index_images(COLLECTION, items) if r.status == pb.ITEM_STATUS_INDEXED)
     finally:
         stop_server(proc)
-    seed_s = seed(uri, dim, args.vectors, indexed)
+    # In a child process: Milvus Lite keeps a file's server, and its lock on the file, for as long as
+    # the process that opened it lives (client.close() does not release it), and the server must
+    # open the file again next.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        seed_s = child.submit(seed, uri, dim, args.vectors, indexed).result()
     ready = {}
     if milvus_proc is not None:
         # Searched only once the HNSW index covers every row and is loaded, as a collection that

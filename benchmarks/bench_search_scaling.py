@@ -11,7 +11,7 @@ Session consistency, thread-pool hop and Hit construction:
   queries   200 held-out vectors (no near neighbour: the hard case for an approximate index) plus
             100 perturbed copies of stored vectors (cosine ~0.9 to their source: a near duplicate).
   insert    rows/s of the inserts that grow the store to each size (MilvusIndex.insert = upsert).
-  server    Milvus 2.3.5 standalone (tests/integration/milvus_server.py), AUTOINDEX (HNSW there).
+  server    Milvus 2.3.5 standalone (common.start_milvus_server), AUTOINDEX (HNSW there).
             Measured twice per size: right after the inserts (rows in growing segments, searched
             through Milvus's interim IVF index: what the service sees until Milvus seals them),
             then after flush + index build + load of the indexed segments (build time reported).
@@ -24,7 +24,7 @@ Session consistency, thread-pool hop and Hit construction:
             bare numpy floor on the same matrix (matmul + argpartition: the lower bound for a
             brute-force search), and the dedup lookup ids_for_sha256 (every index request runs it).
   ef        the server's recall/latency again with an explicit HNSW ef of 64/128/256
-            (MilvusIndex.search sends no search params but the metric, so Milvus picks ef itself).
+            (MilvusIndex.search with the store's search_ef set to each, as --milvus-search-ef does).
   memory    RSS: the Milvus server's process tree, the Milvus Lite process; exact KNN lives in the
             caller's process, so it is grown once more alone in a child process (Records, then
             + its search matrix, and the peak during a 64-query search); this process's own RSS
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import hashlib
 import os
@@ -51,15 +52,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "server"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from common import machine, now_utc, write_results  # noqa: E402
-from revsearch_server.index.base import Record  # noqa: E402
-from revsearch_server.index.exact_knn import ExactKnnIndex  # noqa: E402
-from revsearch_server.index.milvus import MilvusStore, milvus_name  # noqa: E402
+from common import (ServerControl, log, machine, milvus_store, now_utc, process_tree, rss_kb, start_milvus_server,
+                    stop_milvus_server, tree_rss_mb, write_results)
+from revsearch_server.domain import FaceBox, l2_normalize
+from revsearch_server.index.base import Record
+from revsearch_server.index.exact_knn import ExactKnnIndex
+from revsearch_server.index.milvus import MilvusIndex, MilvusStore, milvus_name
 
 SEED = 20261124
 TOP_K = 20
@@ -72,51 +70,11 @@ LABELS = {"lite": "Milvus Lite (FLAT)", "server": "Milvus server (AUTOINDEX=HNSW
 MODELS = {128: "face_dlib", 2048: "resnet50"}
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 # -- processes and memory ---------------------------------------------------------------------
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(p.name))
-    return kids
-
-
-def process_tree(pid: int) -> list[int]:
-    kids, out, todo = _children(), [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
-def tree_rss_mb(pid: int) -> float:
-    return sum(rss_kb(p) for p in process_tree(pid)) / 1024
-
-
 def self_rss_mb() -> float:
     return rss_kb(os.getpid()) / 1024
 
@@ -142,43 +100,10 @@ def running_milvus_servers() -> list[int]:
             if p.name.isdigit() and "milvus run standalone" in _cmdline(int(p.name))]
 
 
-def start_milvus_server(base: Path) -> tuple[subprocess.Popen, str]:
-    from tests.helpers import free_port
-
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "integration" / "milvus_server.py"), str(base),
-                             str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("READY"):
-            return proc, f"http://127.0.0.1:{int(line.split()[1])}"
-    proc.kill()
-    raise RuntimeError(f"embedded Milvus server did not start (rc={proc.poll()})")
-
-
-def stop_milvus_server(proc: subprocess.Popen) -> None:
-    tree = process_tree(proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    for pid in tree[1:]:  # the milvus binary, if the wrapper could not stop it
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 # -- data ---------------------------------------------------------------------------------------
 def batch_vectors(dim: int, batch: int, b: int) -> np.ndarray:
     rng = np.random.default_rng([SEED, dim, b])
-    v = rng.standard_normal((batch, dim), dtype=np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return v
+    return l2_normalize(rng.standard_normal((batch, dim), dtype=np.float32))
 
 
 def row_id(dim: int, n: int) -> str:
@@ -199,7 +124,7 @@ def batch_records(dim: int, batch: int, b: int, model: str) -> list[Record]:
         out.append(Record(id=row_id(dim, n), vector=vecs[i], uri=f"/photos/person_{n // 7:07d}/img_{n:08d}.jpg",
                           sha256=hashlib.sha256(f"sha:{dim}:{n}".encode()).hexdigest(), model=model,
                           model_version="bench", created_at_ms=now, metadata={},
-                          face_box=[12.0, 20.0, 112.0, 150.0, 0.99], face_count=1))
+                          face_box=FaceBox(12.0, 20.0, 112.0, 150.0, 0.99), face_count=1))
     return out
 
 
@@ -211,8 +136,7 @@ def make_queries(dim: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
     src = rng.choice(min(batch, len(first)), N_NEAR, replace=False)
     noise = rng.standard_normal((N_NEAR, dim), dtype=np.float32) * (0.5 / np.sqrt(dim))
     near = first[src] + noise  # |noise| ~ 0.5: cosine ~ 0.89 to the source
-    q = np.concatenate([held, near]).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q = l2_normalize(np.concatenate([held, near]))
     return q, np.concatenate([np.full(N_HELD_OUT, -1), src])
 
 
@@ -311,134 +235,29 @@ def numpy_floor(matrix: np.ndarray, queries: np.ndarray) -> dict:
     return {"single_ms": pct(single), "batch64_ms_per_query": round(float(np.median(per_query)), 3)}
 
 
-class ServerControl:
-    """Flush / index state of the Milvus server through pymilvus directly (not through MilvusIndex)."""
-
-    def __init__(self, uri: str, collection: str):
-        from pymilvus import MilvusClient, connections
-
-        self.client = MilvusClient(uri=uri, timeout=600)
-        self.alias = f"bench-{os.getpid()}"
-        connections.connect(alias=self.alias, uri=uri)
-        self.c = collection
-        self.index_name = self.client.list_indexes(self.c)[0]
-
-    def segments(self) -> list[dict]:
-        from pymilvus import utility
-
-        return [{"id": s.segmentID, "rows": s.num_rows, "state": s.state, "indexed": bool(s.indexID),
-                 "index_name": s.index_name}
-                for s in utility.get_query_segment_info(self.c, timeout=60, using=self.alias)]
-
-    def describe_index(self) -> dict:
-        return self.client.describe_index(self.c, self.index_name)
-
-    def _served(self, expected_rows: int) -> tuple[bool, list[dict]]:
-        """Whether the query node serves every row from sealed, indexed segments (and nothing else)."""
-        sealed = 3
-        segs = self.segments()
-        served = sum(s["rows"] for s in segs if s["state"] == sealed and s["indexed"])
-        other = sum(s["rows"] for s in segs if s["state"] != sealed or not s["indexed"])
-        return served >= expected_rows and other == 0, segs
-
-    def flush_and_wait(self, expected_rows: int, timeout_s: float = 1800) -> dict:
-        """Flush; wait until the index covers every row and the query node serves only sealed,
-        indexed segments; then compact (Milvus merges the small sealed segments on its own a little
-        later anyway, and re-indexes the result) and wait until that is indexed, loaded and stable,
-        so the measurement does not run into a compaction.
-        (Milvus 2.3.5's describe_index pending_index_rows is not used: after compactions it kept
-        reporting ~900k pending on a fully indexed and loaded 1M collection.)"""
-        t0 = time.perf_counter()
-        self.client.flush(self.c, timeout=600)
-        t_flush = time.perf_counter() - t0
-        t_index = None
-        deadline = time.time() + timeout_s
-        last_log = 0.0
-        timed_out = False
-        while True:
-            d = self.describe_index()
-            if t_index is None and d.get("state") == "Finished" and d.get("indexed_rows", 0) >= expected_rows:
-                t_index = time.perf_counter() - t0
-            ok, segs = self._served(expected_rows)
-            if t_index is not None and ok:
-                break
-            if time.time() > deadline:
-                timed_out = True
-                log(f"  server: index not complete after {timeout_s} s; measuring as it is")
-                break
-            if time.time() - last_log > 30:
-                last_log = time.time()
-                log(f"  server: waiting for index: {d.get('indexed_rows')}/{d.get('total_rows')} indexed, "
-                    f"segments (rows, state, indexed) {sorted((s['rows'], s['state'], s['indexed']) for s in segs)}")
-            time.sleep(1.0)
-        t_ready = time.perf_counter() - t0
-        before_compaction = sorted(s["rows"] for s in segs)
-
-        # Compaction, then indexed + loaded + unchanged for 15 s.
-        t1 = time.perf_counter()
-        job = self.client.compact(self.c, timeout=60)
-        state = ""
-        while time.time() < deadline:
-            state = self.client.get_compaction_state(job, timeout=60)
-            if state == "Completed":
-                break
-            time.sleep(2.0)
-        t_compacted = time.perf_counter() - t1
-        stable_since, last_key = None, None
-        while time.time() < deadline:
-            ok, segs = self._served(expected_rows)
-            key = sorted((s["id"], s["rows"], s["indexed"]) for s in segs)
-            if ok and key == last_key:
-                if time.perf_counter() - stable_since >= 15:
-                    break
-            else:
-                stable_since, last_key = time.perf_counter(), key
-            if time.time() - last_log > 30:
-                last_log = time.time()
-                log(f"  server: after compaction ({state}): segments (rows, state, indexed) "
-                    f"{sorted((s['rows'], s['state'], s['indexed']) for s in segs)}")
-            time.sleep(1.0)
-        else:
-            timed_out = True
-        return {"flush_s": round(t_flush, 2), "index_built_s": round(t_index, 2) if t_index else None,
-                "indexed_and_loaded_s": round(t_ready, 2), "segments_before_compaction": before_compaction,
-                "compaction_state": state, "compaction_s": round(t_compacted, 1),
-                "compacted_reindexed_loaded_stable_s": round(time.perf_counter() - t1 - 15, 1),
-                "timed_out": timed_out, "segments": sorted(s["rows"] for s in segs),
-                "index": {k: d.get(k) for k in ("index_type", "metric_type", "indexed_rows", "total_rows",
-                                                "pending_index_rows", "state")}}
-
-    def ef_sweep(self, queries: np.ndarray, gt, near_src: np.ndarray, efs=(64, 128, 256)) -> dict:
-        """Recall and latency with an explicit HNSW ef (MilvusIndex.search sends --milvus-search-ef), same request otherwise."""
-        from revsearch_server.index.base import Hit
-        from revsearch_server.index.milvus import OUTPUT_FIELDS
-
-        out = {}
+async def ef_sweep(store: MilvusStore, index: MilvusIndex, queries: np.ndarray, gt, near_src: np.ndarray,
+                   efs=(64, 128, 256)) -> dict:
+    """Recall and latency with an explicit HNSW ef: MilvusIndex.search as the server runs it with
+    --milvus-search-ef set to each (the store's search_ef), the same request otherwise."""
+    kept = store.search_ef
+    out = {}
+    try:
         for ef in efs:
-            params = {"metric_type": "COSINE", "params": {"ef": ef}}
-
-            def one(q):
-                return self.client.search(self.c, data=[q.tolist()], limit=TOP_K, output_fields=OUTPUT_FIELDS,
-                                          search_params=params, consistency_level="Session")[0]
+            store.search_ef = ef
             for q in queries[:WARMUP]:
-                one(q)
+                await index.search(q[None], TOP_K)
             ms, results = [], []
             for q in queries:
                 t = time.perf_counter()
-                hits = one(q)
+                hits = (await index.search(q[None], TOP_K))[0]
                 ms.append((time.perf_counter() - t) * 1000)
-                results.append([Hit(id=h["id"], uri="", score=h["distance"], sha256="", metadata={}, face_box=None)
-                                for h in hits])
+                results.append(hits)
             out[str(ef)] = {"single_ms": pct(ms),
                             "recall_at_20": {"held_out": recall(results, gt[0], gt[1], near_src < 0),
                                              "near_duplicate": recall(results, gt[0], gt[1], near_src >= 0)}}
-        return out
-
-    def close(self) -> None:
-        from pymilvus import connections
-
-        self.client.close()
-        connections.disconnect(self.alias)
+    finally:
+        store.search_ef = kept
+    return out
 
 
 # -- one run (one dimension) --------------------------------------------------------------------
@@ -451,10 +270,10 @@ async def run(dim: int, sizes: list[int], batch: int, server_uri: str, server_pr
     exact_dir = tmp / f"exact-{dim}"
     exact_dir.mkdir()
 
-    lite = MilvusStore(lite_db, token="", timeout_s=600, consistency="Session")
-    server = MilvusStore(server_uri, token="", timeout_s=600, consistency="Session")
-    await lite.start()
-    await server.start()
+    # Each store as the server makes it (its own pool of 4 threads); closed by `stores` at the end.
+    stores = contextlib.AsyncExitStack()
+    lite = await stores.enter_async_context(milvus_store(lite_db, timeout_s=600))
+    server = await stores.enter_async_context(milvus_store(server_uri, timeout_s=600))
     for store in (lite, server):
         if store is server and await server.description(name) is not None:
             await server.drop(name)
@@ -498,8 +317,9 @@ async def run(dim: int, sizes: list[int], batch: int, server_uri: str, server_pr
             build = control.flush_and_wait(size)
             build["insert_start_to_ready_s"] = round(time.perf_counter() - t_srv, 1)
             log(f"  server: flush {build['flush_s']} s, index built {build['index_built_s']} s, "
-                f"loaded {build['indexed_and_loaded_s']} s after the flush, segments {build['segments_before_compaction']}; "
-                f"compaction + re-index + load {build['compacted_reindexed_loaded_stable_s']} s, segments {build['segments']}")
+                f"loaded {build['indexed_and_loaded_s']} s after the flush, "
+                f"segments {build['segments_before_compaction']}; compaction + re-index + load "
+                f"{build['compacted_reindexed_loaded_stable_s']} s, segments {build['segments']}")
 
             # Then Lite and exact KNN, by the same batches (the Records are shared: exact keeps them).
             for b in todo:
@@ -545,7 +365,7 @@ async def run(dim: int, sizes: list[int], batch: int, server_uri: str, server_pr
             res = await measure_search(srv, queries, gt, near_src)
             res["ids_for_sha256_ms"] = await measure_dedup(srv, dim, size)
             res["build"] = build
-            res["ef_sweep"] = control.ef_sweep(queries, gt, near_src)
+            res["ef_sweep"] = await ef_sweep(server, srv, queries, gt, near_src)
             log("  server ef sweep: " + ", ".join(
                 f"ef {ef}: p50 {v['single_ms']['p50']} ms recall {v['recall_at_20']['held_out']['recall']}"
                 for ef, v in res["ef_sweep"].items()))
@@ -565,7 +385,7 @@ async def run(dim: int, sizes: list[int], batch: int, server_uri: str, server_pr
                 await store.drop(name)
             except Exception as exc:  # noqa: BLE001 - cleanup goes on
                 log(f"drop failed: {exc}")
-            await store.close()
+        await stores.aclose()
         # Last: pymilvus's MilvusClient.close() disconnects the connection that every client on the
         # same URI shares (the store's too).
         control.close()
@@ -655,7 +475,8 @@ def markdown(result: dict) -> str:
                  f"{' / '.join(str(x) for x in result['load_avg_start'])} at start, "
                  f"{' / '.join(str(x) for x in result['load_avg_end'])} at end (1/5/15 min). "
                  f"Milvus Lite {result['versions']['milvus_lite']}, Milvus server {result['versions']['milvus']} "
-                 f"(embedded standalone), pymilvus {result['versions']['pymilvus']}, numpy {result['versions']['numpy']}.")
+                 f"(embedded standalone), pymilvus {result['versions']['pymilvus']}, "
+                 f"numpy {result['versions']['numpy']}.")
     lines.append("")
     for r in result["runs"]:
         lines.append(f"## Dimension {r['dimension']} ({r['model']}), synthetic L2-normalised Gaussian vectors")
@@ -685,6 +506,12 @@ def markdown(result: dict) -> str:
                 except (KeyError, TypeError):
                     return "n/a"
 
+            def build_cell(x):
+                b = x["build"]
+                return (f"{b['index_built_s']:.1f} (+load {b['indexed_and_loaded_s'] - b['index_built_s']:.1f}); "
+                        f"insert start to ready {b['insert_start_to_ready_s']:.0f}; "
+                        f"compaction + re-index {b['compacted_reindexed_loaded_stable_s']:.0f}")
+
             rows = [
                 ("single query p50 / p99 ms", lambda x: f"{x['single_ms']['p50']:.2f} / {x['single_ms']['p99']:.2f}"),
                 ("batch of 64, ms/query", lambda x: f"{x['batch64_ms_per_query']:.2f}"),
@@ -700,18 +527,15 @@ def markdown(result: dict) -> str:
                 if label == "insert rows/s":
                     cells = [f"{e['insert'][b]['rows_per_s']:,}" for b in BACKENDS]
                 elif label.startswith("index build s"):
-                    cells = ["none (FLAT)", cell("server", lambda x: f"{x['build']['index_built_s']:.1f} "
-                                                                     f"(+load {x['build']['indexed_and_loaded_s'] - x['build']['index_built_s']:.1f}); "
-                                                                     f"insert start to ready {x['build']['insert_start_to_ready_s']:.0f}; "
-                                                                     f"compaction + re-index {x['build']['compacted_reindexed_loaded_stable_s']:.0f}"),
-                             "none"]
+                    cells = ["none (FLAT)", cell("server", build_cell), "none"]
                 elif label == "RSS MB":
                     cells = [cell("lite", lambda x: f"{x['rss_mb']:,}"), cell("server", lambda x: f"{x['rss_mb']:,}"),
                              cell("exact", lambda x: f"{x['memory_alone']['records_and_matrix_mb']:,} "
                                                      f"(peak {x['memory_alone']['peak_batch64_search_mb']:,})")]
                 else:
                     cells = [cell(b, f) for b in BACKENDS]
-                lines.append(f"| {'**' + _k(e['size']) + '**' if i == 0 else ''} | {label} | " + " | ".join(cells) + " |")
+                lines.append(f"| {'**' + _k(e['size']) + '**' if i == 0 else ''} | {label} | "
+                             + " | ".join(cells) + " |")
         lines.append("")
         lines.append("Around it (ms):")
         lines.append("")
@@ -731,18 +555,21 @@ def markdown(result: dict) -> str:
                 f"{bf['recall_at_20']['near_duplicate']['recall']:.3f} | "
                 + " / ".join(f"{v['recall_at_20']['held_out']['recall']:.3f} ({v['single_ms']['p50']:.2f})"
                              for v in sv.get("ef_sweep", {}).values()) + " | "
-                f"{B['lite']['ids_for_sha256_ms']:.1f} / {sv['ids_for_sha256_ms']:.1f} / {ex['ids_for_sha256_ms']:.1f} | "
+                f"{B['lite']['ids_for_sha256_ms']:.1f} / {sv['ids_for_sha256_ms']:.1f} / "
+                f"{ex['ids_for_sha256_ms']:.1f} | "
                 f"{', '.join(str(x) for x in sv['build']['segments'])} | {e['load_avg_start'][0]} | {e['phase_s']} |")
         lines.append("")
     lines.append("Recall@20 is against ground truth computed separately in numpy; a hit counts when it is in the "
                  "true top 20 or ties the 20th score within 1e-5. Held-out queries have no near neighbour (random "
                  "Gaussian data: the hardest case for HNSW); near-duplicate queries are stored vectors plus noise "
                  "(cosine ~0.9). RSS: Milvus server = its whole process tree; Lite = its server process; exact KNN = "
-                 "an ExactKnnIndex grown alone in a child process: Records + the search matrix, and in brackets the peak "
-                 "during a 64-query search. \"Before flush\": rows still in growing "
+                 "an ExactKnnIndex grown alone in a child process: Records + the search matrix, and in brackets the "
+                 "peak during a 64-query search. \"Before flush\": rows still in growing "
                  "segments, searched through Milvus's interim index (what the service sees until Milvus seals "
                  "segments by size or after 10 idle minutes). \"Explicit ef\": the same search sent with "
-                 "search_params ef. The main columns search as the service does, through MilvusIndex.search (ef from --milvus-search-ef, 256; runs from before that flag, the 128-d run of 2026-11-24 07:10Z, used Milvus's default breadth). Check each run's load average: on a shared machine latencies are noisy.")
+                 "search_params ef. The main columns search as the service does, through MilvusIndex.search (ef "
+                 "from --milvus-search-ef, 256; runs from before that flag, the 128-d run of 2026-11-24 07:10Z, used "
+                 "Milvus's default breadth). Check each run's load average: on a shared machine latencies are noisy.")
     lines.append("")
     return "\n".join(lines)
 

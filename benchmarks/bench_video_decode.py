@@ -29,14 +29,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "server"))
+from common import VIDEO, write_results
+from revsearch_server.domain import SamplingMode
+from revsearch_server.video import sampling as S
 
-from revsearch_server.video import sampling as S  # noqa: E402
-
-SHARED_VIDEO = ROOT.parent / "shared" / "data" / "video"
-SOURCE = SHARED_VIDEO / "face_recognition_short_hamilton_clip.mp4"
-RESULTS = ROOT / "benchmarks" / "results"
+SOURCE = VIDEO / "face_recognition_short_hamilton_clip.mp4"
 LIMITS = S.VideoLimits()
 
 
@@ -115,10 +112,11 @@ def bench_clip(path: Path, label: str, repeats: int) -> dict:
     for s in ("auto", "grab", "seek"):
         row[f"uniform5_{s}_ms"] = median_ms(lambda s=s: sample_with(path, s), repeats)
     row["probe_ms"] = median_ms(lambda: S.probe(str(path), LIMITS), repeats)
-    for mode in ("uniform", "scene"):
+    for mode in (SamplingMode.UNIFORM, SamplingMode.SCENE):
         opts = S.SamplingOptions(frames=5, mode=mode)
-        row[f"sample_frames_{mode}_ms"] = median_ms(lambda o=opts: S.sample_frames(str(path), o, LIMITS), repeats)
-    _, scene = S.sample_frames(str(path), S.SamplingOptions(frames=5, mode="scene"), LIMITS)
+        row[f"sample_frames_{mode.value}_ms"] = median_ms(lambda o=opts: S.sample_frames(str(path), o, LIMITS),
+                                                          repeats)
+    _, scene = S.sample_frames(str(path), S.SamplingOptions(frames=5, mode=SamplingMode.SCENE), LIMITS)
     row["scene_frame_indices"] = [f.frame_index for f in scene]
     return row
 
@@ -172,8 +170,8 @@ def main() -> None:
             long_clip = make_720p_clip(Path(tmp) / "clip_long_720p.mp4", seconds=args.long_seconds)
             clips.append(bench_clip(long_clip, f"generated {args.long_seconds:g} s 720p", args.repeats))
             print(json.dumps(clips[-1]), flush=True)
-        shared = sorted(SHARED_VIDEO.glob("*.mp4")) if args.all_shared else [
-            SOURCE, SHARED_VIDEO / "facenet-pytorch_examples_video.mp4"]
+        shared = sorted(VIDEO.glob("*.mp4")) if args.all_shared else [
+            SOURCE, VIDEO / "facenet-pytorch_examples_video.mp4"]
         for path in shared:
             clips.append(bench_clip(path, f"shared {path.stem}", args.repeats))
             print(json.dumps(clips[-1]), flush=True)
@@ -183,9 +181,7 @@ def main() -> None:
         "repeats": args.repeats, "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "clips": clips,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "video_decode.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "video_decode.md").write_text(markdown(report))
+    write_results("video_decode", report, markdown(report))
     print(markdown(report))
 
 

@@ -3,13 +3,16 @@
 Two 10 s 1280x720 clips are generated into a temporary directory (MPEG-4 Part 2: this OpenCV build
 has no H.264 encoder): a stage scene with several small faces (the shared Hamilton clip, looped
 and upscaled) and a talking head (a shared clip letterboxed into 720p, looped). Per clip it measures,
-in this process and one stage at a time as the server runs them:
-  sample  open the file, find the 5 uniform frames, decode them (frames decoded/s also reported)
+in this process and one stage at a time, with the server's own code as the server runs it:
+  sample  open the file, find the 5 uniform frames, decode them (video/sampling.py; frames decoded/s
+          also reported)
   detect  MTCNN on the frames shrunk to the server's 640 px long side (--video-frame-max-side)
-  align   every face to a 150 px chip from the full-resolution frame
-  embed   the face model (ONNX Runtime in-process, chip + mirror image)
-  store   Milvus Lite upserts: a row per face plus the mean vector
-and then IndexVideo over gRPC into a revsearch server process (managed CPU Triton, Milvus Lite),
+  align   every face (up to 16 a frame) to a 150 px chip from the full-resolution frame
+  embed   the face model (embedding/embedder.py over the in-process ONNX Runtime backend: chip +
+          mirror image, L2-normalised)
+  store   Milvus Lite upserts (index/milvus.py): a row per face plus the mean vector
+(detect and align are one FaceCropper.crop_arrays call of faces/cropper.py, split where detection
+returns), and then IndexVideo over gRPC into a revsearch server process (managed CPU Triton, Milvus Lite),
 median of --repeats uploads (the video is deleted between them). Target: under 1 s end to end.
 Writes benchmarks/results/video_index.{json,md}.
 """
@@ -27,24 +30,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import (ROOT, VIDEO, TimedCropper, local_embedder, machine, milvus_store, now_utc, start_server,
+                    stop_server, timed, write_results)
+from revsearch.client import SearchClient
+from revsearch.video_dataset import read_video
+from revsearch_server.config import Settings
+from revsearch_server.domain import FaceOptions, l2_normalize
+from revsearch_server.index.base import Record
+from revsearch_server.models import load_models
+from revsearch_server.video.sampling import SamplingOptions, VideoLimits, sample_frames
 
-from common import machine, now_utc, start_server, stop_server, write_results  # noqa: E402
-from revsearch.client import SearchClient  # noqa: E402
-from revsearch.video_dataset import read_video  # noqa: E402
-from revsearch_server.embedding.local_onnx import make_session  # noqa: E402
-from revsearch_server.faces.align import align_chip  # noqa: E402
-from revsearch_server.faces.detector import DetectorSettings, FaceDetector, faces_by_prominence, scaled  # noqa: E402
-from revsearch_server.index.base import Record  # noqa: E402
-from revsearch_server.index.milvus import MilvusStore  # noqa: E402
-from revsearch_server.models import load_models  # noqa: E402
-from revsearch_server.video.sampling import SamplingOptions, VideoLimits, sample_frames  # noqa: E402
-from tests.helpers import VIDEO  # noqa: E402
-
-FRAME_MAX_SIDE = 640  # the server's default --video-frame-max-side
+FRAME_MAX_SIDE = Settings().video_frame_max_side  # the server's default --video-frame-max-side (640)
 SIZE = (1280, 720)
+# A video collection's defaults: every face (crop mode "all", up to 16 a frame), min 20 px, confidence >= 0.9.
+OPTIONS = FaceOptions()
 
 
 def make_clip(source: Path, out: Path, seconds: float = 10.0, fps: float = 30.0) -> Path:
@@ -63,42 +62,20 @@ def make_clip(source: Path, out: Path, seconds: float = 10.0, fps: float = 30.0)
     return out
 
 
-def timed(fn):
-    started = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - started
-
-
-def stages(path: Path, detector: FaceDetector, session, model, workdir: str, repeats: int) -> dict:
+async def stages(path: Path, cropper: TimedCropper, embedder, model, workdir: str, repeats: int) -> dict:
     limits = VideoLimits()
     runs = []
     for r in range(repeats):
         (info, frames), t_sample = timed(lambda: sample_frames(str(path), SamplingOptions(frames=5), limits))
-
-        def detect():
-            out = []
-            for f in frames:
-                k = FRAME_MAX_SIDE / max(f.image.shape[:2])
-                small = cv2.resize(f.image, (round(f.image.shape[1] * k), round(f.image.shape[0] * k)),
-                                   interpolation=cv2.INTER_AREA)
-                out.append((f, k, small))
-            found = detector.detect([s for _, _, s in out])
-            return [(f, [scaled(face, 1 / k) for face in faces_by_prominence(fs, s.shape[1], s.shape[0])])
-                    for (f, k, s), fs in zip(out, found)]
-
-        per_frame, t_detect = timed(detect)
-        chips, t_align = timed(lambda: np.stack([align_chip(f.image, face.landmarks, model.input_size)
-                                                 for f, faces in per_frame for face in faces[:16]]))
-
-        def embed():
-            both = session.run(None, {model.input_name: np.concatenate([chips, chips[:, :, ::-1]])})[0]
-            v = both[:len(chips)] + both[len(chips):]
-            return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-        vectors, t_embed = timed(embed)
-        t_store = asyncio.run(store(vectors, workdir, r))
-        runs.append({"sample": t_sample, "detect": t_detect, "align": t_align, "embed": t_embed, "store": t_store,
-                     "faces": len(chips)})
+        found = cropper.crop([f.image for f in frames], model, OPTIONS, all_faces=True,
+                             detect_max_side=FRAME_MAX_SIDE)
+        crops = [c if isinstance(c, list) else [] for c in found.crops]  # a frame without a face has none
+        started = time.perf_counter()
+        vectors = await embedder.embed(model, np.stack(found.pixels()))
+        t_embed = time.perf_counter() - started
+        t_store = await store(frames, crops, vectors, workdir, r)
+        runs.append({"sample": t_sample, "detect": found.detect_s, "align": found.crop_s, "embed": t_embed,
+                     "store": t_store, "faces": len(vectors)})
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     frames_all, fps = read_video(path)
     return {"info": {"duration_s": info.duration_s, "width": info.width, "height": info.height, "fps": fps,
@@ -106,22 +83,47 @@ def stages(path: Path, detector: FaceDetector, session, model, workdir: str, rep
             "faces": int(med["faces"]), "runs": runs}
 
 
-async def store(vectors: np.ndarray, workdir: str, run: int) -> float:
-    db = MilvusStore(f"{workdir}/store.db", token="", timeout_s=60, consistency="Session")
-    await db.start()
-    await db.create(f"v{run}", vectors.shape[1], "benchmark")
-    await db.create(f"v{run}__means", vectors.shape[1], "benchmark")
-    rows, means = db.index(f"v{run}", vectors.shape[1]), db.index(f"v{run}__means", vectors.shape[1])
-    common = dict(uri="clip.mp4", sha256="0" * 64, model="face_dlib", model_version="1", created_at_ms=0, metadata={})
-    records = [Record(id=f"clip~{k}", vector=v, face_box=[0, 0, 1, 1, 1.0], face_count=len(vectors),
-                      timestamp_s=float(k), **common) for k, v in enumerate(vectors)]
-    mean = vectors.mean(0)
-    started = time.perf_counter()
-    await rows.insert(records)
-    await means.insert([Record(id="clip", vector=mean / np.linalg.norm(mean), **common)])
-    elapsed = time.perf_counter() - started
-    await db.close()
-    return elapsed
+async def store(frames, crops, vectors: np.ndarray, workdir: str, run: int) -> float:
+    """Rows and the mean vector as IndexVideo stores them (usecases/videos.py), timed from the first insert."""
+    async with milvus_store(f"{workdir}/store.db") as db:
+        await db.create(f"v{run}", vectors.shape[1], "benchmark")
+        await db.create(f"v{run}__means", vectors.shape[1], "benchmark")
+        rows, means = db.index(f"v{run}", vectors.shape[1]), db.index(f"v{run}__means", vectors.shape[1])
+        common = dict(uri="clip.mp4", sha256="0" * 64, model="face_dlib", model_version="1", created_at_ms=0,
+                      metadata={})
+        flat = [(f, x) for f, cs in zip(frames, crops) for x in cs]
+        records = [Record(id=f"clip~{k}", vector=v, face_box=x.box, face_count=len(flat), timestamp_s=f.timestamp_s,
+                          **common) for k, ((f, x), v) in enumerate(zip(flat, vectors))]
+        # The video's mean: of each frame's first (most prominent) face, as the server computes it.
+        firsts, n = [], 0
+        for cs in crops:
+            if cs:
+                firsts.append(n)
+            n += len(cs)
+        mean = l2_normalize(vectors[firsts].mean(0, keepdims=True))[0]
+        started = time.perf_counter()
+        await rows.insert(records)
+        await means.insert([Record(id="clip", vector=mean, face_count=len(firsts), **common)])
+        return time.perf_counter() - started
+
+
+async def all_stages(clips: dict[str, Path], model, workdir: str, repeats: int) -> dict:
+    """Per clip: its stages (stages()) and its decode rate, printed as they come."""
+    cropper = TimedCropper()
+    try:
+        cropper.crop([np.zeros((360, 640, 3), np.uint8)], model, OPTIONS)  # warm-up (loads MTCNN)
+        report = {}
+        async with local_embedder({model.name: model}) as embedder:
+            for label, path in clips.items():
+                report[label] = await stages(path, cropper, embedder, model, workdir, repeats)
+                report[label]["decode_fps"] = decode_rate(path)
+                s = report[label]["stages_s"]
+                print(f"{label}: " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in s.items())
+                      + f"; sum {sum(s.values()):.3f} s; {report[label]['faces']} faces; "
+                      f"decode {report[label]['decode_fps']:.0f} frames/s", flush=True)
+        return report
+    finally:
+        cropper.close()
 
 
 def decode_rate(path: Path) -> float:
@@ -157,22 +159,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     model = load_models(ROOT / "model_repository", allow_untrained=True)["face_dlib"]
-    detector = FaceDetector(DetectorSettings(min_face_size=20, min_confidence=0.9))
-    session = make_session(model.onnx_path, spinning=True)
     with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:
         clips = {"stage (several small faces)": make_clip(VIDEO / "face_recognition_short_hamilton_clip.mp4",
                                                           Path(tmp) / "stage_720p.mp4"),
                  "talking head (one face)": make_clip(VIDEO / "video-retalking_face_2.mp4",
                                                       Path(tmp) / "head_720p.mp4")}
-        detector.detect([np.zeros((360, 640, 3), np.uint8)])  # warm-up
-        report = {}
-        for label, path in clips.items():
-            report[label] = stages(path, detector, session, model, tmp, args.repeats)
-            report[label]["decode_fps"] = decode_rate(path)
-            s = report[label]["stages_s"]
-            print(f"{label}: " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in s.items())
-                  + f"; sum {sum(s.values()):.3f} s; {report[label]['faces']} faces; "
-                  f"decode {report[label]['decode_fps']:.0f} frames/s", flush=True)
+        report = asyncio.run(all_stages(clips, model, tmp, args.repeats))
         data_dir = Path(tmp) / "server"
         data_dir.mkdir()
         proc, address = start_server([], str(data_dir), allow_untrained=True)

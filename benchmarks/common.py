@@ -1,41 +1,90 @@
-"""What the benchmarks share: starting a revsearch server process, machine facts, writing results."""
+"""What the benchmarks share, so that no benchmark imports another one or anything under tests/.
+
+  data       the shared data paths (LFW, videos) and a deterministic LFW sample
+  processes  a revsearch server process as users run it; the embedded Milvus 2.3 server; process
+             trees and their resident memory; flush/index state of a Milvus server (ServerControl)
+  server     the server's own code run in this process, one stage at a time: its MilvusStore (with
+             its pool), its face cropper split into detection and crops, its Embedder over the
+             in-process ONNX Runtime backend (flip-averaged, L2-normalised like the server)
+  results    machine facts, timestamps, writing benchmarks/results/<name>.{json,md}
+
+Benchmarks run as `python benchmarks/bench_x.py`: this folder is then on sys.path, so they import
+this module as `common`; `revsearch` and `revsearch_server` are installed (editable) in the venv.
+Run as a script (`python benchmarks/common.py milvus-server BASE_DIR PORT`) this file is the child
+process that start_milvus_server runs the embedded Milvus server in.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import re
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+
+from revsearch_server.domain import FaceOptions
+from revsearch_server.embedding.embedder import Embedder
+from revsearch_server.embedding.local_onnx import LocalOnnxBackend
+from revsearch_server.errors import RevsearchError
+from revsearch_server.faces.cropper import FaceCrop, FaceCropper
+from revsearch_server.faces.geometry import DetectedFace
+from revsearch_server.imaging import ImageLimits
+from revsearch_server.index.milvus import MilvusStore
+from revsearch_server.models import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+LFW = SHARED_DATA / "lfw"
+VIDEO = SHARED_DATA / "video"
+# No limit on what the benchmarks decode: they feed known files, and the limits are not measured.
+NO_LIMITS = ImageLimits(1 << 30, 1 << 30)
 
 
-def start_server(extra: list[str], data_dir: str, allow_untrained: bool) -> tuple[subprocess.Popen, str]:
-    """A server as users run it (its own process, managed Triton unless extra says otherwise)."""
-    cmd = [sys.executable, "-m", "revsearch_server", "--host", "127.0.0.1", "--port", "0", "--data-dir", data_dir,
-           "--log-level", "WARNING", "--metrics-port", "0", *extra] + (["--allow-untrained"] if allow_untrained else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"server exited: rc={proc.poll()}")
-        m = re.search(r"revsearch listening on [^:]+:(\d+)", line)
-        if m:
-            return proc, f"127.0.0.1:{m.group(1)}"
-    raise RuntimeError("server did not start")
+# -- data and small helpers -----------------------------------------------------------------------
+def lfw_images(count: int, per_person_max: int = 3) -> list[Path]:
+    """A deterministic sample of LFW images, a few per person, sorted by path."""
+    if not LFW.is_dir():
+        raise FileNotFoundError(f"shared data missing: {LFW}")
+    picked: list[Path] = []
+    for person in sorted(LFW.iterdir()):
+        picked.extend(sorted(person.glob("*.jpg"))[:per_person_max])
+        if len(picked) >= count:
+            break
+    return picked[:count]
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(60)
+def timed(fn):
+    """(fn(), seconds it took)."""
+    started = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - started
 
 
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- results ------------------------------------------------------------------------------------
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
             "python": platform.python_version()}
@@ -49,3 +98,331 @@ def write_results(name: str, result: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
+
+
+# -- a revsearch server process -------------------------------------------------------------------
+def start_server(extra: list[str], data_dir: str, allow_untrained: bool) -> tuple[subprocess.Popen, str]:
+    """A server as users run it (its own process, managed Triton unless extra says otherwise)."""
+    cmd = [sys.executable, "-m", "revsearch_server", "--host", "127.0.0.1", "--port", "0", "--data-dir", data_dir,
+           "--log-level", "WARNING", "--metrics-port", "0", *extra] + (["--allow-untrained"] if allow_untrained else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    deadline = time.time() + 300
+    lines: list[str] = []
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait(10)
+            raise RuntimeError(f"server exited: rc={proc.returncode}; its last output:\n{''.join(lines[-20:])}")
+        lines.append(line)
+        m = re.search(r"revsearch listening on [^:]+:(\d+)", line)
+        if m:
+            # Keep reading its output, so a chatty server never blocks on a full pipe.
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return proc, f"127.0.0.1:{m.group(1)}"
+    stop_server(proc)
+    raise RuntimeError("server did not start")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+# -- process trees and memory -------------------------------------------------------------------
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(p.name))
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants, pid first."""
+    kids, out, todo = _children(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    return sum(rss_kb(p) for p in process_tree(pid)) / 1024
+
+
+# -- the embedded Milvus 2.3 server -------------------------------------------------------------
+def start_milvus_server(base: Path) -> tuple[subprocess.Popen, str]:
+    """The embedded Milvus standalone server (PyPI package `milvus`) in a child process; its URI."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "milvus-server", str(base),
+                             str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("READY"):
+            return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+    proc.kill()
+    proc.wait(10)
+    raise RuntimeError(f"embedded Milvus server did not start (rc={proc.poll()})")
+
+
+def stop_milvus_server(proc: subprocess.Popen) -> None:
+    tree = process_tree(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    for pid in tree[1:]:  # the milvus binary, if the wrapper could not stop it
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _serve_milvus(base_dir: str, port: int) -> None:
+    """The child process of start_milvus_server: prints "READY <port>", stops on SIGTERM."""
+    from milvus import default_server
+
+    default_server.set_base_dir(base_dir)
+    default_server.listen_port = port
+    # Its etcd port is otherwise searched upwards from 2379 by test-binding without SO_REUSEADDR:
+    # a 2379 still in TIME_WAIT makes it pick 2380, which its own etcd peer listener needs.
+    default_server.config.set("etcd_port", free_port())
+    default_server.start()
+    print(f"READY {default_server.listen_port}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Exit (so the benchmark fails fast) if the Milvus process dies under us.
+    while not stop.wait(1.0):
+        if default_server.server_proc is None or default_server.server_proc.poll() is not None:
+            print("DIED", flush=True)
+            sys.exit(1)
+    default_server.stop()
+
+
+class ServerControl:
+    """Flush / index state of a Milvus server through pymilvus directly (not through MilvusIndex)."""
+
+    def __init__(self, uri: str, collection: str):
+        from pymilvus import MilvusClient, connections
+
+        self.client = MilvusClient(uri=uri, timeout=600)
+        self.alias = f"bench-{os.getpid()}"
+        connections.connect(alias=self.alias, uri=uri)
+        self.c = collection
+        self.index_name = self.client.list_indexes(self.c)[0]
+
+    def segments(self) -> list[dict]:
+        from pymilvus import utility
+
+        return [{"id": s.segmentID, "rows": s.num_rows, "state": s.state, "indexed": bool(s.indexID),
+                 "index_name": s.index_name}
+                for s in utility.get_query_segment_info(self.c, timeout=60, using=self.alias)]
+
+    def describe_index(self) -> dict:
+        return self.client.describe_index(self.c, self.index_name)
+
+    def _served(self, expected_rows: int) -> tuple[bool, list[dict]]:
+        """Whether the query node serves every row from sealed, indexed segments (and nothing else)."""
+        sealed = 3
+        segs = self.segments()
+        served = sum(s["rows"] for s in segs if s["state"] == sealed and s["indexed"])
+        other = sum(s["rows"] for s in segs if s["state"] != sealed or not s["indexed"])
+        return served >= expected_rows and other == 0, segs
+
+    def flush_and_wait(self, expected_rows: int, timeout_s: float = 1800) -> dict:
+        """Flush; wait until the index covers every row and the query node serves only sealed,
+        indexed segments; then compact (Milvus merges the small sealed segments on its own a little
+        later anyway, and re-indexes the result) and wait until that is indexed, loaded and stable,
+        so the measurement does not run into a compaction.
+        (Milvus 2.3.5's describe_index pending_index_rows is not used: after compactions it kept
+        reporting ~900k pending on a fully indexed and loaded 1M collection.)"""
+        t0 = time.perf_counter()
+        self.client.flush(self.c, timeout=600)
+        t_flush = time.perf_counter() - t0
+        t_index = None
+        deadline = time.time() + timeout_s
+        last_log = 0.0
+        timed_out = False
+        while True:
+            d = self.describe_index()
+            if t_index is None and d.get("state") == "Finished" and d.get("indexed_rows", 0) >= expected_rows:
+                t_index = time.perf_counter() - t0
+            ok, segs = self._served(expected_rows)
+            if t_index is not None and ok:
+                break
+            if time.time() > deadline:
+                timed_out = True
+                log(f"  server: index not complete after {timeout_s} s; measuring as it is")
+                break
+            if time.time() - last_log > 30:
+                last_log = time.time()
+                log(f"  server: waiting for index: {d.get('indexed_rows')}/{d.get('total_rows')} indexed, "
+                    f"segments (rows, state, indexed) {sorted((s['rows'], s['state'], s['indexed']) for s in segs)}")
+            time.sleep(1.0)
+        t_ready = time.perf_counter() - t0
+        before_compaction = sorted(s["rows"] for s in segs)
+
+        # Compaction, then indexed + loaded + unchanged for 15 s.
+        t1 = time.perf_counter()
+        job = self.client.compact(self.c, timeout=60)
+        state = ""
+        while time.time() < deadline:
+            state = self.client.get_compaction_state(job, timeout=60)
+            if state == "Completed":
+                break
+            time.sleep(2.0)
+        t_compacted = time.perf_counter() - t1
+        stable_since, last_key = None, None
+        while time.time() < deadline:
+            ok, segs = self._served(expected_rows)
+            key = sorted((s["id"], s["rows"], s["indexed"]) for s in segs)
+            if ok and key == last_key:
+                if time.perf_counter() - stable_since >= 15:
+                    break
+            else:
+                stable_since, last_key = time.perf_counter(), key
+            if time.time() - last_log > 30:
+                last_log = time.time()
+                log(f"  server: after compaction ({state}): segments (rows, state, indexed) "
+                    f"{sorted((s['rows'], s['state'], s['indexed']) for s in segs)}")
+            time.sleep(1.0)
+        else:
+            timed_out = True
+        return {"flush_s": round(t_flush, 2), "index_built_s": round(t_index, 2) if t_index else None,
+                "indexed_and_loaded_s": round(t_ready, 2), "segments_before_compaction": before_compaction,
+                "compaction_state": state, "compaction_s": round(t_compacted, 1),
+                "compacted_reindexed_loaded_stable_s": round(time.perf_counter() - t1 - 15, 1),
+                "timed_out": timed_out, "segments": sorted(s["rows"] for s in segs),
+                "index": {k: d.get(k) for k in ("index_type", "metric_type", "indexed_rows", "total_rows",
+                                                "pending_index_rows", "state")}}
+
+    def close(self) -> None:
+        from pymilvus import connections
+
+        self.client.close()
+        connections.disconnect(self.alias)
+
+
+# -- the server's own code, in this process -------------------------------------------------------
+@contextlib.asynccontextmanager
+async def milvus_store(uri: str, timeout_s: float = 60.0) -> AsyncIterator[MilvusStore]:
+    """The server's MilvusStore, started, as the server makes it by default: Session consistency and
+    a pool of 4 threads for pymilvus's blocking calls (--store-workers); closed on exit."""
+    pool = ThreadPoolExecutor(4, thread_name_prefix="store")
+    store = MilvusStore(uri, token="", timeout_s=timeout_s, consistency="Session", pool=pool)
+    try:
+        await store.start()
+        yield store
+    finally:
+        try:
+            await store.close()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.asynccontextmanager
+async def local_embedder(models: dict[str, ModelSpec]) -> AsyncIterator[Embedder]:
+    """The server's Embedder over its in-process ONNX Runtime backend (the server's local fallback):
+    face models embed each chip and its mirror image, and every vector comes back L2-normalised.
+
+    Its runner is one thread, as in the server (pools.py). Micro-batching is off (no wait for more
+    requests): the benchmarks batch themselves, and each embed() is one backend run."""
+    runner = ThreadPoolExecutor(1, thread_name_prefix="onnx-run")
+    backend = LocalOnnxBackend(runner)
+    embedder = Embedder(backend, models, batch_max_size=1, batch_max_wait_s=0.0)
+    try:
+        await backend.wait_ready(models, 0)  # loads a session per model
+        yield embedder
+    finally:
+        try:
+            await embedder.close()
+        finally:
+            runner.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class TimedCrops:
+    crops: list[list[FaceCrop] | RevsearchError]  # FaceCropper.crop_arrays's answer, per image
+    faces: list[list[DetectedFace] | None]  # what the detector found per image (before the confidence filter)
+    detect_s: float  # from the call until detection returned (the shrinking for detect_max_side included)
+    crop_s: float  # from then to the end: the cropper's choice of faces and their chips or margin crops
+
+    def count_faces(self, min_confidence: float) -> int:
+        return sum(1 for fs in self.faces if fs for f in fs if f.confidence >= min_confidence)
+
+    def pixels(self) -> list[np.ndarray]:
+        """The model inputs of every crop, image by image."""
+        return [c.pixels for r in self.crops if isinstance(r, list) for c in r]
+
+
+class _ClockedDetector:
+    """A detector that notes when each detect() returns and what it found."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.returned_at = 0.0
+        self.found: list[list[DetectedFace] | None] = []
+
+    def detect(self, images: list[np.ndarray]) -> list[list[DetectedFace] | None]:
+        self.found = self._inner.detect(images)
+        self.returned_at = time.perf_counter()
+        return self.found
+
+
+class TimedCropper:
+    """The server's FaceCropper with the server's MTCNN detector (wiring.mtcnn_detector), its
+    crop_arrays split in two timed stages at the moment the detector returns (TimedCrops)."""
+
+    def __init__(self):
+        self._detectors: dict[int, _ClockedDetector] = {}
+        # crop_arrays runs in the caller's thread and uses no pool; the cropper still wants them.
+        self._idle = ThreadPoolExecutor(1)
+        self.cropper = FaceCropper(self._idle, self._idle, self._detector_for, NO_LIMITS)
+
+    def _detector_for(self, min_face_size: int) -> _ClockedDetector:
+        from revsearch_server.wiring import mtcnn_detector  # torch loads only for the face benchmarks
+
+        # The cropper asks once per minimum face size and keeps what it gets.
+        detector = self._detectors[min_face_size] = _ClockedDetector(mtcnn_detector(min_face_size))
+        return detector
+
+    def crop(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions, all_faces: bool = False,
+             detect_max_side: int | None = None) -> TimedCrops:
+        started = time.perf_counter()
+        crops = self.cropper.crop_arrays(images, model, options, all_faces, detect_max_side)
+        ended = time.perf_counter()
+        detector = self._detectors[options.min_face_size]
+        return TimedCrops(crops, detector.found, detector.returned_at - started, ended - detector.returned_at)
+
+    def close(self) -> None:
+        self._idle.shutdown(wait=False)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "milvus-server":
+        sys.exit("usage: python benchmarks/common.py milvus-server BASE_DIR PORT")
+    _serve_milvus(sys.argv[2], int(sys.argv[3]))
