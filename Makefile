@@ -5,7 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= data
 PORT ?= 50051
-# UNTRAINED=1 builds and serves a seeded untrained ResNet50 when no pretrained weights can be had.
+# Offline, `make serve` needs no flag: models whose weights cannot be had (ResNet50 here) are skipped
+# with the reason and the command that adds them, and new image collections default to resnet50 when
+# it is trained, else to efficientnet_lite0 (ImageNet weights from the package registry).
+# UNTRAINED=1 builds and serves a seeded untrained ResNet50 when no pretrained weights can be had (tests).
 UNTRAINED ?=
 WEIGHTS ?=
 UNTRAINED_FLAG := $(if $(UNTRAINED),--allow-untrained,)
@@ -19,12 +22,13 @@ help:
 	@echo "make bench                                run the benchmarks into benchmarks/results/"
 	@echo "make protos                               regenerate the gRPC stubs into clients/"
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# requirements.txt serves; requirements-build.txt adds torch & co. for the model build and the tests.
+$(VENV)/.installed: requirements.txt requirements-build.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (Triton stub)"' \
 	  || { echo "set PYTHON=python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-build.txt
 	# Only its bundled tritonserver binary is used; its own pins would fight ours.
 	$(PY) -m pip install --quiet --no-deps nvidia-pytriton==0.7.0
 	$(PY) -m pip install --quiet --no-deps -e .

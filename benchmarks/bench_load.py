@@ -36,7 +36,7 @@ from common import (LFW, RESULTS, ROOT, ServerControl, lfw_images, machine, now_
 from revsearch.client import ImageInput, SearchClient
 from revsearch.v1 import search_service_pb2 as pb
 from revsearch_server.domain import l2_normalize
-from revsearch_server.index.milvus import CURRENT_LAYOUT, LAYOUT_FACE_COLUMNS, milvus_name
+from revsearch_server.index.milvus import CURRENT_LAYOUT, LAYOUT_LOCAL_FEATURES, milvus_name
 
 COLLECTION = "load"
 
@@ -59,8 +59,10 @@ def seed(uri: str, dimension: int, target: int, have: int) -> float:
     from pymilvus import MilvusClient
 
     # The rows below are in the layout the server gives new collections (index/milvus.py): face_box
-    # JSON, face_count and timestamp_s columns with their "none" values. A new layout must be added here.
-    assert CURRENT_LAYOUT == LAYOUT_FACE_COLUMNS, f"seed() writes layout {LAYOUT_FACE_COLUMNS}, not {CURRENT_LAYOUT}"
+    # JSON, face_count, timestamp_s and local_features columns with their "none" values (synthetic rows have
+    # no crop vectors or local features: copy detection leaves them at their vector rank). A new layout
+    # must be added here.
+    assert CURRENT_LAYOUT == LAYOUT_LOCAL_FEATURES, f"seed() writes layout {LAYOUT_LOCAL_FEATURES}, not {CURRENT_LAYOUT}"
     client = MilvusClient(uri=uri)
     rng = np.random.default_rng(0)
     # 500 rows a call: Milvus Lite took 2,300 rows/s of 2048-d vectors at 500 a call but 43 rows/s at 5,000
@@ -72,7 +74,8 @@ def seed(uri: str, dimension: int, target: int, have: int) -> float:
         client.insert(milvus_name(COLLECTION), [
             {"id": f"synthetic{start + i}", "vector": v.tolist(), "uri": f"synthetic://{start + i}",
              "sha256": f"{start + i:064x}", "model": "resnet50", "model_version": "1", "created_at_ms": 0,
-             "metadata": {}, "face_box": {}, "face_count": 0, "timestamp_s": -1.0} for i, v in enumerate(vectors)])
+             "metadata": {}, "face_box": {}, "face_count": 0, "timestamp_s": -1.0, "local_features": ""}
+            for i, v in enumerate(vectors)])
     elapsed = time.perf_counter() - started
     client.close()
     return elapsed

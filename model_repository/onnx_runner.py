@@ -4,6 +4,9 @@ That Triton build carries only the Python backend, so this runs the model's mode
 Runtime inside the backend's stub. scripts/build_models.py copies this one file to every built
 model as <model>/<version>/model.py. On GPU hosts, each model's configs/gpu.pbtxt serves the same
 model.onnx with Triton's native onnxruntime backend instead (tritonserver --model-config-name=gpu).
+
+One input; every output the config declares (MTCNN's nets have two or three), each split per
+request along the batch axis. Requests of different shapes (P-Net takes any image size) run one by one.
 """
 
 import os
@@ -26,7 +29,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
+        self.output_names = [o["name"] for o in config["output"]]
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
@@ -38,12 +41,20 @@ class TritonPythonModel:
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        if len({a.shape[1:] for a in arrays}) > 1:
+            return [self._respond([a])[0] for a in arrays]
+        return self._respond(arrays)
+
+    def _respond(self, arrays):
+        """Runs the requests' arrays (same shape but the batch axis) as one batch."""
         batch = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-        out = self.session.run([self.output_name], {self.input_name: batch})[0].astype(np.float32, copy=False)
+        outs = [o.astype(np.float32, copy=False)
+                for o in self.session.run(self.output_names, {self.input_name: batch})]
         responses, start = [], 0
         for array in arrays:
             n = array.shape[0]
-            tensor = pb_utils.Tensor(self.output_name, np.ascontiguousarray(out[start:start + n]))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + n]))
+                       for name, out in zip(self.output_names, outs)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += n
         return responses

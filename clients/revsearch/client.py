@@ -260,8 +260,12 @@ def _batch_request(collection: str, queries: Iterable, top_k: int | None) -> pb.
     return req
 
 
-def _search_request(collection, image, vector, item_id, top_k) -> pb.SearchImagesRequest:
+def _search_request(collection, image, vector, item_id, top_k, copy_detection: bool | None = None
+                    ) -> pb.SearchImagesRequest:
+    """copy_detection None: the collection's setting (on for copy-detection collections)."""
     req = pb.SearchImagesRequest(collection=collection)
+    if copy_detection is not None:
+        req.copy_detection = copy_detection
     if image is not None:
         req.image = image
     elif vector is not None:
@@ -393,8 +397,9 @@ class SearchClient:
 
     @_typed_errors
     def search(self, collection: str, image: bytes | None = None, vector=None, item_id: str | None = None,
-               top_k: int | None = None, timeout: float | None = None) -> pb.SearchImagesResponse:
-        return self._stub.SearchImages(_search_request(collection, image, vector, item_id, top_k),
+               top_k: int | None = None, timeout: float | None = None, copy_detection: bool | None = None
+               ) -> pb.SearchImagesResponse:
+        return self._stub.SearchImages(_search_request(collection, image, vector, item_id, top_k, copy_detection),
                                        timeout=timeout or self.timeout)
 
     @_typed_errors
@@ -500,8 +505,10 @@ class AsyncSearchClient:
 
     @_async_typed_errors
     async def search(self, collection: str, image: bytes | None = None, vector=None, item_id: str | None = None,
-                     top_k: int | None = None, timeout: float | None = None) -> pb.SearchImagesResponse:
-        return await self._stub.SearchImages(_search_request(collection, image, vector, item_id, top_k),
+                     top_k: int | None = None, timeout: float | None = None, copy_detection: bool | None = None
+                     ) -> pb.SearchImagesResponse:
+        return await self._stub.SearchImages(_search_request(collection, image, vector, item_id, top_k,
+                                                             copy_detection),
                                              timeout=timeout or self.timeout)
 
     @_async_typed_errors

@@ -40,6 +40,8 @@ PIPELINES = {
                  "MTCNN face crop, ResNet50, Milvus (original improvement)"),
         Pipeline("face", "face_dlib", "largest", "milvus", "MTCNN face crop, aligned, dlib face model, Milvus"),
         Pipeline("resnet50-milvus", "resnet50", "none", "milvus", "ResNet50 on the whole image, Milvus"),
+        Pipeline("face-int8", "face_dlib_int8", "largest", "milvus", "as face, with the dlib face model in INT8"),
+        Pipeline("baseline-int8", "resnet50_int8", "none", "exact_knn", "as baseline, with ResNet50 in INT8"),
     )
 }
 DEFAULT_PIPELINES = "baseline,resnet50-face,face"

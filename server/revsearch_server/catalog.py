@@ -30,6 +30,9 @@ MAX_DESCRIPTION = 1024
 # A video collection keeps its videos' mean vectors in a second index of this suffix; user names
 # cannot contain "__", so it never clashes with a collection.
 MEANS_SUFFIX = "__means"
+# A copy-detection collection keeps its items' crop vectors (rows `<id>~k`, copies.VIEWS) in a second
+# index of this suffix, so the collection's own rows stay one global vector per item.
+VIEWS_SUFFIX = "__views"
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class CollectionSpec:
     video_sampling: SamplingOptions = SamplingOptions()
     # How rows are stored (index/milvus.py); settings written before layouts existed are layout 1.
     layout: int = LAYOUT_JSON_FACE_FIELDS
+    # Copy detection (copies.py): crop vectors per item in the views index and local features per
+    # row. Settings written before it have neither (False, 0).
+    copy_detection: bool = False
+    copy_views: int = 0
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -73,6 +80,19 @@ class CollectionSpec:
     @property
     def is_video(self) -> bool:
         return self.media_type is MediaType.VIDEO
+
+    @property
+    def copy_detection_detail(self) -> str:
+        """Why copy detection is on or off for this collection (DescribeCollection)."""
+        if self.copy_detection:
+            return (f"on: each item stores its whole-image vector, {self.copy_views} crop vectors and local features; "
+                    "image searches re-rank by local features unless the request sets copy_detection false")
+        if self.is_video or self.crops_faces:
+            return "off: copy detection is for whole-image collections of images"
+        if self.layout < CURRENT_LAYOUT:
+            return ("off: created before copy detection, its items have no local features or crop vectors "
+                    "(searches use the global vector; re-index into a new collection to get them)")
+        return "off"
 
     @property
     def crops_faces(self) -> bool:
@@ -120,8 +140,9 @@ class Catalog:
 
     async def create(self, name: str, model: ModelSpec, crop_mode: CropMode, index_kind: IndexKind,
                      description: str, exist_ok: bool, face_options: FaceOptions = FaceOptions(),
-                     media_type: MediaType = MediaType.IMAGE, video_sampling: SamplingOptions = SamplingOptions()
-                     ) -> tuple[CollectionSpec, bool]:
+                     media_type: MediaType = MediaType.IMAGE, video_sampling: SamplingOptions = SamplingOptions(),
+                     copy_views: int = 0) -> tuple[CollectionSpec, bool]:
+        """copy_views > 0: a copy-detection collection with that many crop views per item."""
         validate_name(name)
         if len(description) > MAX_DESCRIPTION:
             raise InvalidArgument(f"description is {len(description)} characters; the limit is {MAX_DESCRIPTION}")
@@ -129,7 +150,8 @@ class Catalog:
                               dimension=model.dimension, crop_mode=crop_mode, index_kind=index_kind,
                               created_at_ms=int(time.time() * 1000), description=description,
                               model_trained=model.trained, face_options=face_options, media_type=media_type,
-                              video_sampling=video_sampling, layout=CURRENT_LAYOUT)
+                              video_sampling=video_sampling, layout=CURRENT_LAYOUT,
+                              copy_detection=copy_views > 0, copy_views=copy_views)
         async with self._lock:
             self._specs.pop(name, None)
             existing = await self.find(name)
@@ -146,6 +168,9 @@ class Catalog:
                 (directory / "spec.json").write_text(spec.to_json())
                 self._knn[name] = (spec, self._knn_index(directory, spec.dimension))
             else:
+                if spec.copy_detection:  # created first, as the means below
+                    await self._milvus.create(name + VIEWS_SUFFIX, spec.dimension, f"crop vectors of images in {name}",
+                                              spec.layout)
                 if spec.is_video:  # created first: a collection is only listed once its spec exists
                     await self._milvus.create(name + MEANS_SUFFIX, spec.dimension, f"mean vectors of videos in {name}",
                                               spec.layout)
@@ -189,6 +214,20 @@ class Catalog:
             return self._knn_means[key]
         return self._milvus.index(spec.name + MEANS_SUFFIX, spec.dimension, spec.layout)
 
+    async def views(self, spec: CollectionSpec) -> VectorIndex:
+        """A copy-detection collection's index of its items' crop vectors (rows `<id>~k`, k >= 1)."""
+        return await self._secondary(spec, "views", VIEWS_SUFFIX)
+
+    async def _secondary(self, spec: CollectionSpec, folder: str, suffix: str) -> VectorIndex:
+        if spec.index_kind is IndexKind.EXACT_KNN:
+            key = spec.name + suffix
+            if key not in self._knn_means:
+                directory = self._knn_root / spec.name / folder
+                directory.mkdir(parents=True, exist_ok=True)
+                self._knn_means[key] = self._knn_index(directory, spec.dimension)
+            return self._knn_means[key]
+        return self._milvus.index(spec.name + suffix, spec.dimension, spec.layout)
+
     async def list(self) -> list[CollectionSpec]:
         specs = [s for s, _ in self._knn.values()]
         for description in await self._milvus.descriptions():
@@ -203,6 +242,7 @@ class Catalog:
             if name in self._knn:
                 del self._knn[name]
                 self._knn_means.pop(name + MEANS_SUFFIX, None)
+                self._knn_means.pop(name + VIEWS_SUFFIX, None)
                 await asyncio.to_thread(shutil.rmtree, self._knn_root / name, True)
                 return
             self._specs.pop(name, None)
@@ -213,3 +253,8 @@ class Catalog:
             await self._milvus.drop(name)
             if spec is not None and spec.is_video:
                 await self._milvus.drop(name + MEANS_SUFFIX)
+            if spec is not None and spec.copy_detection:
+                try:
+                    await self._milvus.drop(name + VIEWS_SUFFIX)
+                except NotFound:
+                    pass

@@ -25,6 +25,8 @@ class Collection:
     spec: CollectionSpec
     index: VectorIndex
     model: ModelSpec
+    # Copy detection: the index of the items' crop vectors (None without copy detection).
+    views: VectorIndex | None = None
 
     @property
     def name(self) -> str:
@@ -50,7 +52,8 @@ class Collections:
         if media is MediaType.VIDEO and not spec.is_video:
             raise InvalidArgument(f"collection {name!r} holds images; index and search it with IndexImages and "
                                   "SearchImages, or create a collection with media type video")
-        return Collection(spec, index, model)
+        views = await self._catalog.views(spec) if spec.copy_detection else None
+        return Collection(spec, index, model, views)
 
     async def means(self, collection: Collection) -> VectorIndex:
         """A video collection's index of one mean vector per video (ids: the video ids)."""
@@ -58,10 +61,10 @@ class Collections:
 
     async def create(self, name: str, model: ModelSpec, crop_mode: CropMode, index_kind: IndexKind,
                      description: str, exist_ok: bool, face_options: FaceOptions, media_type: MediaType,
-                     sampling: SamplingOptions) -> tuple[CollectionSpec, bool]:
+                     sampling: SamplingOptions, copy_views: int = 0) -> tuple[CollectionSpec, bool]:
         """Creates it with settings already resolved (usecases/collections.py fills in defaults)."""
         return await self._catalog.create(name, model, crop_mode, index_kind, description, exist_ok, face_options,
-                                          media_type, sampling)
+                                          media_type, sampling, copy_views)
 
     async def describe(self, name: str) -> tuple[CollectionSpec, int]:
         """Settings and stored vector count."""
@@ -94,5 +97,8 @@ class Collections:
                 await (await self._catalog.means(spec)).delete(deleted)
         else:
             deleted = await index.delete(ids)
+        if spec.copy_detection and deleted:  # their crop vectors too
+            await (await self._catalog.views(spec)).delete(
+                [row_id(i, k) for i in deleted for k in range(1, spec.copy_views + 1)])
         gone = set(deleted)
         return deleted, [i for i in dict.fromkeys(ids) if i not in gone]

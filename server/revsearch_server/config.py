@@ -37,7 +37,8 @@ class Settings:
     # exited is restarted by the health checks.
     triton_reprobe_s: float = 10.0
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
-    default_model: str = "resnet50"
+    # "auto": resnet50 when it is served trained, else efficientnet_lite0 (models.resolve_default).
+    default_model: str = "auto"
     allow_untrained: bool = False
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
@@ -157,7 +158,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--triton-reprobe-s", type=float, default=_env("triton_reprobe_s", d.triton_reprobe_s),
       help="while on the fallback, seconds between attempts to return to Triton")
     a("--model-repository", type=Path, default=_env("model_repository", d.model_repository))
-    a("--default-model", default=_env("default_model", d.default_model))
+    a("--default-model", default=_env("default_model", d.default_model),
+      help="model of collections created without one; auto: resnet50 when trained, else efficientnet_lite0")
     a("--allow-untrained", action="store_true", default=_env("allow_untrained", d.allow_untrained),
       help="serve models built without pretrained weights (tests only: results are not meaningful)")
     a("--max-image-bytes", type=int, default=_env("max_image_bytes", d.max_image_bytes))

@@ -18,7 +18,7 @@ from .embedding.base import BackendKind
 from .embedding.embedder import Embedder
 from .errors import RevsearchError
 from .faces.cropper import FaceCrop, FaceCropper, NoFace
-from .imaging import ImageLimits, preprocess, resize_center_crop
+from .imaging import ImageLimits, model_input, preprocess
 from .models import ModelSpec
 from .observability import Metrics, or_null
 
@@ -50,7 +50,7 @@ class Encoder:
         async def one(data: bytes):
             try:
                 pixels = await loop.run_in_executor(self._pool, preprocess, data, self.limits, model.input_size,
-                                                    model.resize_to)
+                                                    model.resize_to, model.whole_image)
                 return [FaceCrop(pixels, None)]
             except RevsearchError as exc:
                 return exc
@@ -74,7 +74,7 @@ class Encoder:
         if faces is None:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._pool, lambda: [
-                [FaceCrop(resize_center_crop(Image.fromarray(a), model.input_size, model.resize_to), None)]
+                [FaceCrop(model_input(Image.fromarray(a), model), None)]
                 for a in frames])
         results = await self._cropper.crops_of_arrays(frames, model, faces, all_faces,
                                                       detect_max_side=detect_max_side)

@@ -90,6 +90,20 @@ def resize_center_crop(img: Image.Image, size: int, resize_to: int) -> np.ndarra
     return np.asarray(img, dtype=np.uint8)
 
 
-def preprocess(data: bytes, limits: ImageLimits, size: int = 224, resize_to: int = 256) -> np.ndarray:
-    """Encoded bytes to the model's uint8 HxWx3 input."""
-    return resize_center_crop(decode_image(data, limits, draft_size=resize_to), size, resize_to)
+def resize_whole(img: Image.Image, size: int) -> np.ndarray:
+    """The whole image resized to size x size (models whose preprocess is "whole_image")."""
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def model_input(img: Image.Image, model) -> np.ndarray:
+    """A decoded RGB image as the model's uint8 input (a models.ModelSpec's preprocessing)."""
+    if model.whole_image:
+        return resize_whole(img, model.input_size)
+    return resize_center_crop(img, model.input_size, model.resize_to)
+
+
+def preprocess(data: bytes, limits: ImageLimits, size: int = 224, resize_to: int = 256, whole: bool = False
+               ) -> np.ndarray:
+    """Encoded bytes to the model's uint8 HxWx3 input (whole: the whole image, no centre crop)."""
+    img = decode_image(data, limits, draft_size=resize_to)
+    return resize_whole(img, size) if whole else resize_center_crop(img, size, resize_to)

@@ -2,6 +2,8 @@
 
 `scripts/build_models.py` writes `<model_repository>/<name>/build_info.json` next to the
 ONNX file. A model whose record says it is untrained is only served with --allow-untrained.
+A record's `kind` says what the model is: "embedding" (the default; these are ModelSpecs) or
+"detector" (MTCNN's nets, DetectorNet: run by the face detector, never an embedding model).
 """
 
 from __future__ import annotations
@@ -32,14 +34,24 @@ class ModelSpec:
     trained: bool
     weights_source: str
     weights_sha256: str
-    # "imagenet": whole image, short side to resize_to, centre crop. "face_chip": an aligned face
+    # "imagenet": whole image, short side to resize_to, centre crop. "whole_image": the whole image
+    # resized to input_size x input_size (efficientnet_lite0). "face_chip": an aligned face
     # crop of input_size. "face_margin": the MTCNN box plus a margin, square, resized to input_size,
     # not aligned (facenet-pytorch's own crops). Face inputs need a collection crop mode that finds faces.
     preprocess: str = "imagenet"
+    # The numbers the graph computes in: "fp32", "int8" (statically quantized from the fp32 model by
+    # scripts/quantize_int8.py; build_info.json records its measured quality) or "bf16".
+    precision: str = "fp32"
 
     @property
     def needs_face_crop(self) -> bool:
         return self.preprocess in FACE_PREPROCESS
+
+    @property
+    def whole_image(self) -> bool:
+        """"whole_image": the whole image resized to input_size square, nothing cropped (what copy
+        detection needs: a copy cropped at a side still shares the side with the stored image)."""
+        return self.preprocess == "whole_image"
 
     @property
     def flip_average(self) -> bool:
@@ -63,6 +75,7 @@ class ModelSpec:
             weights_source=info.get("weights_source", ""),
             weights_sha256=info.get("weights_sha256", ""),
             preprocess=info.get("preprocess", "imagenet"),
+            precision=info.get("precision", "fp32"),
         )
 
 
@@ -76,6 +89,8 @@ def load_models(repository: Path, allow_untrained: bool) -> dict[str, ModelSpec]
         raise ModelsUnavailable(f"model repository {repository} does not exist; run `make models`")
     models: dict[str, ModelSpec] = {}
     for info_file in sorted(repository.glob(f"*/{BUILD_INFO}")):
+        if _kind(info_file) != "embedding":
+            continue
         spec = ModelSpec.from_build_info(info_file.parent)
         if not spec.onnx_path.is_file():
             log.warning("model %s: %s is missing; run `make models`", spec.name, spec.onnx_path)
@@ -96,11 +111,79 @@ def load_models(repository: Path, allow_untrained: bool) -> dict[str, ModelSpec]
     return models
 
 
+def _kind(info_file: Path) -> str:
+    return json.loads(info_file.read_text()).get("kind", "embedding")
+
+
+@dataclass(frozen=True)
+class DetectorNet:
+    """A face detector's net in the model repository (build record kind "detector")."""
+    name: str
+    version: str
+    detector: str  # which detector it belongs to: "mtcnn"
+    input_name: str
+    output_names: tuple[str, ...]
+    onnx_path: Path
+
+
+def detector_nets(repository: Path) -> dict[str, DetectorNet]:
+    """The built detector nets of the repository by name (those whose model.onnx exists)."""
+    nets: dict[str, DetectorNet] = {}
+    for info_file in sorted(repository.glob(f"*/{BUILD_INFO}")) if repository.is_dir() else []:
+        info = json.loads(info_file.read_text())
+        if info.get("kind", "embedding") != "detector":
+            continue
+        net = DetectorNet(name=info["name"], version=str(info["version"]), detector=info.get("detector", ""),
+                          input_name=info["input_name"], output_names=tuple(info["output_names"]),
+                          onnx_path=info_file.parent / str(info["version"]) / "model.onnx")
+        if net.onnx_path.is_file():
+            nets[net.name] = net
+        else:
+            log.warning("detector net %s: %s is missing; run `make models`", net.name, net.onnx_path)
+    return nets
+
+
+# --default-model "auto": the first of these that is served and trained (resnet50 only with real
+# ImageNet weights; efficientnet_lite0's come from the package registry, so it is there offline).
+AUTO = "auto"
+AUTO_ORDER = ("resnet50", "efficientnet_lite0")
+
+
+def resolve_default(by_name: dict[str, ModelSpec], requested: str) -> tuple[str, str]:
+    """(default model, why) for --default-model; ModelsUnavailable when a named one is not served."""
+    if requested and requested != AUTO:
+        if requested not in by_name:
+            raise ModelsUnavailable(f"default model {requested!r} is not servable; available: "
+                                    f"{', '.join(sorted(by_name))} (--default-model picks another, or auto)")
+        return requested, f"--default-model {requested}"
+    for name in AUTO_ORDER:
+        spec = by_name.get(name)
+        if spec is not None and spec.trained:
+            skipped = [n for n in AUTO_ORDER[:AUTO_ORDER.index(name)]]
+            why = f"auto: {name} is the first trained general-image model of {', '.join(AUTO_ORDER)}"
+            if skipped:
+                states = ", ".join(f"{n} {'is untrained' if n in by_name else 'is not served (no weights)'}"
+                                   for n in skipped)
+                why += f" ({states})"
+            return name, why
+    general = [n for n in AUTO_ORDER if n in by_name] or sorted(n for n, m in by_name.items()
+                                                                if not m.needs_face_crop) or sorted(by_name)
+    return general[0], (f"auto: no trained model of {', '.join(AUTO_ORDER)} is served; {general[0]} is "
+                        f"{'trained' if by_name[general[0]].trained else 'UNTRAINED (--allow-untrained)'}")
+
+
 @dataclass(frozen=True)
 class ServedModels:
     """The models this server serves, by name, and the one used when a request names none."""
     by_name: dict[str, ModelSpec]
     default: str
+    # Why that one (GetServerInfo's default_model_reason), e.g. "auto: ...".
+    default_reason: str = ""
+
+    @classmethod
+    def resolve(cls, by_name: dict[str, ModelSpec], requested: str = AUTO) -> "ServedModels":
+        default, why = resolve_default(by_name, requested)
+        return cls(by_name, default, why)
 
     def get(self, name: str = "") -> ModelSpec:
         """The named model (the default for ""), or InvalidArgument listing what is served."""

@@ -8,7 +8,7 @@ not care. The registry is served as text over HTTP (`--metrics-port`).
 Metric names:
   revsearch_requests_total{rpc,code}        finished RPCs by gRPC status code
   revsearch_request_seconds{rpc}            RPC latency (histogram)
-  revsearch_stage_seconds{stage}            decode, detect, embed, dedup, index, search, sample (histogram)
+  revsearch_stage_seconds{stage}            decode, detect, embed, dedup, index, search, sample, rerank (histogram)
   revsearch_inflight_images                 images admitted and being worked on
   revsearch_admission_waiting_images        images of streams waiting for room (the admission queue)
   revsearch_admission_capacity_images       --max-inflight-images
@@ -34,7 +34,7 @@ from prometheus_client.exposition import start_wsgi_server
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "detect", "embed", "dedup", "index", "search", "sample")
+STAGES = ("decode", "detect", "embed", "dedup", "index", "search", "sample", "rerank")
 BACKENDS = ("triton", "onnxruntime-local", "none")
 DEPENDENCIES = ("vector_store", "inference")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

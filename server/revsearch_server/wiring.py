@@ -31,14 +31,15 @@ from .config import Settings
 from .embedding.base import InferenceBackend
 from .embedding.embedder import Embedder
 from .embedding.failover import FailoverBackend
+from .copies import CopyDetector
 from .encoder import Encoder
-from .errors import Unavailable
+from .errors import FailedPrecondition, Unavailable
 from .faces.cropper import FaceCropper, FaceDetector
 from .imaging import ImageLimits
 from .index.base import VectorStore
 from .index.coalescer import SearchCoalescer
 from .index.exact_knn import ExactKnnIndex
-from .models import ModelsUnavailable, ServedModels, load_models
+from .models import DetectorNet, ModelsUnavailable, ServedModels, detector_nets, load_models
 from .observability import Metrics
 from .pools import Pools
 from .security.auth import Authenticator
@@ -116,7 +117,7 @@ class Overrides:
     """Parts a caller supplies instead of the ones the settings choose."""
     # The only inference backend (no Triton, no fallback), e.g. a deterministic fake.
     inference: InferenceBackend | None = None
-    # min_face_size -> detector; default MTCNN (faces/detector.py, loaded on first use).
+    # min_face_size -> detector; default detector_factory's MTCNN (made on first use).
     detector_for: Callable[[int], FaceDetector] | None = None
     vector_store: VectorStore | None = None
 
@@ -153,10 +154,50 @@ class Dependencies:
 
 
 def mtcnn_detector(min_face_size: int) -> FaceDetector:
+    """facenet-pytorch's MTCNN (torch): the fallback when the ONNX nets are not built."""
     from .faces.detector import DetectorSettings, MtcnnDetector  # torch loads only with a face collection
 
     # Confidence is filtered per collection by the cropper; the detector keeps every candidate.
     return MtcnnDetector(DetectorSettings(min_face_size=min_face_size, min_confidence=0.0))
+
+
+def detector_factory(s: Settings, inference: FailoverBackend, triton_url: str | None,
+                     nets: dict[str, DetectorNet]) -> Callable[[int], FaceDetector]:
+    """min_face_size -> face detector. MTCNN as ONNX (faces/onnx_mtcnn.py) when its three nets are in
+    the model repository, run where the embedding models run (Triton while the inference backend is
+    Triton, else ONNX Runtime in-process); else facenet-pytorch's MTCNN when torch is installed;
+    else a detector whose every use answers FAILED_PRECONDITION saying what to build."""
+    import importlib.util
+
+    from .embedding.base import BackendKind
+    from .faces.detector import DetectorSettings
+    from .faces.onnx_mtcnn import NET_NAMES, OnnxMtcnnDetector
+
+    missing = [n for n in NET_NAMES if n not in nets]
+    if not missing:
+        from .faces.net_runners import FailoverNets, LocalNets, TritonNets
+
+        local = LocalNets(nets) if s.fallback == "local" or not s.triton_enabled else None
+        remote = TritonNets(triton_url, nets, s.triton_timeout_s) if triton_url else None
+        run = FailoverNets(remote, local, use_primary=lambda: inference.kind is BackendKind.TRITON)
+        log.info("face detection: MTCNN as ONNX (%s)", " or ".join(
+            r.describe() for r in (remote, local) if r is not None) or "no backend")
+        return lambda min_face_size: OnnxMtcnnDetector(
+            run, DetectorSettings(min_face_size=min_face_size, min_confidence=0.0))
+    build = "python scripts/build_models.py --models mtcnn"
+    if importlib.util.find_spec("facenet_pytorch") is not None:
+        log.warning("face detection: facenet-pytorch's MTCNN (torch); MTCNN's ONNX nets (%s) are not in %s "
+                    "(`%s` builds them)", ", ".join(missing), s.model_repository, build)
+        return mtcnn_detector
+    reason = (f"face detection is not available: MTCNN's ONNX nets ({', '.join(missing)}) are not in "
+              f"{s.model_repository} and facenet-pytorch is not installed; build the nets with `{build}` "
+              "(needs requirements-build.txt) or use crop mode 'none'")
+    log.warning("%s", reason)
+
+    def unavailable(min_face_size: int) -> FaceDetector:
+        raise FailedPrecondition(reason)
+
+    return unavailable
 
 
 async def build_dependencies(settings: Settings, metrics: Metrics, overrides: Overrides = Overrides()
@@ -164,14 +205,13 @@ async def build_dependencies(settings: Settings, metrics: Metrics, overrides: Ov
     s = settings
     security = build_security(s, metrics)  # before anything starts: a bad file stops start-up at once
     models = load_models(s.model_repository, s.allow_untrained)
-    if s.default_model not in models:
-        raise ModelsUnavailable(f"default model {s.default_model!r} is not servable; available: "
-                                f"{', '.join(sorted(models))} (--default-model picks another)")
-    served = ServedModels(models, s.default_model)
+    served = ServedModels.resolve(models, s.default_model)
+    log.info("default model: %s (%s)", served.default, served.default_reason)
     pools = Pools.from_settings(s)
     triton = None
+    nets = detector_nets(s.model_repository)
     try:
-        inference, triton = await _inference(s, models, pools, metrics, overrides.inference)
+        inference, triton, triton_url = await _inference(s, models, pools, metrics, overrides.inference, nets)
         embedder = Embedder(inference, models, s.batch_max_size, s.batch_max_wait_ms / 1000, metrics)
 
         s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -194,34 +234,37 @@ async def build_dependencies(settings: Settings, metrics: Metrics, overrides: Ov
     admission = Admission(s.max_inflight_images, s.admission_wait_s, metrics)
     knn = lambda directory, dimension: ExactKnnIndex(directory, dimension, pools.store)  # noqa: E731
     collections = Collections(Catalog(store, s.data_dir / "exact_knn", knn), served)
-    cropper = FaceCropper(pools.decode, pools.faces, overrides.detector_for or mtcnn_detector, limits, metrics)
+    detector_for = overrides.detector_for or detector_factory(s, inference, triton_url, nets)
+    cropper = FaceCropper(pools.decode, pools.faces, detector_for, limits, metrics)
     encoder = Encoder(embedder, cropper, pools.decode, limits, metrics)
     searcher = SearchCoalescer(s.search_batch_max_queries, metrics)
     return Dependencies(
         settings=s, metrics=metrics, pools=pools, models=served, inference=inference, embedder=embedder,
         store=store, store_ok=store_ok, admission=admission, triton=triton, security=security,
         collections=ManageCollections(collections, video_limits),
-        images=ImageSearch(collections, encoder, searcher, admission, s.max_top_k, metrics),
+        images=ImageSearch(collections, encoder, searcher, admission, s.max_top_k, metrics,
+                           CopyDetector(pools.decode, limits, metrics)),
         videos=VideoSearch(collections, encoder, admission, video_limits, s.video_frame_max_side, s.max_video_bytes,
                            s.max_top_k, pools.decode, metrics),
         server_info=DescribeServer(s, inference, served, store.describe()))
 
 
-async def _inference(s: Settings, models: dict, pools: Pools, metrics: Metrics,
-                     only: InferenceBackend | None) -> tuple[FailoverBackend, ManagedTriton | None]:
-    """Triton (external or managed) with the local fallback, as the settings say."""
+async def _inference(s: Settings, models: dict, pools: Pools, metrics: Metrics, only: InferenceBackend | None,
+                     nets: dict[str, DetectorNet]) -> tuple[FailoverBackend, ManagedTriton | None, str | None]:
+    """Triton (external or managed) with the local fallback, as the settings say; and Triton's
+    address (None without one). A managed Triton also loads the face detector's nets."""
     from .embedding.local_onnx import LocalOnnxBackend
     from .embedding.triton import TritonBackend
 
     if only is not None:
         backend = FailoverBackend(None, only, metrics=metrics)
         await backend.start(models, primary_wait_s=0.0)
-        return backend, None
+        return backend, None, None
     primary, triton, wait_s, reason = None, None, min(EXTERNAL_TRITON_WAIT_S, s.triton_startup_timeout_s), ""
     if s.triton_enabled and not s.managed_triton:
         primary = TritonBackend(s.triton_url, s.triton_timeout_s)
     elif s.managed_triton:
-        triton = ManagedTriton(s.model_repository, s.data_dir / "triton", models)
+        triton = ManagedTriton(s.model_repository, s.data_dir / "triton", [*models, *nets])
         try:
             url = await asyncio.to_thread(triton.start)
             primary = TritonBackend(url, s.triton_timeout_s, alive=triton.alive, log_hint=f"; see {triton.log_path}")
@@ -232,7 +275,7 @@ async def _inference(s: Settings, models: dict, pools: Pools, metrics: Metrics,
     fallback = LocalOnnxBackend(pools.inference) if s.fallback == "local" or not s.triton_enabled else None
     backend = FailoverBackend(primary, fallback, reprobe_s=s.triton_reprobe_s, metrics=metrics)
     await backend.start(models, primary_wait_s=wait_s, no_primary_reason=reason)
-    return backend, triton
+    return backend, triton, primary.url if primary is not None else None
 
 
 def _milvus(s: Settings, pools: Pools) -> VectorStore:

@@ -71,8 +71,42 @@ def old_server(start_server, tmp_path_factory):
         _row("other~0", frames[2], {"box": box, "faces": 1, "t": 2.0}, "d" * 64)])
     _old_collection(client, "oldvideos__means", "mean vectors of videos in oldvideos", [
         _row("clip", means[0], {"faces": 2}, "c" * 64), _row("other", means[1], {"faces": 1}, "d" * 64)])
+    _layout2_photos(client, rng)
     client.close()
     return start_server(fakes=True, data_dir=data), faces, frames
+
+
+PHOTO_DIM = 2048  # resnet50's
+
+
+def _layout2_photos(client: MilvusClient, rng) -> None:
+    """A whole-image resnet50 collection as the release before copy detection wrote it: stored-row
+    layout 2 (face_count, timestamp_s columns; no local_features) and settings without copy_detection."""
+    spec = json.dumps({"revsearch_collection": 1, "name": "oldphotos", "model": "resnet50", "model_version": "1",
+                       "dimension": PHOTO_DIM, "crop_mode": "none", "index_kind": "milvus", "created_at_ms": 1,
+                       "description": "written before copy detection", "model_trained": False,
+                       "face_options": {"margin": 0.2, "min_face_size": 20, "min_confidence": 0.9,
+                                        "whole_image_if_no_face": False, "max_faces": 16},
+                       "media_type": "image", "video_sampling": {"frames": 5, "mode": "uniform", "seed": 0},
+                       "layout": 2})
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=spec)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=80)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=PHOTO_DIM)
+    for field, length in (("uri", 2048), ("sha256", 64), ("model", 128), ("model_version", 64)):
+        schema.add_field(field, DataType.VARCHAR, max_length=length)
+    schema.add_field("created_at_ms", DataType.INT64)
+    schema.add_field("metadata", DataType.JSON)
+    schema.add_field("face_box", DataType.JSON)
+    schema.add_field("face_count", DataType.INT64)
+    schema.add_field("timestamp_s", DataType.DOUBLE)
+    index = MilvusClient.prepare_index_params()
+    index.add_index(field_name="vector", index_type="FLAT", metric_type="COSINE")
+    client.create_collection("revsearch_oldphotos", schema=schema, index_params=index, consistency_level="Session")
+    vectors = rng.normal(size=(2, PHOTO_DIM)).astype(np.float32)
+    client.upsert("revsearch_oldphotos", data=[
+        {"id": f"p{n}", "vector": (v / np.linalg.norm(v)).tolist(), "uri": f"old://p{n}", "sha256": f"{n:064x}",
+         "model": "resnet50", "model_version": "1", "created_at_ms": 1, "metadata": {}, "face_box": {},
+         "face_count": 0, "timestamp_s": -1.0} for n, v in enumerate(vectors)])
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +149,16 @@ def test_an_old_video_collection_finds_videos_with_their_frame_times_and_deletes
     deleted = client.delete("oldvideos", ["clip"])
     assert list(deleted.deleted_ids) == ["clip"]
     assert client.describe_collection("oldvideos").item_count == 1
+
+
+def test_a_collection_from_before_copy_detection_keeps_working_and_says_it_has_no_local_features(client):
+    described = client.describe_collection("oldphotos")
+    assert not described.copy_detection and "no local features" in described.copy_detection_detail
+    image = encode(synthetic_image(7), "JPEG", quality=90)
+    [result] = list(client.index_images("oldphotos", [ImageInput(image=image, id="newphoto")]))
+    assert result.status == pb.ITEM_STATUS_INDEXED
+    for switch in (None, True, False):  # asked for or not, the global vector answers
+        hits = client.search("oldphotos", image=image, top_k=3, copy_detection=switch).hits
+        assert hits[0].id == "newphoto" and all(h.matched_keypoints == 0 for h in hits)
+    assert list(client.delete("oldphotos", ["newphoto"]).deleted_ids) == ["newphoto"]
+    assert client.describe_collection("oldphotos").item_count == 2

@@ -70,8 +70,12 @@ def test_search_table_and_info_show_the_backend_and_the_untrained_model(server, 
     assert "onnxruntime-local" in table and query.name in table
     info = json.loads(revsearch(server, "info", "--json").stdout)
     assert info["inferenceBackend"] == "INFERENCE_BACKEND_ONNXRUNTIME_LOCAL"
-    assert {m["name"]: m.get("trained", False) for m in info["models"]} == {"resnet50": False, "face_dlib": True}
-    assert "UNTRAINED" in revsearch(server, "info").stdout
+    assert {m["name"]: (m.get("trained", False), m["precision"]) for m in info["models"]} == {
+        "resnet50": (False, "fp32"), "face_dlib": (True, "fp32"), "resnet50_int8": (False, "int8"),
+        "face_dlib_int8": (True, "int8"), "efficientnet_lite0": (True, "fp32"),
+        "efficientnet_lite0_int8": (True, "int8")}
+    table = revsearch(server, "info").stdout
+    assert "UNTRAINED" in table and "int8" in table and "fp32" in table
     assert "cli_photos" in revsearch(server, "collections").stdout
 
 

@@ -55,8 +55,11 @@ def test_server_info_names_the_backend_the_models_and_the_limits(client):
     info = client.info()
     assert info.inference_backend == pb.INFERENCE_BACKEND_ONNXRUNTIME_LOCAL
     assert info.default_model == "resnet50"
-    models = {m.name: (m.dimension, m.trained) for m in info.models}
-    assert models == {"resnet50": (2048, False), "face_dlib": (128, True)}
+    models = {m.name: (m.dimension, m.trained, m.precision) for m in info.models}
+    assert models == {"resnet50": (2048, False, "fp32"), "face_dlib": (128, True, "fp32"),
+                      "resnet50_int8": (2048, False, "int8"), "face_dlib_int8": (128, True, "int8"),
+                      "efficientnet_lite0": (1280, True, "fp32"), "efficientnet_lite0_int8": (1280, True, "int8")}
+    assert info.default_model_reason == "--default-model resnet50"
     assert info.limits.max_image_pixels == MAX_PIXELS and info.limits.max_top_k == 100
     assert info.vector_store.startswith("milvus-lite:")
 

@@ -12,9 +12,12 @@ BUILD = [sys.executable, str(ROOT / "scripts" / "build_models.py")]
 
 
 def test_without_weights_the_build_stops_and_says_what_to_do(tmp_path):
-    proc = subprocess.run([*BUILD, "--repository", str(tmp_path), "--force"], capture_output=True, text=True,
-                          timeout=300)
+    # Named in --models it is an error; a plain run (make models) skips it with the same reason and
+    # command (efficientnet_lite0 is then the default general-image model).
+    proc = subprocess.run([*BUILD, "--repository", str(tmp_path), "--models", "resnet50", "--force"],
+                          capture_output=True, text=True, timeout=300, env=_offline_env(tmp_path))
     assert proc.returncode != 0
+    assert "resnet50: skipped (no ImageNet weights" in proc.stderr
     assert "--weights" in proc.stderr and "--allow-untrained" in proc.stderr
     assert not (tmp_path / "resnet50" / "build_info.json").exists()
 
@@ -114,7 +117,13 @@ def test_facenet_named_without_weights_stops_and_says_how_to_build_it(tmp_path):
 
 def test_a_plain_build_skips_facenet_with_a_notice_when_no_weights_can_be_had(tmp_path, monkeypatch, capsys):
     build_models = _build_models_module()
-    assert build_models.plan(None) == [("resnet50", True), ("face_dlib", True), ("facenet", False)]
+    planned = build_models.plan(None)
+    assert planned[:3] == [("resnet50", True), ("face_dlib", True), ("facenet", False)]
+    # The INT8 models are required and come after the fp32 model each is quantized from.
+    names = [name for name, _ in planned]
+    assert ("resnet50_int8", True) in planned and ("face_dlib_int8", True) in planned
+    assert names.index("resnet50_int8") > names.index("resnet50") and names.index("face_dlib_int8") > names.index(
+        "face_dlib")
     assert build_models.plan("facenet") == [("facenet", True)]
 
     def no_weights(weights_path):

@@ -109,7 +109,7 @@ class FaceOptions(_message.Message):
     def __init__(self, margin: _Optional[float] = ..., min_face_size: _Optional[int] = ..., min_confidence: _Optional[float] = ..., whole_image_if_no_face: _Optional[bool] = ..., max_faces: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "model", "model_version", "dimension", "crop_mode", "index_backend", "metric", "item_count", "created_at", "description", "model_trained", "face_options", "media_type", "video_sampling")
+    __slots__ = ("name", "model", "model_version", "dimension", "crop_mode", "index_backend", "metric", "item_count", "created_at", "description", "model_trained", "face_options", "media_type", "video_sampling", "copy_detection", "copy_detection_detail")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,8 @@ class Collection(_message.Message):
     FACE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     VIDEO_SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    COPY_DETECTION_FIELD_NUMBER: _ClassVar[int]
+    COPY_DETECTION_DETAIL_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_version: str
@@ -138,7 +140,9 @@ class Collection(_message.Message):
     face_options: FaceOptions
     media_type: MediaType
     video_sampling: VideoSampling
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., dimension: _Optional[int] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., metric: _Optional[str] = ..., item_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., description: _Optional[str] = ..., model_trained: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., video_sampling: _Optional[_Union[VideoSampling, _Mapping]] = ...) -> None: ...
+    copy_detection: bool
+    copy_detection_detail: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., dimension: _Optional[int] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., metric: _Optional[str] = ..., item_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., description: _Optional[str] = ..., model_trained: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., video_sampling: _Optional[_Union[VideoSampling, _Mapping]] = ..., copy_detection: _Optional[bool] = ..., copy_detection_detail: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "model", "crop_mode", "index_backend", "description", "exist_ok", "face_options", "media_type", "video_sampling")
@@ -271,21 +275,23 @@ class FaceBox(_message.Message):
     def __init__(self, x_min: _Optional[float] = ..., y_min: _Optional[float] = ..., x_max: _Optional[float] = ..., y_max: _Optional[float] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class SearchImagesRequest(_message.Message):
-    __slots__ = ("collection", "image", "vector", "item_id", "top_k")
+    __slots__ = ("collection", "image", "vector", "item_id", "top_k", "copy_detection")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    COPY_DETECTION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: bytes
     vector: Vector
     item_id: str
     top_k: int
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
+    copy_detection: bool
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[str] = ..., top_k: _Optional[int] = ..., copy_detection: _Optional[bool] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("rank", "id", "uri", "score", "face_box", "metadata", "sha256")
+    __slots__ = ("rank", "id", "uri", "score", "face_box", "metadata", "sha256", "matched_keypoints")
     RANK_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +299,7 @@ class SearchHit(_message.Message):
     FACE_BOX_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_KEYPOINTS_FIELD_NUMBER: _ClassVar[int]
     rank: int
     id: str
     uri: str
@@ -300,7 +307,8 @@ class SearchHit(_message.Message):
     face_box: FaceBox
     metadata: _struct_pb2.Struct
     sha256: str
-    def __init__(self, rank: _Optional[int] = ..., id: _Optional[str] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., face_box: _Optional[_Union[FaceBox, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., sha256: _Optional[str] = ...) -> None: ...
+    matched_keypoints: int
+    def __init__(self, rank: _Optional[int] = ..., id: _Optional[str] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., face_box: _Optional[_Union[FaceBox, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., sha256: _Optional[str] = ..., matched_keypoints: _Optional[int] = ...) -> None: ...
 
 class SearchImagesResponse(_message.Message):
     __slots__ = ("hits", "model", "model_trained", "inference_backend", "query_face_box")
@@ -327,14 +335,16 @@ class BatchQuery(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[str] = ...) -> None: ...
 
 class BatchSearchImagesRequest(_message.Message):
-    __slots__ = ("collection", "queries", "top_k")
+    __slots__ = ("collection", "queries", "top_k", "copy_detection")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    COPY_DETECTION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[BatchQuery]
     top_k: int
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[BatchQuery, _Mapping]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    copy_detection: bool
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[BatchQuery, _Mapping]]] = ..., top_k: _Optional[int] = ..., copy_detection: _Optional[bool] = ...) -> None: ...
 
 class BatchSearchResult(_message.Message):
     __slots__ = ("hits", "error", "query_face_box")
@@ -403,7 +413,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "dimension", "trained", "input_size", "weights_sha256", "weights_source")
+    __slots__ = ("name", "version", "dimension", "trained", "input_size", "weights_sha256", "weights_source", "precision")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -411,6 +421,7 @@ class ModelInfo(_message.Message):
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     dimension: int
@@ -418,7 +429,8 @@ class ModelInfo(_message.Message):
     input_size: int
     weights_sha256: str
     weights_source: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dimension: _Optional[int] = ..., trained: _Optional[bool] = ..., input_size: _Optional[int] = ..., weights_sha256: _Optional[str] = ..., weights_source: _Optional[str] = ...) -> None: ...
+    precision: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dimension: _Optional[int] = ..., trained: _Optional[bool] = ..., input_size: _Optional[int] = ..., weights_sha256: _Optional[str] = ..., weights_source: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_image_bytes", "max_image_pixels", "max_top_k", "max_receive_message_bytes", "max_video_bytes", "max_video_duration_s", "max_video_width", "max_video_height", "max_video_frames", "max_batch_queries")
@@ -445,7 +457,7 @@ class Limits(_message.Message):
     def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., max_video_bytes: _Optional[int] = ..., max_video_duration_s: _Optional[float] = ..., max_video_width: _Optional[int] = ..., max_video_height: _Optional[int] = ..., max_video_frames: _Optional[int] = ..., max_batch_queries: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "inference_backend", "inference_detail", "fallback", "models", "vector_store", "limits", "default_model")
+    __slots__ = ("version", "inference_backend", "inference_detail", "fallback", "models", "vector_store", "limits", "default_model", "default_model_reason")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_BACKEND_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_DETAIL_FIELD_NUMBER: _ClassVar[int]
@@ -454,6 +466,7 @@ class GetServerInfoResponse(_message.Message):
     VECTOR_STORE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_REASON_FIELD_NUMBER: _ClassVar[int]
     version: str
     inference_backend: InferenceBackend
     inference_detail: str
@@ -462,7 +475,8 @@ class GetServerInfoResponse(_message.Message):
     vector_store: str
     limits: Limits
     default_model: str
-    def __init__(self, version: _Optional[str] = ..., inference_backend: _Optional[_Union[InferenceBackend, str]] = ..., inference_detail: _Optional[str] = ..., fallback: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., vector_store: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_model: _Optional[str] = ...) -> None: ...
+    default_model_reason: str
+    def __init__(self, version: _Optional[str] = ..., inference_backend: _Optional[_Union[InferenceBackend, str]] = ..., inference_detail: _Optional[str] = ..., fallback: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., vector_store: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_model: _Optional[str] = ..., default_model_reason: _Optional[str] = ...) -> None: ...
 
 class VideoHeader(_message.Message):
     __slots__ = ("collection", "id", "uri", "metadata", "sampling", "size_bytes")

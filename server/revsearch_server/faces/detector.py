@@ -1,6 +1,8 @@
 """MTCNN face detection (facenet-pytorch, CPU): boxes, confidences and five landmarks per face.
 
 The P-, R- and O-net weights ship inside the facenet-pytorch wheel, so nothing downloads at run time.
+torch and facenet-pytorch are imported when an MtcnnDetector is made, not with this module: the
+serving environment has neither (it runs faces/onnx_mtcnn.py), and DetectorSettings is shared.
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from facenet_pytorch import MTCNN
 
 from .geometry import DetectedFace
 
@@ -28,6 +28,8 @@ class MtcnnDetector:
     """The FaceDetector of faces/cropper.py with facenet-pytorch's MTCNN (torch, in this process)."""
 
     def __init__(self, settings: DetectorSettings = DetectorSettings()):
+        from facenet_pytorch import MTCNN  # torch: only the fallback detector needs it
+
         self.settings = settings
         self._mtcnn = MTCNN(keep_all=True, device="cpu", post_process=False,
                             min_face_size=settings.min_face_size, thresholds=list(settings.thresholds))
@@ -36,6 +38,8 @@ class MtcnnDetector:
         """RGB uint8 HxWx3 arrays -> faces per image, most confident first; None for an image MTCNN
         failed on. Images of the same size are detected in one batched MTCNN call (group by shape,
         keep the input order in the result)."""
+        import torch
+
         groups: dict[tuple[int, ...], list[int]] = {}
         results: list[list[DetectedFace] | None] = [[] for _ in images]
         for i, img in enumerate(images):

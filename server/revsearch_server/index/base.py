@@ -15,8 +15,8 @@ from ..domain import FaceBox
 log = logging.getLogger(__name__)
 
 # Stored-row layouts of a collection (index/milvus.py describes them); new collections get the current one.
-LAYOUT_JSON_FACE_FIELDS, LAYOUT_FACE_COLUMNS = 1, 2
-CURRENT_LAYOUT = LAYOUT_FACE_COLUMNS
+LAYOUT_JSON_FACE_FIELDS, LAYOUT_FACE_COLUMNS, LAYOUT_LOCAL_FEATURES = 1, 2, 3
+CURRENT_LAYOUT = LAYOUT_LOCAL_FEATURES
 
 
 @dataclass
@@ -35,6 +35,8 @@ class Record:
     face_count: int | None = None
     # Videos: time of the sampled frame the vector came from, seconds.
     timestamp_s: float | None = None
+    # Copy detection: the item's local features (copies.LocalFeatures.encode), None without them.
+    local_features: str | None = None
 
 
 @dataclass
@@ -46,6 +48,8 @@ class Hit:
     metadata: dict
     face_box: FaceBox | None
     timestamp_s: float | None = None
+    # Copy detection: the query's keypoints that matched the item's (copies.py); 0 when not verified.
+    matched_keypoints: int = 0
 
 
 class VectorIndex(Protocol):

@@ -21,7 +21,7 @@ from ..domain import FaceBox
 from .base import Hit, Record
 
 _RECORD_FIELDS = ("id", "uri", "sha256", "model", "model_version", "created_at_ms", "metadata", "face_box",
-                  "face_count", "timestamp_s")
+                  "face_count", "timestamp_s", "local_features")  # segments written before local_features lack it
 
 
 def _atomic_write(path: Path, write) -> None:

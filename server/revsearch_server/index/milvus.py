@@ -15,7 +15,9 @@ Stored-row layouts (a collection records its layout in its settings, catalog.py)
   2  `face_box` JSON holds only the box ({"x_min", ...} or {}); `face_count` (INT64, 0: none) and
      `timestamp_s` (DOUBLE, -1: none) are columns of their own. Milvus 2.3 servers have no
      nullable fields, hence the sentinels.
-Collections of either layout open, search, index and delete; new collections get layout 2.
+  3  layout 2 plus `local_features` (VARCHAR, "" for none): an item's compact local features for copy
+     detection (copies.py), base64 text of about 14 KB. Searches never return it; `get` does.
+Collections of any layout open, search, index and delete; new collections get layout 3.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 
 from ..domain import FaceBox
 from ..errors import NotFound, Unavailable
-from .base import CURRENT_LAYOUT, LAYOUT_FACE_COLUMNS, Hit, Record
+from .base import CURRENT_LAYOUT, LAYOUT_FACE_COLUMNS, LAYOUT_LOCAL_FEATURES, Hit, Record
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ _MISSING_COLLECTION = re.compile(r"collection not found|can't find collection|Co
 _NO_FACE_COUNT, _NO_TIMESTAMP = 0, -1.0
 # Row keys: a 64-character item id plus "~<face>" in crop mode "all" (see rows.py).
 _ID_MAX, _URI_MAX = 80, 2048
+_FEATURES_MAX = 65535  # Milvus's longest VARCHAR; copies.py stores up to 300 keypoints (14.4 KB as base64)
 
 
 def milvus_name(name: str) -> str:
@@ -167,6 +170,8 @@ class MilvusStore:
         if layout >= LAYOUT_FACE_COLUMNS:
             schema.add_field("face_count", DataType.INT64)
             schema.add_field("timestamp_s", DataType.DOUBLE)
+        if layout >= LAYOUT_LOCAL_FEATURES:
+            schema.add_field("local_features", DataType.VARCHAR, max_length=_FEATURES_MAX)
         index_params = MilvusClient.prepare_index_params()
         index_params.add_index(field_name="vector", index_type=self.index_type, metric_type="COSINE")
         if await self.call("has_collection", milvus_name(name)):
@@ -204,6 +209,7 @@ class MilvusIndex:
         self._c = collection
         self._dim = dimension
         self._columns = layout >= LAYOUT_FACE_COLUMNS
+        self._features = layout >= LAYOUT_LOCAL_FEATURES
         self._output = ["uri", "sha256", "metadata", "face_box"] + (
             ["face_count", "timestamp_s"] if self._columns else [])
 
@@ -219,6 +225,7 @@ class MilvusIndex:
             "id": r.id, "vector": r.vector.tolist(), "uri": r.uri, "sha256": r.sha256, "model": r.model,
             "model_version": r.model_version, "created_at_ms": r.created_at_ms, "metadata": r.metadata,
             **(_face_columns(r) if self._columns else {"face_box": _face_json_v1(r)}),
+            **({"local_features": r.local_features or ""} if self._features else {}),
         } for r in records]
         try:
             # Upsert, not insert: Milvus keeps both rows of a repeated primary key, so a retried or
@@ -308,7 +315,7 @@ class MilvusIndex:
         return Record(id=r["id"], vector=np.asarray(r["vector"], dtype=np.float32), uri=r["uri"],
                       sha256=r["sha256"], model=r["model"], model_version=r["model_version"],
                       created_at_ms=int(r["created_at_ms"]), metadata=r.get("metadata") or {},
-                      face_box=box, face_count=count, timestamp_s=t)
+                      face_box=box, face_count=count, timestamp_s=t, local_features=r.get("local_features") or None)
 
 
 def _face_columns(r: Record) -> dict:

@@ -91,7 +91,8 @@ def collection_pb(spec: CollectionSpec, count: int) -> pb.Collection:
                         dimension=spec.dimension, crop_mode=CROP_TO_PB[spec.crop_mode],
                         index_backend=INDEX_TO_PB[spec.index_kind], metric="COSINE", item_count=count,
                         created_at=created, description=spec.description, model_trained=spec.model_trained,
-                        media_type=MEDIA_TO_PB[spec.media_type])
+                        media_type=MEDIA_TO_PB[spec.media_type], copy_detection=spec.copy_detection,
+                        copy_detection_detail=spec.copy_detection_detail)
     if spec.is_video:
         v = spec.video_sampling
         msg.video_sampling.CopyFrom(pb.VideoSampling(frames=v.frames, mode=SAMPLING_TO_PB[v.mode], seed=v.seed))
@@ -147,6 +148,11 @@ def top_k_from_pb(message) -> int | None:
     return message.top_k if message.HasField("top_k") else None
 
 
+def copy_detection_from_pb(message) -> bool | None:
+    """SearchImagesRequest's / BatchSearchImagesRequest's switch; None (unset): the collection's setting."""
+    return message.copy_detection if message.HasField("copy_detection") else None
+
+
 def index_input_from_pb(item: pb.ImageItem) -> IndexInput:
     return IndexInput(id=item.id, uri=item.uri, image=item.image, metadata=struct_dict(item.metadata))
 
@@ -162,7 +168,8 @@ def index_response_pb(position: int, out: IndexOutcome) -> pb.IndexImagesRespons
 
 def hit_pb(rank: int, hit: Hit) -> pb.SearchHit:
     return pb.SearchHit(rank=rank, id=hit.id, uri=hit.uri, score=hit.score, sha256=hit.sha256,
-                        metadata=struct_pb(hit.metadata), face_box=face_box_pb(hit.face_box))
+                        metadata=struct_pb(hit.metadata), face_box=face_box_pb(hit.face_box),
+                        matched_keypoints=hit.matched_keypoints)
 
 
 def hits_pb(hits: list[Hit]) -> list[pb.SearchHit]:
@@ -246,7 +253,7 @@ def server_info_pb(info: ServerInfo) -> pb.GetServerInfoResponse:
         fallback=info.fallback,
         models=[pb.ModelInfo(name=m.name, version=m.version, dimension=m.dimension, trained=m.trained,
                              input_size=m.input_size, weights_sha256=m.weights_sha256,
-                             weights_source=m.weights_source)
+                             weights_source=m.weights_source, precision=m.precision)
                 for m in info.models],
         vector_store=info.vector_store,
         limits=pb.Limits(max_image_bytes=lim.max_image_bytes, max_image_pixels=lim.max_image_pixels,
@@ -254,4 +261,4 @@ def server_info_pb(info: ServerInfo) -> pb.GetServerInfoResponse:
                          max_video_bytes=lim.max_video_bytes, max_video_duration_s=lim.max_video_duration_s,
                          max_video_width=lim.max_video_width, max_video_height=lim.max_video_height,
                          max_video_frames=lim.max_video_frames, max_batch_queries=lim.max_batch_queries),
-        default_model=info.default_model)
+        default_model=info.default_model, default_model_reason=info.default_model_reason)

@@ -61,13 +61,14 @@ class SearchServicer:
 
     async def SearchImages(self, request, context):
         result = await self._images.search(request.collection, convert.query_from_pb(request),
-                                           convert.top_k_from_pb(request))
+                                           convert.top_k_from_pb(request), convert.copy_detection_from_pb(request))
         return convert.search_response_pb(result)
 
     async def BatchSearchImages(self, request, context):
         results = await self._images.search_batch(request.collection, [convert.query_from_pb(q)
                                                                        for q in request.queries],
-                                                  convert.top_k_from_pb(request))
+                                                  convert.top_k_from_pb(request),
+                                                  copy_detection=convert.copy_detection_from_pb(request))
         spec = None
         if all(isinstance(r, Exception) for r in results):  # the response still names the model
             spec, _ = await self._collections.describe(request.collection)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from ..catalog import CollectionSpec
 from ..collection_service import Collections
+from ..copies import VIEWS
 from ..domain import CropMode, FaceOptions, IndexKind, MediaType
 from ..errors import InvalidArgument
 from ..models import ModelSpec
@@ -49,8 +50,10 @@ class ManageCollections:
         if media_type is MediaType.IMAGE and video_sampling is not None:
             raise InvalidArgument("video_sampling applies only to video collections (media type video)")
         sampling = (video_sampling or SamplingOptions()).validate(self._video_limits)
+        # Copy detection (copies.py) for whole images of general-image models.
+        copies = media_type is MediaType.IMAGE and crop_mode is CropMode.NONE and not spec.needs_face_crop
         return await self._collections.create(name, spec, crop_mode, index_kind, description, exist_ok, options,
-                                              media_type, sampling)
+                                              media_type, sampling, len(VIEWS) if copies else 0)
 
     async def describe(self, name: str) -> tuple[CollectionSpec, int]:
         """Settings and stored vector count."""

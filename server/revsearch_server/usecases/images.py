@@ -6,18 +6,20 @@ transport gets the same backpressure. Knows nothing of gRPC.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..admission import Admission
 from ..collection_service import Collection, Collections
+from ..copies import CANDIDATES, CopyDetector, QueryFeatures
 from ..domain import CropMode, FaceBox, FaceOptions, ItemStatus, MediaType
 from ..embedding.base import BackendKind
 from ..encoder import Encoder
 from ..errors import AlreadyExists, InvalidArgument, NotFound, RevsearchError
-from ..faces.cropper import NoFace
+from ..faces.cropper import FaceCrop, NoFace
 from ..imaging import sha256_hex
 from ..index.base import Hit, Record, VectorIndex, insert_or_undo
 from ..index.coalescer import SearchCoalescer
@@ -74,8 +76,10 @@ class Embedding:
 
 class ImageSearch:
     def __init__(self, collections: Collections, encoder: Encoder, searcher: SearchCoalescer, admission: Admission,
-                 max_top_k: int, metrics: Metrics | None = None):
+                 max_top_k: int, metrics: Metrics | None = None, copies: CopyDetector | None = None):
         self._collections = collections
+        # Copy detection (copies.py), for collections that have it; None: every search is global.
+        self._copies = copies
         self._encoder = encoder
         self._searcher = searcher
         self._admission = admission
@@ -118,8 +122,18 @@ class ImageSearch:
             except RevsearchError as exc:
                 outcomes[i] = IndexOutcome(item.id, item.uri, ItemStatus.FAILED, exc)
         todo = [i for i in range(len(items)) if outcomes[i] is None]
-        prepared = dict(zip(todo, await self._encoder.prepare([items[i].image for i in todo], model,
-                                                              c.spec.crop_options, all_faces=multi)))
+        copy = c.spec.copy_detection and c.views is not None and self._copies is not None
+        features: dict[int, str] = {}
+        if copy:  # the whole image and its crop views (views[0]: the whole image), and local features
+            prepared = {}
+            for i, r in zip(todo, await self._copies.prepare_index([items[i].image for i in todo], model)):
+                if isinstance(r, RevsearchError):
+                    prepared[i] = r
+                else:
+                    prepared[i], features[i] = [FaceCrop(v, None) for v in r.views], r.features
+        else:
+            prepared = dict(zip(todo, await self._encoder.prepare([items[i].image for i in todo], model,
+                                                                  c.spec.crop_options, all_faces=multi)))
         for i, result in prepared.items():
             if isinstance(result, NoFace):
                 outcomes[i] = IndexOutcome(items[i].id, items[i].uri, ItemStatus.NO_FACE, result)
@@ -158,13 +172,18 @@ class ImageSearch:
             now = int(time.time() * 1000)
             # One insert for the batch, whole or not at all: a request cancelled during it (client
             # gone, deadline passed) gets its rows deleted again once the write has finished.
+            records = [Record(id=row_id(ids[i], k) if multi or (copy and k) else ids[i], vector=vectors[n],
+                              uri=items[i].uri, sha256=digests[i], model=model.name, model_version=model.version,
+                              created_at_ms=now, metadata=items[i].metadata, face_box=crop.box,
+                              face_count=len(prepared[i]) if multi else None,
+                              local_features=features.get(i) if copy and k == 0 else None)
+                       for n, (i, k, crop) in enumerate(crops)]
             with self._metrics.stage("index"):
-                await insert_or_undo(index, [
-                    Record(id=row_id(ids[i], k) if multi else ids[i], vector=vectors[n], uri=items[i].uri,
-                           sha256=digests[i], model=model.name, model_version=model.version, created_at_ms=now,
-                           metadata=items[i].metadata, face_box=crop.box,
-                           face_count=len(prepared[i]) if multi else None)
-                    for n, (i, k, crop) in enumerate(crops)])
+                if copy:
+                    await _insert_with_views(index, c.views, [r for r, (_, k, _) in zip(records, crops) if k == 0],
+                                             [r for r, (_, k, _) in zip(records, crops) if k > 0])
+                else:
+                    await insert_or_undo(index, records)
         except RevsearchError as exc:
             for i in fresh:
                 outcomes[i] = IndexOutcome(ids[i], items[i].uri, ItemStatus.FAILED, exc)
@@ -175,16 +194,20 @@ class ImageSearch:
         return outcomes  # type: ignore[return-value]
 
     # -- search ------------------------------------------------------------------------------
-    async def search(self, collection: str, query: Query, top_k: int | None = None) -> SearchResult:
-        [result] = await self.search_batch(collection, [query], top_k, rpc="SearchImages")
+    async def search(self, collection: str, query: Query, top_k: int | None = None,
+                     copy_detection: bool | None = None) -> SearchResult:
+        [result] = await self.search_batch(collection, [query], top_k, rpc="SearchImages",
+                                           copy_detection=copy_detection)
         if isinstance(result, RevsearchError):
             raise result
         return result
 
     async def search_batch(self, collection: str, queries: list[Query], top_k: int | None = None,
-                           rpc: str = "BatchSearchImages") -> list[SearchResult | RevsearchError]:
+                           rpc: str = "BatchSearchImages", copy_detection: bool | None = None
+                           ) -> list[SearchResult | RevsearchError]:
         """One result or error per query. Image queries are prepared and embedded as one batch,
-        and all query vectors go to the index in one call."""
+        and all query vectors go to the index in one call. copy_detection: None follows the
+        collection (on where it has copy detection), False searches the global vectors only."""
         k = resolve_top_k(top_k, self.max_top_k)
         if not queries:
             raise InvalidArgument("queries is empty; give 1 to 64 queries")
@@ -192,16 +215,37 @@ class ImageSearch:
             raise InvalidArgument(f"{len(queries)} queries given; at most {MAX_BATCH_QUERIES} per call")
         async with self._admission.slots(sum(q.image is not None for q in queries), rpc):
             c = await self._collections.open(collection, MediaType.IMAGE)
-            return await self._search(c, queries, k)
+            return await self._search(c, queries, k, copy_detection)
 
-    async def _search(self, c: Collection, queries: list[Query], k: int) -> list[SearchResult | RevsearchError]:
+    async def _search(self, c: Collection, queries: list[Query], k: int, copy_detection: bool | None = None
+                      ) -> list[SearchResult | RevsearchError]:
         multi = c.spec.crop_mode is CropMode.ALL_FACES
         out: list[SearchResult | RevsearchError | None] = [None] * len(queries)
         vectors: dict[int, np.ndarray] = {}
         boxes: dict[int, FaceBox | None] = {}
+        local: dict[int, QueryFeatures] = {}  # copy detection: the image queries' local features
 
         images = [i for i, q in enumerate(queries) if q.image is not None]
-        if images:
+        copy = (c.spec.copy_detection and c.views is not None and self._copies is not None
+                and copy_detection is not False)
+        if images and copy:
+            prepared = await asyncio.gather(*(self._copies.prepare_query(queries[i].image, c.model) for i in images),
+                                            return_exceptions=True)
+            ok = []
+            for i, r in zip(images, prepared):
+                if isinstance(r, RevsearchError):
+                    out[i] = r
+                elif isinstance(r, BaseException):
+                    raise r
+                else:
+                    ok.append(i)
+                    local[i] = r[1]
+            if ok:
+                pixels = [prepared[images.index(i)][0] for i in ok]
+                embedded = await self._encoder.embed(c.model, [FaceCrop(p, None) for p in pixels])
+                for i, v in zip(ok, embedded):
+                    vectors[i], boxes[i] = v, None
+        elif images:
             prepared = await self._encoder.prepare([queries[i].image for i in images], c.model, c.spec.crop_options)
             ok = []
             for i, crops in zip(images, prepared):
@@ -235,18 +279,62 @@ class ImageSearch:
         if vectors:
             order = sorted(vectors)
             matrix = np.stack([vectors[i] for i in order]).astype(np.float32)
+            fetch = max(k, CANDIDATES) if local else k
             with self._metrics.stage("search"):
-                hits = await (search_items(self._searcher, c.index, matrix, k) if multi
-                              else self._searcher.search(c.index, matrix, k))
+                hits = await (search_items(self._searcher, c.index, matrix, fetch) if multi
+                              else self._searcher.search(c.index, matrix, fetch))
+            if local:
+                hits = await self._copy_rerank(c, order, matrix, hits, local, k)
             backend = self._encoder.backend if images else None
             for i, h in zip(order, hits):
                 out[i] = SearchResult(hits=h, model=c.model, backend=backend if i in boxes else None,
                                       query_face_box=boxes.get(i))
         return out  # type: ignore[return-value]
 
+    async def _copy_rerank(self, c: Collection, order: list[int], matrix: np.ndarray, hits: list[list[Hit]],
+                           local: dict[int, QueryFeatures], k: int) -> list[list[Hit]]:
+        """Copy detection of the image queries among `order`: their items' crop vectors join the
+        candidates (an item at its best vector), and the CANDIDATES best are re-ranked by local
+        features (copies.py). Other queries' hits are cut to k."""
+        rows = [n for n, i in enumerate(order) if i in local]
+        with self._metrics.stage("search"):
+            views = await search_items(self._searcher, c.views, matrix[rows], CANDIDATES)
+        merged: dict[int, list[Hit]] = {}
+        for n, view_hits in zip(rows, views):
+            best: dict[str, Hit] = {}
+            for h in hits[n] + view_hits:  # the row's fields (the same in both), the best score
+                if h.id not in best:
+                    best[h.id] = h
+                elif h.score > best[h.id].score:
+                    best[h.id] = replace(best[h.id], score=h.score)
+            merged[n] = sorted(best.values(), key=lambda h: -h.score)
+        wanted = sorted({h.id for n in rows for h in merged[n][:CANDIDATES]})
+        stored = {i: r.local_features for i, r in (await c.index.get(wanted)).items() if r.local_features}
+        out = [h[:k] for h in hits]
+        for n in rows:
+            candidates = merged[n][:CANDIDATES]
+            reranked = await self._copies.rerank(local[order[n]], candidates, stored)
+            out[n] = (reranked + merged[n][CANDIDATES:])[:k]
+        return out
+
     async def delete(self, collection: str, ids: list[str]) -> tuple[list[str], list[str]]:
         """(deleted, not found) item ids; works on image and video collections alike."""
         return await self._collections.delete_items(collection, ids)
+
+
+async def _insert_with_views(index: VectorIndex, views: VectorIndex, records: list[Record], view_records: list[Record]
+                             ) -> None:
+    """The items' crop vectors, then their rows: all or nothing (the crop vectors are removed again
+    when the rows cannot be written; an item is only found once its row is there)."""
+    await insert_or_undo(views, view_records)
+    try:
+        await insert_or_undo(index, records)
+    except BaseException:
+        try:
+            await views.delete([r.id for r in view_records])
+        except RevsearchError:
+            pass
+        raise
 
 
 async def search_items(searcher: SearchCoalescer, index: VectorIndex, queries: np.ndarray, k: int

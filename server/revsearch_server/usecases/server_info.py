@@ -35,6 +35,8 @@ class ServerInfo:
     default_model: str
     vector_store: str
     limits: Limits
+    # Why default_model (models.resolve_default), e.g. "auto: ...".
+    default_model_reason: str = ""
 
 
 class DescribeServer:
@@ -56,4 +58,5 @@ class DescribeServer:
     def info(self) -> ServerInfo:
         return ServerInfo(version=__version__, backend=self._backend.kind, backend_detail=self._backend.describe(),
                           fallback=self._fallback, models=list(self._models.values()),
-                          default_model=self._models.default, vector_store=self._store, limits=self._limits)
+                          default_model=self._models.default, vector_store=self._store, limits=self._limits,
+                          default_model_reason=self._models.default_reason)

@@ -1,0 +1,947 @@
+"""Crash and dependency chaos, the full run ("safe to expose", part 4); the small versions are
+tests/integration/test_chaos.py.
+
+  images  a revsearch server process (in-process ONNX Runtime, Milvus Lite) is killed -9 with its
+          whole process group (Milvus Lite with it, as when a container crashes) at seeded random
+          moments while one client indexes --images LFW images (each with its own id) and re-sends
+          whatever was not acknowledged (a response INDEXED or DUPLICATE); it is restarted at once on
+          the same port and data. Then killed once more, and every acknowledged image must be found
+          by its id and by its bytes at rank 1, the count must equal the distinct images sent, and
+          Milvus Lite's file itself (read after the server stopped) must hold each image once.
+  clips   the same with --clips clips through IndexVideo into a video collection: each clip must be
+          stored whole (its face rows and its mean vector) and once.
+  milvus  the embedded Milvus 2.3 server is killed -9 under search (and index) load and restarted on
+          the same port and data; revsearch runs with --milvus-timeout 2 --health-interval-s 0.5. The
+          timeline: answers and their codes and latencies, health, when Milvus listens again, when it
+          serves reads again (a Strong query through pymilvus directly), when revsearch serves again.
+  triton  the managed Triton is killed -9 under embedding load (--triton-kills times): seconds until
+          the fallback answers, on it, until Triton answers again; errors; whether the killed
+          Triton's Python backend stubs and their /dev/shm regions go away.
+
+Run: python benchmarks/bench_chaos.py [--images 2000] [--clips 5] [--seed 7] [--parts images,clips,milvus,triton]
+Writes benchmarks/results/chaos.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from common import RESULTS, ROOT, machine, now_utc, write_results  # noqa: F401  (RESULTS: where they go)
+from revsearch import SearchClient
+from revsearch.client import ImageInput
+from revsearch.errors import RevsearchClientError
+from revsearch.v1 import search_service_pb2 as pb
+from revsearch.v1 import search_service_pb2_grpc as pb_grpc
+
+LFW = ROOT.parent / "shared" / "data" / "lfw"
+VIDEO = ROOT.parent / "shared" / "data" / "video"
+ACKED = (pb.ITEM_STATUS_INDEXED, pb.ITEM_STATUS_DUPLICATE)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Probes get their own connection that retries every 100 ms, so "serving again" is the server's
+# time, not a shared channel's reconnect back-off.
+FAST_RECONNECT = [("grpc.use_local_subchannel_pool", 1), ("grpc.initial_reconnect_backoff_ms", 100),
+                  ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 250)]
+MILVUS_DEADLINE_S = 2.0
+CLIPS = ["video-retalking_face_1.mp4", "video-retalking_face_2.mp4", "video-retalking_face_3.mp4",
+         "video-retalking_face_4.mp4", "video-retalking_face_5.mp4"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stats(xs: list[float], digits: int = 3) -> dict:
+    if not xs:
+        return {"n": 0}
+    xs = sorted(xs)
+    return {"n": len(xs), "min": round(xs[0], digits), "median": round(statistics.median(xs), digits),
+            "p99": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))], digits), "max": round(xs[-1], digits)}
+
+
+def wait_for(check, timeout_s: float, every_s: float = 0.05) -> float:
+    """Polls check() until true; the seconds it took (TimeoutError after timeout_s)."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"not true within {timeout_s} s")
+        time.sleep(every_s)
+    return time.monotonic() - started
+
+
+def chunks(xs: list, n: int):
+    for i in range(0, len(xs), n):
+        yield xs[i:i + n]
+
+
+# -- processes ------------------------------------------------------------------------------------
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    st = _stat(pid)
+    return st is not None and st[0] not in ("Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and (st := _stat(int(p.name))) and int(st[2]) == pgid and st[0] not in ("Z", "X"):
+            out.append(int(p.name))
+    return out
+
+
+def children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+class Group:
+    """A child process in its own session, so that a kill takes it and everything it started."""
+
+    def __init__(self, name: str, cmd: list[str], ready: str, timeout_s: float, address: str = ""):
+        self.name, self.cmd, self.ready, self.timeout_s, self.address = name, cmd, re.compile(ready), timeout_s, address
+        self.proc: subprocess.Popen | None = None
+        self.groups: list[int] = []
+        self.output: collections.deque[str] = collections.deque(maxlen=300)
+        self.match: re.Match | None = None
+
+    def start(self) -> float:
+        started = time.monotonic()
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                     start_new_session=True)
+        self.groups.append(self.proc.pid)
+        ready = threading.Event()
+
+        def pump(stream):
+            for line in stream:
+                self.output.append(line.rstrip())
+                if not ready.is_set() and (m := self.ready.search(line)):
+                    self.match = m
+                    ready.set()
+
+        threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True).start()
+        while not ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() - started > self.timeout_s:
+                self.kill9()
+                raise RuntimeError(f"{self.name} did not start (rc={self.proc.returncode}):\n"
+                                   + "\n".join(list(self.output)[-30:]))
+        return time.monotonic() - started
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill9(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        for g in self.groups:
+            try:
+                os.killpg(g, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.proc is not None:
+            self.proc.wait(30)
+        deadline = time.monotonic() + 20
+        while self.leftovers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self.leftovers():
+            raise RuntimeError(f"{self.name}: processes left running: {self.leftovers()}")
+
+    def leftovers(self) -> list[int]:
+        return [p for g in self.groups for p in group_members(g)]
+
+
+def revsearch_server(data_dir: Path, port: int, *flags: str) -> Group:
+    cmd = [sys.executable, "-m", "revsearch_server", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
+           str(data_dir), "--metrics-port", "-1", "--allow-untrained", "--log-level", "WARNING", *flags]
+    return Group("revsearch server", cmd, r"revsearch listening on", 300, f"127.0.0.1:{port}")
+
+
+# The embedded Milvus 2.3 standalone server (PyPI package `milvus`), printing "READY <port>". Its
+# port check is made to accept a port whose old connections are still in TIME_WAIT (as Milvus' own
+# listener does, SO_REUSEADDR): without it a Milvus restarted right after a kill moves to the next
+# free port, where no client would look for it. Its etcd gets a free port each start (the package
+# otherwise probes upwards from 2379 without SO_REUSEADDR and can collide with its own peer port).
+_MILVUS = """
+import signal, socket, sys, threading
+from milvus import MilvusServerConfig, default_server
+
+def try_bind_port(self, port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+MilvusServerConfig.try_bind_port = try_bind_port
+default_server.set_base_dir(sys.argv[1])
+default_server.listen_port = int(sys.argv[2])
+default_server.config.set("etcd_port", free_port())
+default_server.start()
+print(f"READY {default_server.listen_port}", flush=True)
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+while not stop.wait(1.0):
+    if default_server.server_proc is None or default_server.server_proc.poll() is not None:
+        print("DIED", flush=True)
+        sys.exit(1)
+default_server.stop()
+"""
+
+
+def milvus_server(base: Path, port: int) -> Group:
+    return Group("embedded Milvus server", [sys.executable, "-c", _MILVUS, str(base), str(port)], r"^READY (\d+)", 240)
+
+
+# What Milvus Lite's file holds, read after the server stopped (in a child process of its own: the
+# Milvus Lite process pymilvus starts for the file lives as long as its opener).
+_LITE_ROWS = """
+import collections, json, logging, sys
+logging.disable(logging.CRITICAL)
+from pymilvus import MilvusClient
+client = MilvusClient(uri=sys.argv[1])
+out = {}
+for name in sys.argv[2:]:
+    full = "revsearch_" + name
+    if not client.has_collection(full):
+        out[name] = None
+        continue
+    rows = client.query(full, filter='id != ""', output_fields=["id", "sha256"], limit=16384)
+    ids = collections.Counter(r["id"] for r in rows)
+    items = {}
+    for r in rows:
+        items.setdefault(r["id"].split("~")[0], set()).add(r["sha256"])
+    out[name] = {"rows": len(rows), "ids": len(ids), "ids_twice": sorted(i for i, n in ids.items() if n > 1),
+                 "items": len(items), "shas": len({r["sha256"] for r in rows}),
+                 "items_per_sha": max(collections.Counter(next(iter(s)) for s in items.values()).values(), default=0),
+                 "rows_per_item": {k: sum(1 for r in rows if r["id"].split("~")[0] == k) for k in sorted(items)}
+                 if len(items) <= 50 else {}}
+client.close()
+print(json.dumps(out))
+"""
+
+
+def lite_rows(db: Path, *collections_: str) -> dict:
+    proc = subprocess.Popen([sys.executable, "-c", _LITE_ROWS, str(db), *collections_], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- calls ----------------------------------------------------------------------------------------
+def health(address: str, timeout_s: float = 1.0) -> int | None:
+    with grpc.insecure_channel(address, options=FAST_RECONNECT) as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                              timeout=timeout_s).status
+        except grpc.RpcError:
+            return None
+
+
+def describes(address: str, collection: str) -> bool:
+    with grpc.insecure_channel(address, options=FAST_RECONNECT) as channel:
+        try:
+            pb_grpc.SearchServiceStub(channel).DescribeCollection(pb.DescribeCollectionRequest(name=collection),
+                                                                  timeout=2.0)
+            return True
+        except grpc.RpcError:
+            return False
+
+
+def milvus_reads(uri: str, collection: str) -> bool:
+    """Whether Milvus answers a Strong-consistency query of the collection (pymilvus directly)."""
+    import logging
+
+    from pymilvus import MilvusClient
+
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    try:
+        MilvusClient(uri=uri, timeout=2).query(collection, filter="", output_fields=["count(*)"],
+                                               consistency_level="Strong", timeout=2)
+        return True
+    except Exception:  # pymilvus raises many types; any means "not yet"
+        return False
+
+
+# -- images: kill -9 while indexing ---------------------------------------------------------------
+@dataclass
+class Item:
+    id: str
+    uri: str
+    data: bytes
+    sha256: str
+
+
+def lfw_items(count: int) -> list[Item]:
+    files: list[Path] = []
+    for person in sorted(LFW.iterdir()):
+        files.extend(sorted(person.glob("*.jpg"))[:3])
+        if len(files) >= count:
+            break
+    out = []
+    for f in files[:count]:
+        data = f.read_bytes()
+        out.append(Item(re.sub(r"[^A-Za-z0-9._:-]", "-", f.stem), str(f), data, hashlib.sha256(data).hexdigest()))
+    return out
+
+
+@dataclass
+class Indexer:
+    """Indexes items and re-sends, until acknowledged, each item not acknowledged."""
+    address: str
+    collection: str
+    items: list[Item]
+    time_limit_s: float
+    acks: dict[str, str] = field(default_factory=dict)
+    statuses: collections.Counter = field(default_factory=collections.Counter)
+    stream_errors: collections.Counter = field(default_factory=collections.Counter)
+    resent_found_stored: int = 0  # re-sent items answered DUPLICATE: their write outlived a kill, unacknowledged
+    sent: collections.Counter = field(default_factory=collections.Counter)
+    attempts: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def pending(self) -> list[Item]:
+        return [it for it in self.items if it.id not in self.acks]
+
+    def run(self) -> None:
+        end = time.monotonic() + self.time_limit_s
+        try:
+            with SearchClient(self.address, timeout=30) as client:
+                while (todo := self.pending()) and time.monotonic() < end and self.attempts < 5000:
+                    self.attempts += 1
+
+                    def requests():
+                        for it in todo:
+                            self.sent[it.id] += 1
+                            yield ImageInput(image=it.data, id=it.id, uri=it.uri)
+
+                    try:
+                        for it, r in zip(todo, client.index_images(self.collection, requests(),
+                                                                   timeout=max(1.0, min(600.0, end - time.monotonic())))):
+                            self.statuses[pb.ItemStatus.Name(r.status)] += 1
+                            if r.status in ACKED:
+                                self.acks[it.id] = r.id
+                                if r.status == pb.ITEM_STATUS_DUPLICATE and r.id == it.id:
+                                    self.resent_found_stored += 1
+                    except RevsearchClientError as exc:
+                        self.stream_errors[exc.code.name] += 1
+                        time.sleep(0.1)
+        finally:
+            self.done.set()
+
+
+def kill_repeatedly(server: Group, gap_s: tuple[float, float], rng: random.Random, busy, serving, progress,
+                    max_kills: int = 100) -> list[dict]:
+    """Kills the server's group -9 at seeded random moments while busy(), restarting it at once on
+    the same port and data; per kill: when, progress() then, seconds to the first successful call."""
+    kills, t0 = [], time.monotonic()
+    while len(kills) < max_kills:
+        until = time.monotonic() + rng.uniform(*gap_s)
+        while time.monotonic() < until and busy():
+            time.sleep(0.01)
+        if not busy():
+            break
+        killed = time.monotonic()
+        before = progress()
+        server.kill9()
+        started_s = server.start()
+        wait_for(serving, 120)
+        kills.append({"at_s": round(killed - t0, 2), "progress_before": before, "restart_s": round(started_s, 2),
+                      "serve_again_s": round(time.monotonic() - killed, 2)})
+        log(f"  kill {len(kills)} at {killed - t0:.1f} s ({before}): serving again after {kills[-1]['serve_again_s']} s")
+    return kills
+
+
+def check_images(address: str, collection: str, items: list[Item], acks: dict[str, str]) -> dict:
+    by_sha: dict[str, set[str]] = collections.defaultdict(set)
+    for it in items:
+        if it.id in acks:
+            by_sha[it.sha256].add(acks[it.id])
+    lost_by_id, lost_by_bytes, twice = [], [], []
+    with SearchClient(address, timeout=300) as client:
+        count = client.describe_collection(collection).item_count
+        stored = sorted({i for ids in by_sha.values() for i in ids})
+        for part in chunks(stored, 64):
+            res = client.batch_search(collection, [{"item_id": i} for i in part], top_k=1)
+            lost_by_id += [i for i, r in zip(part, res.results) if r.error.code or not r.hits or r.hits[0].id != i]
+        firsts = list({it.sha256: it for it in reversed(items) if it.id in acks}.values())
+        for part in chunks(firsts, 16):
+            res = client.batch_search(collection, [it.data for it in part], top_k=2)
+            for it, r in zip(part, res.results):
+                hits = [h.id for h in r.hits]
+                if not hits or hits[0] != acks[it.id]:
+                    lost_by_bytes.append(acks[it.id])
+                elif hits[1:2] == hits[:1]:
+                    twice.append(acks[it.id])
+    twice += [sha for sha, ids in by_sha.items() if len(ids) > 1]
+    return {"item_count": count, "distinct_sent": len({it.sha256 for it in items}),
+            "distinct_acknowledged": len(by_sha), "lost_by_id": sorted(lost_by_id),
+            "lost_by_bytes": sorted(lost_by_bytes), "stored_twice": sorted(set(twice))}
+
+
+def run_images(work: Path, n_images: int, rng: random.Random) -> dict:
+    log(f"images: {n_images} LFW images, kills every {2}-{6} s")
+    items = lfw_items(n_images)
+    server = revsearch_server(work / "images", free_port(), "--triton-url", "off")
+    try:
+        server.start()
+        with SearchClient(server.address, timeout=30) as client:
+            client.create_collection("chaos", exist_ok=True)
+        indexer = Indexer(server.address, "chaos", items, time_limit_s=1800)
+        thread = threading.Thread(target=indexer.run, daemon=True)
+        started = time.monotonic()
+        thread.start()
+        kills = kill_repeatedly(server, (2.0, 6.0), rng, busy=lambda: not indexer.done.is_set(),
+                                serving=lambda: describes(server.address, "chaos"),
+                                progress=lambda: f"{len(indexer.acks)} acknowledged")
+        thread.join(1900)
+        indexed_s = time.monotonic() - started
+        # Once more after the last write, so that everything is read from what survived a crash.
+        killed = time.monotonic()
+        server.kill9()
+        server.start()
+        wait_for(lambda: describes(server.address, "chaos"), 120)
+        final_serve_again = time.monotonic() - killed
+        log(f"  all acknowledged after {indexed_s:.0f} s; killed once more, serving after {final_serve_again:.1f} s; checking")
+        check = check_images(server.address, "chaos", items, indexer.acks)
+    finally:
+        server.stop()
+    stored = lite_rows(work / "images" / "milvus.db", "chaos")["chaos"]
+    lost = sorted(set(check["lost_by_id"]) | set(check["lost_by_bytes"]))
+    duplicated = max(0, check["item_count"] - check["distinct_acknowledged"]) + len(check["stored_twice"]) + \
+        len(stored["ids_twice"]) + max(0, stored["items"] - stored["shas"])
+    result = {"images_sent": len(items), "kills": len(kills) + 1, "kills_during_indexing": kills,
+              "final_kill_serve_again_s": round(final_serve_again, 2), "indexing_s": round(indexed_s, 1),
+              "acknowledged": len(indexer.acks), "not_acknowledged": len(indexer.pending()),
+              "lost": len(lost), "lost_ids": lost[:20], "duplicated": duplicated,
+              "serve_again_s": stats([k["serve_again_s"] for k in kills] + [final_serve_again], 2),
+              "stream_attempts": indexer.attempts, "stream_errors": dict(indexer.stream_errors),
+              "statuses": dict(indexer.statuses), "resent_found_stored": indexer.resent_found_stored,
+              "items_sent_more_than_once": sum(1 for n in indexer.sent.values() if n > 1),
+              "sends": sum(indexer.sent.values()), "check": check, "milvus_lite_file": stored}
+    log(f"  kills {result['kills']}, acknowledged {result['acknowledged']}, lost {result['lost']}, "
+        f"duplicated {result['duplicated']}, serve again {result['serve_again_s']}")
+    return result
+
+
+# -- clips ----------------------------------------------------------------------------------------
+def run_clips(work: Path, names: list[str], rng: random.Random) -> dict:
+    clips = [VIDEO / n for n in names]
+    log(f"clips: {len(clips)} clips through IndexVideo, kills every 0.5-3 s while a clip is pending")
+    server = revsearch_server(work / "clips", free_port(), "--triton-url", "off")
+    acks: dict[str, pb.IndexVideoResponse] = {}
+    errors: collections.Counter = collections.Counter()
+    done = threading.Event()
+    sends: collections.Counter = collections.Counter()
+
+    def index_clips() -> None:
+        end = time.monotonic() + 900
+        try:
+            with SearchClient(server.address, timeout=120) as client:
+                while (todo := [c for c in clips if c.stem not in acks]) and time.monotonic() < end:
+                    for clip in todo:
+                        sends[clip.stem] += 1
+                        try:
+                            r = client.index_video("clips", clip, id=clip.stem, timeout=120)
+                            if r.status in ACKED:
+                                acks[clip.stem] = r
+                            else:
+                                errors[pb.ItemStatus.Name(r.status)] += 1
+                        except RevsearchClientError as exc:
+                            errors[exc.code.name] += 1
+                            time.sleep(0.1)
+        finally:
+            done.set()
+
+    try:
+        server.start()
+        with SearchClient(server.address, timeout=30) as client:
+            client.create_collection("clips", media_type="video", exist_ok=True)
+        thread = threading.Thread(target=index_clips, daemon=True)
+        started = time.monotonic()
+        thread.start()
+        kills = kill_repeatedly(server, (0.5, 3.0), rng, busy=lambda: not done.is_set(),
+                                serving=lambda: describes(server.address, "clips"),
+                                progress=lambda: f"{len(acks)} clips acknowledged")
+        thread.join(1000)
+        indexed_s = time.monotonic() - started
+        killed = time.monotonic()
+        server.kill9()
+        server.start()
+        wait_for(lambda: describes(server.address, "clips"), 120)
+        final_serve_again = time.monotonic() - killed
+        log(f"  all acknowledged after {indexed_s:.0f} s; checking")
+        lost, expected_rows, per_clip = [], 0, {}
+        with SearchClient(server.address, timeout=300) as client:
+            count = client.describe_collection("clips").item_count
+            client.create_collection("clips_clean", media_type="video", exist_ok=True)
+            for clip in clips:
+                clean = client.index_video("clips_clean", clip, id=clip.stem, timeout=300)
+                expected_rows += clean.vector_count - 1
+                if clip.stem not in acks:
+                    continue
+                again = client.index_video("clips", clip, id="other-id", timeout=300)
+                top = {ranking: [h.id for h in client.search_videos("clips", clip=clip, ranking=ranking, top_k=1,
+                                                                    timeout=300).hits]
+                       for ranking in ("frames", "mean_vector")}
+                whole = again.status == pb.ITEM_STATUS_DUPLICATE and again.id == clip.stem and all(
+                    t[:1] == [clip.stem] for t in top.values())
+                per_clip[clip.stem] = {"ack": pb.ItemStatus.Name(acks[clip.stem].status), "sends": sends[clip.stem],
+                                       "rows_clean": clean.vector_count - 1, "resend": pb.ItemStatus.Name(again.status),
+                                       "top_by_frames": top["frames"], "top_by_mean": top["mean_vector"]}
+                if not whole:
+                    lost.append(clip.stem)
+    finally:
+        server.stop()
+    stored = lite_rows(work / "clips" / "milvus.db", "clips", "clips__means")
+    rows, means = stored["clips"], stored["clips__means"]
+    half = [c for c in per_clip if rows["rows_per_item"].get(c, 0) != per_clip[c]["rows_clean"]
+            or c not in (means or {}).get("rows_per_item", {})]
+    duplicated = max(0, count - expected_rows) + len(rows["ids_twice"]) + max(0, rows["items"] - rows["shas"]) + \
+        (len(means["ids_twice"]) + max(0, means["rows"] - len(acks)) if means else 0)
+    result = {"clips": len(clips), "kills": len(kills) + 1, "kills_during_indexing": kills,
+              "final_kill_serve_again_s": round(final_serve_again, 2), "indexing_s": round(indexed_s, 1),
+              "acknowledged": len(acks), "lost": len(set(lost) | set(half)), "lost_clips": sorted(set(lost) | set(half)),
+              "duplicated": duplicated, "rows": count, "rows_expected": expected_rows,
+              "serve_again_s": stats([k["serve_again_s"] for k in kills] + [final_serve_again], 2),
+              "errors": dict(errors), "sends": dict(sends), "per_clip": per_clip, "milvus_lite_file": stored}
+    log(f"  kills {result['kills']}, acknowledged {len(acks)}, lost {result['lost']}, duplicated {duplicated}, "
+        f"rows {count}/{expected_rows}")
+    return result
+
+
+# -- the embedded Milvus server killed under load -------------------------------------------------
+def run_milvus(work: Path, n_images: int) -> dict:
+    log("milvus: embedded Milvus 2.3 server killed -9 under search and index load, restarted 10 s later")
+    items = lfw_items(n_images)
+    milvus = milvus_server(work / "milvus", free_port())
+    setup = server = None
+    try:
+        milvus_start_s = milvus.start()
+        uri = f"http://127.0.0.1:{milvus.match.group(1)}"
+        # The collection is made with the default deadline: creating and loading a collection in a
+        # Milvus server takes longer than the 2 s the chaos run uses.
+        setup = revsearch_server(work / "setup", free_port(), "--triton-url", "off", "--milvus-uri", uri)
+        setup.start()
+        first = items[: n_images // 2]
+        with SearchClient(setup.address, timeout=120) as client:
+            client.create_collection("load")
+            resp = list(client.index_images("load", [ImageInput(image=it.data, id=it.id) for it in first]))
+            assert all(r.status == pb.ITEM_STATUS_INDEXED for r in resp)
+            vectors = [np.asarray(client.embed(it.data, collection="load").vector) for it in items[:8]]
+        setup.stop()
+        server = revsearch_server(work / "server", free_port(), "--triton-url", "off", "--milvus-uri", uri,
+                                  "--milvus-timeout", str(MILVUS_DEADLINE_S), "--health-interval-s", "0.5")
+        server.start()
+        acks = {it.id: it.id for it in first}
+        calls: list[tuple[float, float, str, str]] = []  # started, seconds, kind, code
+        seen: list[tuple[float, int | None]] = []
+        stop = threading.Event()
+
+        def searches():
+            with SearchClient(server.address, timeout=10) as client:
+                n = 0
+                while not stop.is_set() and n < 1_000_000:
+                    n += 1
+                    t = time.monotonic()
+                    try:
+                        client.search("load", vector=vectors[n % len(vectors)], top_k=5, timeout=10)
+                        code = "OK"
+                    except RevsearchClientError as exc:
+                        code = exc.code.name
+                    calls.append((t, time.monotonic() - t, "search", code))
+                    if code != "OK":
+                        time.sleep(0.02)
+
+        def indexing():
+            with SearchClient(server.address, timeout=10) as client:
+                todo = collections.deque(items[n_images // 2:])
+                while todo and not stop.is_set():
+                    it = todo.popleft()
+                    t = time.monotonic()
+                    try:
+                        r = client.index_image("load", ImageInput(image=it.data, id=it.id), timeout=10)
+                        code = "OK" if r.status in ACKED else r.error.code_name or pb.ItemStatus.Name(r.status)
+                        if r.status in ACKED:
+                            acks[it.id] = r.id
+                    except RevsearchClientError as exc:
+                        code = exc.code.name
+                    calls.append((t, time.monotonic() - t, "index", code))
+                    if code != "OK":
+                        todo.append(it)
+                        time.sleep(0.05)
+
+        def healths():
+            while not stop.wait(0.1):
+                seen.append((time.monotonic(), health(server.address)))
+
+        threads = [threading.Thread(target=searches, daemon=True) for _ in range(3)] + \
+            [threading.Thread(target=indexing, daemon=True), threading.Thread(target=healths, daemon=True)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(5.0)
+            killed = time.monotonic()
+            milvus.kill9()
+            time.sleep(10.0)
+            restarting = time.monotonic()
+            restart_s = milvus.start()
+            back = time.monotonic()
+            same_port = milvus.match.group(1) == uri.rsplit(":", 1)[1]
+            milvus_serves = back + wait_for(lambda: milvus_reads(uri, "revsearch_load"), 180, every_s=0.2)
+            recovered = milvus_serves + wait_for(
+                lambda: any(c[3] == "OK" and c[2] == "search" and c[0] > milvus_serves for c in calls), 60)
+            time.sleep(10.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        check = check_images(server.address, "load", items, acks)
+    finally:
+        for g in (server, setup, milvus):
+            if g is not None:
+                g.stop()
+
+    def rel(t: float) -> float:
+        return round(t - killed, 2)
+
+    in_flight = [c for c in calls if c[0] < killed < c[0] + c[1]]
+    down = [c for c in calls if killed < c[0] and c[0] + c[1] < milvus_serves]
+    failures = [c[1] for c in down if c[3] != "OK"]
+    not_serving = [t for t, s in seen if t > killed and s == NOT_SERVING]
+    serving_again = [t for t, s in seen if t > (not_serving[0] if not_serving else killed) and s == SERVING]
+    timeline = []
+    for second in range(int(t0 - killed) - 1, int(time.monotonic() - killed) + 1):
+        lo, hi = killed + second, killed + second + 1
+        in_sec = [c for c in calls if lo <= c[0] + c[1] < hi]
+        hs = collections.Counter("SERVING" if s == SERVING else "NOT_SERVING" if s == NOT_SERVING else "none"
+                                 for t, s in seen if lo <= t < hi)
+        timeline.append({"s": second, "answers": dict(collections.Counter(c[3] for c in in_sec)),
+                         "max_latency_s": round(max((c[1] for c in in_sec), default=0), 3),
+                         "health": hs.most_common(1)[0][0] if hs else ""})
+    lost = sorted(set(check["lost_by_id"]) | set(check["lost_by_bytes"]))
+    result = {
+        "milvus_start_s": round(milvus_start_s, 1), "restart_same_port": same_port,
+        "events_s_after_kill": {"milvus_restart_begun": rel(restarting), "milvus_listening": rel(back),
+                                "milvus_serves_reads": rel(milvus_serves), "revsearch_serves": rel(recovered),
+                                "first_not_serving": rel(not_serving[0]) if not_serving else None,
+                                "serving_again": rel(serving_again[0]) if serving_again else None},
+        "milvus_restart_s": round(restart_s, 1),
+        "milvus_listening_to_serving_reads_s": round(milvus_serves - back, 1),
+        "recover_after_milvus_serves_s": round(recovered - milvus_serves, 2),
+        "recover_after_milvus_listens_s": round(recovered - back, 2),
+        "while_down": {"answers": dict(collections.Counter(c[3] for c in down)),
+                       "by_kind": {k: dict(collections.Counter(c[3] for c in down if c[2] == k)) for k in ("search", "index")},
+                       "failure_latency_s": stats(failures),
+                       "failures_over_half_the_deadline": sum(1 for s in failures if s > MILVUS_DEADLINE_S / 2)},
+        "in_flight_at_kill": [{"kind": c[2], "code": c[3], "seconds": round(c[1], 2)} for c in in_flight],
+        "after_recovery": dict(collections.Counter(c[3] for c in calls if c[0] > recovered)),
+        "acknowledged": len(acks), "lost": len(lost), "lost_ids": lost[:20],
+        "duplicated": max(0, check["item_count"] - check["distinct_acknowledged"]) + len(check["stored_twice"]),
+        "check": check, "timeline": timeline}
+    log(f"  milvus listening {rel(back)} s after the kill, serving reads {rel(milvus_serves)} s, revsearch "
+        f"{rel(recovered)} s; while down {result['while_down']['answers']} {result['while_down']['failure_latency_s']}; "
+        f"lost {len(lost)}")
+    return result
+
+
+# -- the managed Triton killed under load ---------------------------------------------------------
+def triton_tree(pid: int) -> tuple[list[int], list[Path]]:
+    stubs = children(pid)
+    regions = []
+    for p in stubs:
+        try:
+            args = Path(f"/proc/{p}/cmdline").read_text().split("\0")
+        except OSError:
+            continue
+        regions += [Path("/dev/shm") / a for a in args[2:3] if a and "/" not in a]
+    return [pid, *stubs], regions
+
+
+def run_triton(work: Path, kills_wanted: int) -> dict:
+    log(f"triton: managed Triton killed -9 {kills_wanted} times under embedding load (4 callers)")
+    images = [it.data for it in lfw_items(16)]
+    server = revsearch_server(work / "triton", free_port(), "--health-interval-s", "0.5")  # --triton-reprobe-s: default
+    calls: list[tuple[float, float, str, int | None]] = []
+    backends: list[tuple[float, int]] = []
+    stop = threading.Event()
+    kills, regions = [], []
+
+    def embeds():
+        with SearchClient(server.address, timeout=60) as client:
+            n = 0
+            while not stop.is_set() and n < 1_000_000:
+                n += 1
+                t = time.monotonic()
+                try:
+                    b = client.embed(images[n % len(images)], timeout=60).inference_backend
+                    calls.append((t, time.monotonic() - t, "OK", b))
+                except RevsearchClientError as exc:
+                    calls.append((t, time.monotonic() - t, exc.code.name, None))
+                    time.sleep(0.05)
+
+    def watch():
+        with SearchClient(server.address, timeout=10) as client:
+            while not stop.wait(0.1):
+                try:
+                    backends.append((time.monotonic(), client.info(timeout=5).inference_backend))
+                except RevsearchClientError:
+                    pass
+
+    load = [threading.Thread(target=embeds, daemon=True) for _ in range(4)] + [threading.Thread(target=watch, daemon=True)]
+    try:
+        start_s = server.start()
+        with SearchClient(server.address, timeout=60) as client:
+            first = client.info().inference_backend
+        for t in load:
+            t.start()
+        for k in range(kills_wanted):
+            time.sleep(5.0)
+            old = next(p for p in children(server.pid) if comm(p) == "tritonserver")
+            tree, old_regions = triton_tree(old)
+            regions += old_regions
+            killed = time.monotonic()
+            os.kill(old, signal.SIGKILL)
+            on_fallback = killed + wait_for(lambda: any(t > killed and b == pb.INFERENCE_BACKEND_ONNXRUNTIME_LOCAL
+                                                        for t, b in backends[-50:]), 60, every_s=0.05)
+            back = on_fallback + wait_for(lambda: any(t > on_fallback and b == pb.INFERENCE_BACKEND_TRITON
+                                                      for t, b in backends[-50:]), 300, every_s=0.1)
+            procs_gone = regions_gone = None
+            while procs_gone is None or regions_gone is None:
+                if procs_gone is None and not any(alive(p) for p in tree):
+                    procs_gone = time.monotonic() - killed
+                if regions_gone is None and not any(r.exists() for r in old_regions):
+                    regions_gone = time.monotonic() - killed
+                if time.monotonic() > killed + 30:
+                    break
+                time.sleep(0.2)
+            new = [p for p in children(server.pid) if comm(p) == "tritonserver"]
+            kills.append({"killed_pid": old, "restarted_pid": new[0] if new else None,
+                          "to_fallback_s": round(on_fallback - killed, 2), "on_fallback_s": round(back - on_fallback, 2),
+                          "back_on_triton_s": round(back - killed, 2),
+                          "answers_between": dict(collections.Counter(
+                              pb.InferenceBackend.Name(c[3]) if c[2] == "OK" else c[2]
+                              for c in calls if killed <= c[0] + c[1] < back)),
+                          "max_latency_s": round(max((c[1] for c in calls if killed <= c[0] + c[1] < back), default=0), 2),
+                          "stubs": len(tree) - 1, "stubs_left_after_30s": [p for p in tree if alive(p)],
+                          "processes_gone_s": round(procs_gone, 1) if procs_gone is not None else None,
+                          "shm_regions": len(old_regions), "shm_regions_left_after_30s": sum(r.exists() for r in old_regions),
+                          "shm_regions_gone_s": round(regions_gone, 1) if regions_gone is not None else None})
+            log(f"  kill {k + 1}: {kills[-1]}")
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        for t in load:
+            if t.ident is not None:
+                t.join(90)
+        server.stop()
+        for r in regions:  # the killed Tritons' /dev/shm regions (names read from their own stubs)
+            r.unlink(missing_ok=True)
+    errors = collections.Counter(c[2] for c in calls if c[2] != "OK")
+    result = {"server_start_s": round(start_s, 1), "first_backend": pb.InferenceBackend.Name(first),
+              "kills": kills, "calls": len(calls), "errors": dict(errors),
+              "answers_by_backend": dict(collections.Counter(pb.InferenceBackend.Name(c[3]) for c in calls if c[2] == "OK")),
+              "last_answer_backend": pb.InferenceBackend.Name(calls[-1][3]) if calls and calls[-1][3] else None,
+              "to_fallback_s": stats([k["to_fallback_s"] for k in kills], 2),
+              "on_fallback_s": stats([k["on_fallback_s"] for k in kills], 2),
+              "back_on_triton_s": stats([k["back_on_triton_s"] for k in kills], 2),
+              "stubs_left": sum(len(k["stubs_left_after_30s"]) for k in kills),
+              "shm_regions_left": sum(k["shm_regions_left_after_30s"] for k in kills)}
+    log(f"  errors {dict(errors)}, back on Triton {result['back_on_triton_s']}, stubs left {result['stubs_left']}, "
+        f"regions left {result['shm_regions_left']}")
+    return result
+
+
+# -- report ---------------------------------------------------------------------------------------
+def _s(st: dict) -> str:
+    return f"{st['min']} / {st['median']} / {st['max']}" if st.get("n") else "-"
+
+
+def markdown(r: dict) -> str:
+    out = [f"# Crash and dependency chaos ({r['run_at']}, {r['machine']['cpus']} CPUs)", "",
+           f"Load average (1, 5, 15 min) at the start {r['loadavg_start']}, at the end {r['loadavg_end']}; "
+           f"seed {r['seed']}; {r['wall_s']} s in all. `python benchmarks/bench_chaos.py` "
+           f"(tests/integration/test_chaos.py runs small versions in `make test`).", ""]
+    if "images" in r or "clips" in r:
+        out += ["## kill -9 of the server (with its Milvus Lite) while a client indexes and re-sends what was not "
+                "acknowledged", "",
+                "| run | kills | acknowledged | lost | duplicated | seconds to serve again (min / median / max) | "
+                "re-sent items found stored |", "|---|---|---|---|---|---|---|"]
+        if "images" in r:
+            i = r["images"]
+            out.append(f"| {i['images_sent']} LFW images, IndexImages | {i['kills']} | {i['acknowledged']} | "
+                       f"**{i['lost']}** | **{i['duplicated']}** | {_s(i['serve_again_s'])} | {i['resent_found_stored']} |")
+        if "clips" in r:
+            c = r["clips"]
+            out.append(f"| {c['clips']} clips, IndexVideo | {c['kills']} | {c['acknowledged']} | **{c['lost']}** | "
+                       f"**{c['duplicated']}** | {_s(c['serve_again_s'])} | "
+                       f"{sum(1 for v in c['per_clip'].values() if v['ack'] == 'ITEM_STATUS_DUPLICATE')} |")
+        out += ["", "Kills at seeded random moments (images: every 2-6 s; clips: every 0.5-3 s while a clip is "
+                "pending), the server restarted at once on the same port and data dir (`--triton-url off`), plus one "
+                "more kill after the last acknowledgment, so that everything was read back from what survived a crash. "
+                "Seconds to serve again: from the kill to the first successful DescribeCollection (process start, "
+                "Milvus Lite, models). Lost: an acknowledged item not found at rank 1 by its id (its stored vector) "
+                "or by its bytes, or a clip not found first by itself with both rankings (its face rows and its mean "
+                "vector) or not answered DUPLICATE of the same id on a re-send. Duplicated: item_count above the "
+                "distinct acknowledged images (clips: above the rows a clean index of the same clips stores), an "
+                "item's second hit being itself, and, read from the Milvus Lite file after the server stopped, "
+                "repeated primary keys or one image stored under two ids. Re-sent items found stored: writes that "
+                "outlived a kill without their acknowledgment, answered DUPLICATE (with the same id) when re-sent."]
+        if "images" in r:
+            i = r["images"]
+            out += ["", f"Images: indexing took {i['indexing_s']} s with the kills; {i['sends']} items sent in "
+                    f"{i['stream_attempts']} streams ({i['items_sent_more_than_once']} items more than once); "
+                    f"streams cut: {i['stream_errors']}; item_count {i['check']['item_count']} for "
+                    f"{i['check']['distinct_sent']} distinct images; Milvus Lite file: {i['milvus_lite_file']['rows']} "
+                    f"rows, {i['milvus_lite_file']['ids']} ids, {i['milvus_lite_file']['shas']} distinct sha256."]
+        if "clips" in r:
+            c = r["clips"]
+            out += ["", f"Clips: {c['rows']} rows stored for {c['rows_expected']} expected; sends per clip "
+                    f"{c['sends']}; errors {c['errors']}."]
+    if "milvus" in r:
+        m = r["milvus"]
+        e, d = m["events_s_after_kill"], m["while_down"]
+        out += ["", "## The embedded Milvus server killed -9 under load", "",
+                "| | |", "|---|---|",
+                f"| answers while Milvus was down (from the kill until it served reads again) | {d['answers']} |",
+                f"| latency of those UNAVAILABLE answers, s (min / median / p99 / max) | {d['failure_latency_s'].get('min')} / "
+                f"{d['failure_latency_s'].get('median')} / {d['failure_latency_s'].get('p99')} / {d['failure_latency_s'].get('max')} |",
+                f"| of them slower than half the deadline ({MILVUS_DEADLINE_S / 2} s) | {d['failures_over_half_the_deadline']} |",
+                f"| calls in flight at the kill | {m['in_flight_at_kill']} |",
+                f"| health NOT_SERVING first seen | {e['first_not_serving']} s after the kill |",
+                f"| Milvus restarted (10 s after the kill), listening again | {e['milvus_listening']} s after the kill "
+                f"(start {m['milvus_restart_s']} s, same port: {m['restart_same_port']}) |",
+                f"| Milvus serving reads again (Strong query, pymilvus directly) | {e['milvus_serves_reads']} s after the kill, "
+                f"{m['milvus_listening_to_serving_reads_s']} s after it listened |",
+                f"| revsearch serving searches again, by itself | **{m['recover_after_milvus_serves_s']} s** after Milvus "
+                f"served reads ({m['recover_after_milvus_listens_s']} s after it listened) |",
+                f"| health SERVING again | {e['serving_again']} s after the kill |",
+                f"| answers after recovery | {m['after_recovery']} |",
+                f"| acknowledged writes / lost / duplicated | {m['acknowledged']} / **{m['lost']}** / **{m['duplicated']}** |",
+                "", "revsearch with `--milvus-uri`, `--milvus-timeout 2 --health-interval-s 0.5 --triton-url off`; load: "
+                "3 callers searching by vector (top 5) and one indexing one image per call, re-sending what failed. "
+                "Timeline (s from the kill: answers ending in that second, slowest, health):", "",
+                "| s | answers | slowest s | health |", "|---|---|---|---|"]
+        for row in m["timeline"]:
+            out.append(f"| {row['s']} | {row['answers']} | {row['max_latency_s']} | {row['health']} |")
+    if "triton" in r:
+        t = r["triton"]
+        out += ["", "## The managed Triton killed -9 under load", "",
+                "| kill | to the fallback, s | on the fallback, s | back on Triton, s | answers meanwhile | slowest, s | "
+                "stubs left 30 s on | /dev/shm regions left |", "|---|---|---|---|---|---|---|---|"]
+        for n, k in enumerate(t["kills"], 1):
+            out.append(f"| {n} | {k['to_fallback_s']} | {k['on_fallback_s']} | {k['back_on_triton_s']} | "
+                       f"{k['answers_between']} | {k['max_latency_s']} | {len(k['stubs_left_after_30s'])} of {k['stubs']} | "
+                       f"{k['shm_regions_left_after_30s']} of {k['shm_regions']} |")
+        out += ["", f"{t['calls']} EmbedImage calls from 4 callers, errors {t['errors']}; answers by backend "
+                f"{t['answers_by_backend']}; the last answer from {t['last_answer_backend']}. Seconds on the fallback "
+                f"(min / median / max) {_s(t['on_fallback_s'])}, until back on Triton {_s(t['back_on_triton_s'])} "
+                "(the server's health checks restart the exited Triton every `--health-interval-s` 0.5 s; the failover "
+                "returns to it every `--triton-reprobe-s`, default 10 s)."]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--clips", type=int, default=5)
+    ap.add_argument("--milvus-images", type=int, default=200)
+    ap.add_argument("--triton-kills", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--parts", default="images,clips,milvus,triton")
+    ap.add_argument("--name", default="chaos")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    started = time.monotonic()
+    result = {"run_at": now_utc(), "machine": machine(), "seed": args.seed,
+              "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    log(f"load average {result['loadavg_start']}")
+    with tempfile.TemporaryDirectory(prefix="bench-chaos-") as tmp:
+        work = Path(tmp)
+        parts = args.parts.split(",")
+        if "images" in parts:
+            result["images"] = run_images(work, args.images, rng)
+        if "clips" in parts:
+            result["clips"] = run_clips(work, CLIPS[: args.clips], rng)
+        if "milvus" in parts:
+            result["milvus"] = run_milvus(work, args.milvus_images)
+        if "triton" in parts:
+            result["triton"] = run_triton(work, args.triton_kills)
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["wall_s"] = round(time.monotonic() - started)
+    write_results(args.name, result, markdown(result))
+    log(f"load average {result['loadavg_end']}; wrote benchmarks/results/{args.name}.json and .md")
+
+
+if __name__ == "__main__":
+    main()

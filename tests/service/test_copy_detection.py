@@ -1,0 +1,89 @@
+"""Copy detection through the real server with the real efficientnet_lite0 (in-process ONNX Runtime)
+on 50 shared photos: the re-rank finds the original of a 50% crop and of a rotated copy, a 16x16
+query still answers, and the switch off gives the plain global ranking."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from revsearch import SearchClient
+from revsearch.client import ImageInput
+from revsearch.copy_edits import edited_bytes
+from revsearch_server.models import BUILD_INFO
+
+ROOT = Path(__file__).resolve().parents[2]
+PHOTOS = ROOT.parent / "shared" / "data" / "photos"
+MODEL = ROOT / "model_repository" / "efficientnet_lite0"
+
+pytestmark = pytest.mark.skipif(not (MODEL / BUILD_INFO).is_file() or not PHOTOS.is_dir(),
+                                reason="efficientnet_lite0 is not built (make models) or ../shared/data is missing")
+
+
+@pytest.fixture(scope="module")
+def indexed(start_server):
+    server = start_server(triton_url="off", default_model="auto")  # the server's own default
+    photos = sorted(PHOTOS.glob("*.jpg"))[::6][:50]
+    with SearchClient(server.address, timeout=120) as client:
+        created = client.create_collection("copies")  # no model: the default
+        responses = list(client.index_images("copies", (ImageInput.from_path(p) for p in photos)))
+        yield client, created.collection, {p: r.id for p, r in zip(photos, responses)}
+
+
+def test_auto_default_is_the_trained_general_image_model_and_says_why(indexed):
+    client, collection, _ = indexed
+    info = client.info()
+    trained = {m.name for m in info.models if m.trained}
+    if "resnet50" not in trained:  # no ImageNet weights for resnet50 on this machine
+        assert info.default_model == "efficientnet_lite0" == collection.model
+        assert info.default_model_reason.startswith("auto: efficientnet_lite0") and "resnet50" in info.default_model_reason
+
+
+def test_collection_has_copy_detection(indexed):
+    client, collection, ids = indexed
+    assert collection.copy_detection and collection.copy_detection_detail.startswith("on")
+    assert len(set(ids.values())) == 50
+    described = client.describe_collection("copies")
+    assert described.item_count == 50  # one global row per item; the crop vectors are apart
+
+
+@pytest.mark.parametrize("edit", ["crop50", "rotate", "mirror+crop70", "caption"])
+def test_finds_the_original_of_an_edited_copy(indexed, edit):
+    client, _, ids = indexed
+    found = verified = 0
+    for photo in list(ids)[:10]:
+        resp = client.search("copies", image=edited_bytes(photo.read_bytes(), edit), top_k=5)
+        found += resp.hits[0].id == ids[photo]
+        verified += resp.hits[0].id == ids[photo] and resp.hits[0].matched_keypoints >= 20
+    assert found >= 9, f"{edit}: {found} of 10"
+    assert verified >= (4 if edit == "crop50" else 7), f"{edit}: {verified} of 10 verified by local features"
+
+
+def test_switch_off_gives_the_global_ranking(indexed):
+    client, _, ids = indexed
+    photo = next(iter(ids))
+    query = edited_bytes(photo.read_bytes(), "crop50")
+    off = client.search("copies", image=query, top_k=10, copy_detection=False)
+    embedded = client.embed(query, collection="copies")
+    by_vector = client.search("copies", vector=list(embedded.vector), top_k=10)
+    assert [h.id for h in off.hits] == [h.id for h in by_vector.hits]
+    assert all(h.matched_keypoints == 0 for h in off.hits)
+
+
+def test_tiny_query_gets_a_global_answer(indexed):
+    client, _, _ = indexed
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 120, 40)).save(buffer, format="PNG")
+    resp = client.search("copies", image=buffer.getvalue(), top_k=3)
+    assert len(resp.hits) == 3 and all(h.matched_keypoints == 0 for h in resp.hits)
+
+
+def test_delete_removes_the_crop_vectors(indexed):
+    client, _, ids = indexed
+    photo = list(ids)[-1]
+    assert client.delete("copies", [ids[photo]]).deleted_ids == [ids[photo]]
+    resp = client.search("copies", image=edited_bytes(photo.read_bytes(), "crop50"), top_k=50)
+    assert ids[photo] not in [h.id for h in resp.hits]
