@@ -46,7 +46,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common import RESULTS, ROOT, machine, now_utc, write_results  # noqa: F401  (RESULTS: where they go)
+from common import RESULTS, ROOT, machine, now_utc, write_results
 from revsearch import SearchClient
 from revsearch.client import ImageInput
 from revsearch.errors import RevsearchClientError
@@ -323,7 +323,9 @@ def milvus_reads(uri: str, collection: str) -> bool:
 
     from pymilvus import MilvusClient
 
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    for name in list(logging.root.manager.loggerDict):  # they log every failed call as an error
+        if name.startswith("pymilvus"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         MilvusClient(uri=uri, timeout=2).query(collection, filter="", output_fields=["count(*)"],
                                                consistency_level="Strong", timeout=2)
@@ -385,8 +387,8 @@ class Indexer:
                             yield ImageInput(image=it.data, id=it.id, uri=it.uri)
 
                     try:
-                        for it, r in zip(todo, client.index_images(self.collection, requests(),
-                                                                   timeout=max(1.0, min(600.0, end - time.monotonic())))):
+                        left_s = max(1.0, min(600.0, end - time.monotonic()))
+                        for it, r in zip(todo, client.index_images(self.collection, requests(), timeout=left_s)):
                             self.statuses[pb.ItemStatus.Name(r.status)] += 1
                             if r.status in ACKED:
                                 self.acks[it.id] = r.id
@@ -399,25 +401,53 @@ class Indexer:
             self.done.set()
 
 
-def kill_repeatedly(server: Group, gap_s: tuple[float, float], rng: random.Random, busy, serving, progress,
-                    max_kills: int = 100) -> list[dict]:
-    """Kills the server's group -9 at seeded random moments while busy(), restarting it at once on
-    the same port and data; per kill: when, progress() then, seconds to the first successful call."""
+def after_acks(rng: random.Random, acked, need: tuple[int, int], delay_s: tuple[float, float]):
+    """Kill moments: once the client has had a seeded random number of further acknowledgments
+    (so every restart is followed by progress), then a seeded random delay (so the kill lands
+    anywhere in a request: reading, decoding, embedding, writing, answering)."""
+    def next_moment():
+        base, want, extra, at = acked(), rng.randint(*need), rng.uniform(*delay_s), []
+
+        def due() -> bool:
+            if acked() - base < want:
+                return False
+            at[:] = at or [time.monotonic() + extra]
+            return time.monotonic() >= at[0]
+        return due
+    return next_moment
+
+
+def into_a_call(rng: random.Random, in_flight: list, delay_s: tuple[float, float]):
+    """Kill moments: a seeded random time into a call in flight (in_flight[0]: when it began)."""
+    def next_moment():
+        extra = rng.uniform(*delay_s)
+        return lambda: in_flight[0] is not None and time.monotonic() - in_flight[0] >= extra
+    return next_moment
+
+
+def kill_repeatedly(server: Group, busy, serving, acked, next_moment, max_kills: int = 100,
+                    max_wait_s: float = 120) -> list[dict]:
+    """Kills the server's group -9 at the moments next_moment() makes, while busy(), restarting it
+    at once on the same port and data. Per kill: when, acknowledged then, seconds until the process
+    listened, until its first successful call, and until the client's next acknowledgment."""
     kills, t0 = [], time.monotonic()
-    while len(kills) < max_kills:
-        until = time.monotonic() + rng.uniform(*gap_s)
-        while time.monotonic() < until and busy():
+    while len(kills) < max_kills and busy():
+        due, waited, base = next_moment(), time.monotonic(), acked()
+        while busy() and not due() and time.monotonic() - waited < max_wait_s:
+            if kills and "first_ack_after_s" not in kills[-1] and acked() > base:
+                kills[-1]["first_ack_after_s"] = round(time.monotonic() - waited, 2)  # from serving again
             time.sleep(0.01)
-        if not busy():
+        if not busy() or not due():
             break
         killed = time.monotonic()
-        before = progress()
+        before = acked()
         server.kill9()
         started_s = server.start()
         wait_for(serving, 120)
-        kills.append({"at_s": round(killed - t0, 2), "progress_before": before, "restart_s": round(started_s, 2),
+        kills.append({"at_s": round(killed - t0, 2), "acknowledged_before": before, "restart_s": round(started_s, 2),
                       "serve_again_s": round(time.monotonic() - killed, 2)})
-        log(f"  kill {len(kills)} at {killed - t0:.1f} s ({before}): serving again after {kills[-1]['serve_again_s']} s")
+        log(f"  kill {len(kills)} at {killed - t0:.1f} s ({before} acknowledged): serving again after "
+            f"{kills[-1]['serve_again_s']} s")
     return kills
 
 
@@ -449,7 +479,7 @@ def check_images(address: str, collection: str, items: list[Item], acks: dict[st
 
 
 def run_images(work: Path, n_images: int, rng: random.Random) -> dict:
-    log(f"images: {n_images} LFW images, kills every {2}-{6} s")
+    log(f"images: {n_images} LFW images, a kill after every 60-240 more acknowledgments (+0-1.5 s)")
     items = lfw_items(n_images)
     server = revsearch_server(work / "images", free_port(), "--triton-url", "off")
     try:
@@ -460,9 +490,9 @@ def run_images(work: Path, n_images: int, rng: random.Random) -> dict:
         thread = threading.Thread(target=indexer.run, daemon=True)
         started = time.monotonic()
         thread.start()
-        kills = kill_repeatedly(server, (2.0, 6.0), rng, busy=lambda: not indexer.done.is_set(),
-                                serving=lambda: describes(server.address, "chaos"),
-                                progress=lambda: f"{len(indexer.acks)} acknowledged")
+        kills = kill_repeatedly(server, busy=lambda: not indexer.done.is_set(),
+                                serving=lambda: describes(server.address, "chaos"), acked=lambda: len(indexer.acks),
+                                next_moment=after_acks(rng, lambda: len(indexer.acks), (60, 240), (0.0, 1.5)))
         thread.join(1900)
         indexed_s = time.monotonic() - started
         # Once more after the last write, so that everything is read from what survived a crash.
@@ -471,7 +501,8 @@ def run_images(work: Path, n_images: int, rng: random.Random) -> dict:
         server.start()
         wait_for(lambda: describes(server.address, "chaos"), 120)
         final_serve_again = time.monotonic() - killed
-        log(f"  all acknowledged after {indexed_s:.0f} s; killed once more, serving after {final_serve_again:.1f} s; checking")
+        log(f"  all acknowledged after {indexed_s:.0f} s; killed once more, serving after {final_serve_again:.1f} s; "
+            "checking")
         check = check_images(server.address, "chaos", items, indexer.acks)
     finally:
         server.stop()
@@ -496,12 +527,13 @@ def run_images(work: Path, n_images: int, rng: random.Random) -> dict:
 # -- clips ----------------------------------------------------------------------------------------
 def run_clips(work: Path, names: list[str], rng: random.Random) -> dict:
     clips = [VIDEO / n for n in names]
-    log(f"clips: {len(clips)} clips through IndexVideo, kills every 0.5-3 s while a clip is pending")
+    log(f"clips: {len(clips)} clips through IndexVideo, kills 0.1-1.5 s into a call (at most {2 * len(clips)})")
     server = revsearch_server(work / "clips", free_port(), "--triton-url", "off")
     acks: dict[str, pb.IndexVideoResponse] = {}
     errors: collections.Counter = collections.Counter()
     done = threading.Event()
     sends: collections.Counter = collections.Counter()
+    in_flight: list = [None]  # when the IndexVideo call now in flight began
 
     def index_clips() -> None:
         end = time.monotonic() + 900
@@ -510,6 +542,7 @@ def run_clips(work: Path, names: list[str], rng: random.Random) -> dict:
                 while (todo := [c for c in clips if c.stem not in acks]) and time.monotonic() < end:
                     for clip in todo:
                         sends[clip.stem] += 1
+                        in_flight[0] = time.monotonic()
                         try:
                             r = client.index_video("clips", clip, id=clip.stem, timeout=120)
                             if r.status in ACKED:
@@ -519,6 +552,8 @@ def run_clips(work: Path, names: list[str], rng: random.Random) -> dict:
                         except RevsearchClientError as exc:
                             errors[exc.code.name] += 1
                             time.sleep(0.1)
+                        finally:
+                            in_flight[0] = None
         finally:
             done.set()
 
@@ -529,9 +564,9 @@ def run_clips(work: Path, names: list[str], rng: random.Random) -> dict:
         thread = threading.Thread(target=index_clips, daemon=True)
         started = time.monotonic()
         thread.start()
-        kills = kill_repeatedly(server, (0.5, 3.0), rng, busy=lambda: not done.is_set(),
-                                serving=lambda: describes(server.address, "clips"),
-                                progress=lambda: f"{len(acks)} clips acknowledged")
+        kills = kill_repeatedly(server, busy=lambda: not done.is_set(),
+                                serving=lambda: describes(server.address, "clips"), acked=lambda: len(acks),
+                                next_moment=into_a_call(rng, in_flight, (0.1, 1.5)), max_kills=2 * len(clips))
         thread.join(1000)
         indexed_s = time.monotonic() - started
         killed = time.monotonic()
@@ -570,7 +605,8 @@ def run_clips(work: Path, names: list[str], rng: random.Random) -> dict:
         (len(means["ids_twice"]) + max(0, means["rows"] - len(acks)) if means else 0)
     result = {"clips": len(clips), "kills": len(kills) + 1, "kills_during_indexing": kills,
               "final_kill_serve_again_s": round(final_serve_again, 2), "indexing_s": round(indexed_s, 1),
-              "acknowledged": len(acks), "lost": len(set(lost) | set(half)), "lost_clips": sorted(set(lost) | set(half)),
+              "acknowledged": len(acks), "lost": len(set(lost) | set(half)),
+              "lost_clips": sorted(set(lost) | set(half)),
               "duplicated": duplicated, "rows": count, "rows_expected": expected_rows,
               "serve_again_s": stats([k["serve_again_s"] for k in kills] + [final_serve_again], 2),
               "errors": dict(errors), "sends": dict(sends), "per_clip": per_clip, "milvus_lite_file": stored}
@@ -675,11 +711,18 @@ def run_milvus(work: Path, n_images: int) -> dict:
     def rel(t: float) -> float:
         return round(t - killed, 2)
 
-    in_flight = [c for c in calls if c[0] < killed < c[0] + c[1]]
-    down = [c for c in calls if killed < c[0] and c[0] + c[1] < milvus_serves]
+    # The circuit opened when the first call found the store unreachable (its failure's end).
+    opened = min(c[0] + c[1] for c in calls if c[0] + c[1] > killed and c[3] != "OK")
+    finding = [c for c in calls if c[0] < opened < c[0] + c[1] or killed < c[0] + c[1] <= opened]
+    down = [c for c in calls if opened <= c[0] and c[0] + c[1] < milvus_serves]
     failures = [c[1] for c in down if c[3] != "OK"]
-    not_serving = [t for t, s in seen if t > killed and s == NOT_SERVING]
-    serving_again = [t for t, s in seen if t > (not_serving[0] if not_serving else killed) and s == SERVING]
+    names = {SERVING: "SERVING", NOT_SERVING: "NOT_SERVING", None: "no answer"}
+    changes = []
+    for t, st in seen:
+        if not changes or changes[-1][1] != names.get(st, str(st)):
+            changes.append((t, names.get(st, str(st))))
+    not_serving = [t for t, st in seen if t > killed and st == NOT_SERVING]
+    serving_again = [t for t, st in seen if t > (not_serving[0] if not_serving else killed) and st == SERVING]
     timeline = []
     for second in range(int(t0 - killed) - 1, int(time.monotonic() - killed) + 1):
         lo, hi = killed + second, killed + second + 1
@@ -694,23 +737,28 @@ def run_milvus(work: Path, n_images: int) -> dict:
         "milvus_start_s": round(milvus_start_s, 1), "restart_same_port": same_port,
         "events_s_after_kill": {"milvus_restart_begun": rel(restarting), "milvus_listening": rel(back),
                                 "milvus_serves_reads": rel(milvus_serves), "revsearch_serves": rel(recovered),
+                                "circuit_open": rel(opened),
                                 "first_not_serving": rel(not_serving[0]) if not_serving else None,
                                 "serving_again": rel(serving_again[0]) if serving_again else None},
+        "health_changes_s_after_kill": [(rel(t), st) for t, st in changes],
         "milvus_restart_s": round(restart_s, 1),
         "milvus_listening_to_serving_reads_s": round(milvus_serves - back, 1),
         "recover_after_milvus_serves_s": round(recovered - milvus_serves, 2),
         "recover_after_milvus_listens_s": round(recovered - back, 2),
         "while_down": {"answers": dict(collections.Counter(c[3] for c in down)),
-                       "by_kind": {k: dict(collections.Counter(c[3] for c in down if c[2] == k)) for k in ("search", "index")},
+                       "by_kind": {k: dict(collections.Counter(c[3] for c in down if c[2] == k))
+                                   for k in ("search", "index")},
                        "failure_latency_s": stats(failures),
-                       "failures_over_half_the_deadline": sum(1 for s in failures if s > MILVUS_DEADLINE_S / 2)},
-        "in_flight_at_kill": [{"kind": c[2], "code": c[3], "seconds": round(c[1], 2)} for c in in_flight],
+                       "failures_over_a_quarter_of_the_deadline": sorted(round(x, 2) for x in failures
+                                                                          if x > MILVUS_DEADLINE_S / 4)},
+        "calls_finding_it_down": [{"kind": c[2], "code": c[3], "seconds": round(c[1], 2)} for c in finding],
         "after_recovery": dict(collections.Counter(c[3] for c in calls if c[0] > recovered)),
         "acknowledged": len(acks), "lost": len(lost), "lost_ids": lost[:20],
         "duplicated": max(0, check["item_count"] - check["distinct_acknowledged"]) + len(check["stored_twice"]),
         "check": check, "timeline": timeline}
     log(f"  milvus listening {rel(back)} s after the kill, serving reads {rel(milvus_serves)} s, revsearch "
-        f"{rel(recovered)} s; while down {result['while_down']['answers']} {result['while_down']['failure_latency_s']}; "
+        f"{rel(recovered)} s; while down {result['while_down']['answers']} "
+        f"{result['while_down']['failure_latency_s']}; "
         f"lost {len(lost)}")
     return result
 
@@ -758,7 +806,8 @@ def run_triton(work: Path, kills_wanted: int) -> dict:
                 except RevsearchClientError:
                     pass
 
-    load = [threading.Thread(target=embeds, daemon=True) for _ in range(4)] + [threading.Thread(target=watch, daemon=True)]
+    load = [threading.Thread(target=embeds, daemon=True) for _ in range(4)]
+    load.append(threading.Thread(target=watch, daemon=True))
     try:
         start_s = server.start()
         with SearchClient(server.address, timeout=60) as client:
@@ -787,15 +836,18 @@ def run_triton(work: Path, kills_wanted: int) -> dict:
                 time.sleep(0.2)
             new = [p for p in children(server.pid) if comm(p) == "tritonserver"]
             kills.append({"killed_pid": old, "restarted_pid": new[0] if new else None,
-                          "to_fallback_s": round(on_fallback - killed, 2), "on_fallback_s": round(back - on_fallback, 2),
+                          "to_fallback_s": round(on_fallback - killed, 2),
+                          "on_fallback_s": round(back - on_fallback, 2),
                           "back_on_triton_s": round(back - killed, 2),
                           "answers_between": dict(collections.Counter(
                               pb.InferenceBackend.Name(c[3]) if c[2] == "OK" else c[2]
                               for c in calls if killed <= c[0] + c[1] < back)),
-                          "max_latency_s": round(max((c[1] for c in calls if killed <= c[0] + c[1] < back), default=0), 2),
+                          "max_latency_s": round(max((c[1] for c in calls if killed <= c[0] + c[1] < back),
+                                                     default=0), 2),
                           "stubs": len(tree) - 1, "stubs_left_after_30s": [p for p in tree if alive(p)],
                           "processes_gone_s": round(procs_gone, 1) if procs_gone is not None else None,
-                          "shm_regions": len(old_regions), "shm_regions_left_after_30s": sum(r.exists() for r in old_regions),
+                          "shm_regions": len(old_regions),
+                          "shm_regions_left_after_30s": sum(r.exists() for r in old_regions),
                           "shm_regions_gone_s": round(regions_gone, 1) if regions_gone is not None else None})
             log(f"  kill {k + 1}: {kills[-1]}")
         time.sleep(3.0)
@@ -810,7 +862,8 @@ def run_triton(work: Path, kills_wanted: int) -> dict:
     errors = collections.Counter(c[2] for c in calls if c[2] != "OK")
     result = {"server_start_s": round(start_s, 1), "first_backend": pb.InferenceBackend.Name(first),
               "kills": kills, "calls": len(calls), "errors": dict(errors),
-              "answers_by_backend": dict(collections.Counter(pb.InferenceBackend.Name(c[3]) for c in calls if c[2] == "OK")),
+              "answers_by_backend": dict(collections.Counter(pb.InferenceBackend.Name(c[3])
+                                                             for c in calls if c[2] == "OK")),
               "last_answer_backend": pb.InferenceBackend.Name(calls[-1][3]) if calls and calls[-1][3] else None,
               "to_fallback_s": stats([k["to_fallback_s"] for k in kills], 2),
               "on_fallback_s": stats([k["on_fallback_s"] for k in kills], 2),
@@ -840,14 +893,16 @@ def markdown(r: dict) -> str:
         if "images" in r:
             i = r["images"]
             out.append(f"| {i['images_sent']} LFW images, IndexImages | {i['kills']} | {i['acknowledged']} | "
-                       f"**{i['lost']}** | **{i['duplicated']}** | {_s(i['serve_again_s'])} | {i['resent_found_stored']} |")
+                       f"**{i['lost']}** | **{i['duplicated']}** | {_s(i['serve_again_s'])} | "
+                       f"{i['resent_found_stored']} |")
         if "clips" in r:
             c = r["clips"]
             out.append(f"| {c['clips']} clips, IndexVideo | {c['kills']} | {c['acknowledged']} | **{c['lost']}** | "
                        f"**{c['duplicated']}** | {_s(c['serve_again_s'])} | "
                        f"{sum(1 for v in c['per_clip'].values() if v['ack'] == 'ITEM_STATUS_DUPLICATE')} |")
-        out += ["", "Kills at seeded random moments (images: every 2-6 s; clips: every 0.5-3 s while a clip is "
-                "pending), the server restarted at once on the same port and data dir (`--triton-url off`), plus one "
+        out += ["", "Kills at seeded random moments (images: after 60-240 further acknowledgments, then 0-1.5 s; "
+                "clips: 0.1-1.5 s into an IndexVideo call, at most two kills a clip), the server restarted at once on "
+                "the same port and data dir (`--triton-url off`), plus one "
                 "more kill after the last acknowledgment, so that everything was read back from what survived a crash. "
                 "Seconds to serve again: from the kill to the first successful DescribeCollection (process start, "
                 "Milvus Lite, models). Lost: an acknowledged item not found at rank 1 by its id (its stored vector) "
@@ -868,41 +923,77 @@ def markdown(r: dict) -> str:
             c = r["clips"]
             out += ["", f"Clips: {c['rows']} rows stored for {c['rows_expected']} expected; sends per clip "
                     f"{c['sends']}; errors {c['errors']}."]
+            stored = c["milvus_lite_file"]
+            for clip in c["lost_clips"]:
+                v = c["per_clip"].get(clip, {})
+                rows = (stored.get("clips") or {}).get("rows_per_item", {}).get(clip, 0)
+                mean = clip in ((stored.get("clips__means") or {}).get("rows_per_item") or {})
+                out += ["", f"**Lost: {clip}**: acknowledged {v.get('ack')} after {v.get('sends')} sends; in the "
+                        f"Milvus Lite file {rows} face rows (a clean index stores {v.get('rows_clean')}) and "
+                        f"{'its' if mean else 'no'} mean vector; re-sent: {v.get('resend')}; found first by the "
+                        f"frames ranking: {v.get('top_by_frames')}, by the mean-vector ranking: {v.get('top_by_mean')}."
+                        + ("" if mean else " A kill landed between IndexVideo's two inserts (its rows, then its "
+                           "mean) and the re-send, answered DUPLICATE by the rows' sha256, never completed it.")]
     if "milvus" in r:
         m = r["milvus"]
         e, d = m["events_s_after_kill"], m["while_down"]
-        out += ["", "## The embedded Milvus server killed -9 under load", "",
-                "| | |", "|---|---|",
-                f"| answers while Milvus was down (from the kill until it served reads again) | {d['answers']} |",
-                f"| latency of those UNAVAILABLE answers, s (min / median / p99 / max) | {d['failure_latency_s'].get('min')} / "
-                f"{d['failure_latency_s'].get('median')} / {d['failure_latency_s'].get('p99')} / {d['failure_latency_s'].get('max')} |",
-                f"| of them slower than half the deadline ({MILVUS_DEADLINE_S / 2} s) | {d['failures_over_half_the_deadline']} |",
-                f"| calls in flight at the kill | {m['in_flight_at_kill']} |",
-                f"| health NOT_SERVING first seen | {e['first_not_serving']} s after the kill |",
-                f"| Milvus restarted (10 s after the kill), listening again | {e['milvus_listening']} s after the kill "
-                f"(start {m['milvus_restart_s']} s, same port: {m['restart_same_port']}) |",
-                f"| Milvus serving reads again (Strong query, pymilvus directly) | {e['milvus_serves_reads']} s after the kill, "
-                f"{m['milvus_listening_to_serving_reads_s']} s after it listened |",
-                f"| revsearch serving searches again, by itself | **{m['recover_after_milvus_serves_s']} s** after Milvus "
-                f"served reads ({m['recover_after_milvus_listens_s']} s after it listened) |",
-                f"| health SERVING again | {e['serving_again']} s after the kill |",
-                f"| answers after recovery | {m['after_recovery']} |",
-                f"| acknowledged writes / lost / duplicated | {m['acknowledged']} / **{m['lost']}** / **{m['duplicated']}** |",
-                "", "revsearch with `--milvus-uri`, `--milvus-timeout 2 --health-interval-s 0.5 --triton-url off`; load: "
-                "3 callers searching by vector (top 5) and one indexing one image per call, re-sending what failed. "
-                "Timeline (s from the kill: answers ending in that second, slowest, health):", "",
+        lat, slow = d["failure_latency_s"], d["failures_over_a_quarter_of_the_deadline"]
+        rows = [
+            ("calls that found Milvus gone (in flight at the kill, or started before the first failure)",
+             f"{m['calls_finding_it_down']}; the first failed {e['circuit_open']} s after the kill"),
+            ("answers from then until Milvus served reads again", f"{d['answers']}"),
+            ("latency of those UNAVAILABLE answers, s (min / median / p99 / max)",
+             f"{lat.get('min')} / {lat.get('median')} / {lat.get('p99')} / {lat.get('max')}"),
+            (f"of them slower than a quarter of the deadline ({MILVUS_DEADLINE_S / 4} s): calls that tried "
+             "Milvus again", f"{len(slow)}: {slow}"),
+            ("health NOT_SERVING first seen", f"{e['first_not_serving']} s after the kill"),
+            ("Milvus restarted (10 s after the kill), listening again",
+             f"{e['milvus_listening']} s after the kill (start {m['milvus_restart_s']} s, same port: "
+             f"{m['restart_same_port']})"),
+            ("Milvus serving reads again (Strong query, pymilvus directly)",
+             f"{e['milvus_serves_reads']} s after the kill, {m['milvus_listening_to_serving_reads_s']} s after it "
+             "listened"),
+            ("revsearch serving searches again, by itself",
+             f"**{m['recover_after_milvus_serves_s']} s** after Milvus served reads "
+             f"({m['recover_after_milvus_listens_s']} s after it listened)"),
+            ("health SERVING again", f"{e['serving_again']} s after the kill (changes, s after the kill: "
+                                     f"{m['health_changes_s_after_kill']})"),
+            ("answers after recovery", f"{m['after_recovery']}"),
+            ("acknowledged writes / lost / duplicated",
+             f"{m['acknowledged']} / **{m['lost']}** / **{m['duplicated']}**"),
+        ]
+        out += ["", "## The embedded Milvus server killed -9 under load", "", "| | |", "|---|---|"]
+        out += [f"| {k} | {v} |" for k, v in rows]
+        if slow:
+            out += ["", f"**{len(slow)} UNAVAILABLE answers waited** ({min(slow)}-{max(slow)} s, the deadline is "
+                    f"{MILVUS_DEADLINE_S} s) after the circuit had opened: the calls that became its once-a-second "
+                    "probe (pymilvus retries until about twice the deadline; a request whose second store call is "
+                    "a probe again waits twice)."]
+        if e["serving_again"] is not None and e["serving_again"] < e["milvus_serves_reads"]:
+            out += ["", f"**Health said SERVING from {e['serving_again']} s after the kill** (Milvus listing its "
+                    f"collections again) while every search failed until {e['milvus_serves_reads']} s (Milvus serving "
+                    "reads only once the killed process's session expired)."]
+        out += ["", "revsearch with `--milvus-uri`, `--milvus-timeout 2 --health-interval-s 0.5 --triton-url off`; "
+                "load: 3 callers searching by vector (top 5) and one indexing one image per call, re-sending what "
+                "failed. Timeline (s from the kill: answers ending in that second, slowest, health):", "",
                 "| s | answers | slowest s | health |", "|---|---|---|---|"]
         for row in m["timeline"]:
             out.append(f"| {row['s']} | {row['answers']} | {row['max_latency_s']} | {row['health']} |")
     if "triton" in r:
         t = r["triton"]
         out += ["", "## The managed Triton killed -9 under load", "",
-                "| kill | to the fallback, s | on the fallback, s | back on Triton, s | answers meanwhile | slowest, s | "
-                "stubs left 30 s on | /dev/shm regions left |", "|---|---|---|---|---|---|---|---|"]
+                "| kill | to the fallback, s | on the fallback, s | back on Triton, s | answers meanwhile | "
+                "slowest, s | stubs left 30 s on | /dev/shm regions left |", "|---|---|---|---|---|---|---|---|"]
         for n, k in enumerate(t["kills"], 1):
             out.append(f"| {n} | {k['to_fallback_s']} | {k['on_fallback_s']} | {k['back_on_triton_s']} | "
-                       f"{k['answers_between']} | {k['max_latency_s']} | {len(k['stubs_left_after_30s'])} of {k['stubs']} | "
+                       f"{k['answers_between']} | {k['max_latency_s']} | "
+                       f"{len(k['stubs_left_after_30s'])} of {k['stubs']} | "
                        f"{k['shm_regions_left_after_30s']} of {k['shm_regions']} |")
+        if t["stubs_left"] or t["shm_regions_left"]:
+            out += ["", f"**{t['stubs_left']} Python backend stubs of killed Tritons were still running 30 s after "
+                    f"the kill, and {t['shm_regions_left']} of their /dev/shm regions (16 MiB each) were left**: a "
+                    "stub in the middle of a request when Triton dies waits on a futex (seen for over 150 s, "
+                    "reparented to pid 1), holding its model's memory."]
         out += ["", f"{t['calls']} EmbedImage calls from 4 callers, errors {t['errors']}; answers by backend "
                 f"{t['answers_by_backend']}; the last answer from {t['last_answer_backend']}. Seconds on the fallback "
                 f"(min / median / max) {_s(t['on_fallback_s'])}, until back on Triton {_s(t['back_on_triton_s'])} "
@@ -940,7 +1031,7 @@ def main() -> None:
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     result["wall_s"] = round(time.monotonic() - started)
     write_results(args.name, result, markdown(result))
-    log(f"load average {result['loadavg_end']}; wrote benchmarks/results/{args.name}.json and .md")
+    log(f"load average {result['loadavg_end']}; wrote {RESULTS / args.name}.json and .md")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 throughput of efficientnet_lite0 (fp32 and INT8), and the bytes stored per item.
 
 A server process (in-process ONNX Runtime by default: `--triton` for the managed Triton) indexes
-the shared photos, LFW and video frames (one every 5 frames) up to --images into a copy-detection
+the shared photos, LFW and video frames (every frame, until --images) into a copy-detection
 collection of --model, then runs --queries sequential searches with edited copies of the photos
 (copy_edits: crop50, rotate, caption, mirror+crop70, in turn), once with copy detection on and once
 off. Indexing throughput of both models is measured on the first --throughput-images photos into
@@ -12,6 +12,7 @@ collections of their own. Writes benchmarks/results/copies_latency.{json,md}.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import sys
 import tempfile
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from common import LFW, SHARED_DATA, VIDEO, log, machine, now_utc, start_server, stop_server, write_results
 from revsearch import SearchClient
@@ -37,19 +39,51 @@ def gallery(limit: int) -> list[ImageInput]:
     for clip in sorted(VIDEO.glob("*.mp4")):
         cap = cv2.VideoCapture(str(clip))
         n = 0
-        while len(items) < limit + 400:
+        while len(items) < limit:
             ok, frame = cap.read()
             if not ok:
                 break
-            if n % 5 == 0:
-                data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
-                items.append(ImageInput(image=data, uri=f"{clip.name}#{n}"))
+            # Every frame: consecutive frames are the hardest distractors there are.
+            data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+            items.append(ImageInput(image=data, uri=f"{clip.name}#{n}"))
             n += 1
         cap.release()
     return items[:limit]
 
 
-def index(client: SearchClient, name: str, model: str, items: list[ImageInput]) -> float:
+def raw_throughput(rounds: int = 3, seconds: float = 5.0) -> dict:
+    """Images/s of the two ONNX graphs alone (ONNX Runtime, batch 8, 2 threads), interleaved per round
+    (this machine's speed drifts): what the model costs, without decoding, crops or the store."""
+    import onnxruntime as ort
+
+    from common import ROOT
+
+    batch = np.random.default_rng(0).integers(0, 256, (8, 224, 224, 3), dtype=np.uint8)
+    sessions = {}
+    for model in ("efficientnet_lite0", "efficientnet_lite0_int8"):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+        sessions[model] = ort.InferenceSession(str(ROOT / "model_repository" / model / "1" / "model.onnx"),
+                                               sess_options=opts, providers=["CPUExecutionProvider"])
+        sessions[model].run(None, {"images": batch})
+    rates: dict[str, list[float]] = {m: [] for m in sessions}
+    for _ in range(rounds):
+        for model, session in sessions.items():
+            n, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                session.run(None, {"images": batch})
+                n += len(batch)
+            rates[model].append(n / (time.perf_counter() - started))
+    return {m: round(statistics.median(r), 1) for m, r in rates.items()}
+
+
+def index(client: SearchClient, name: str, model: str, items: list[ImageInput], reuse: bool = False) -> float:
+    """Images/s; 0 when reuse and the collection holds these items already (a --data-dir of an earlier run)."""
+    if name in {c.name for c in client.list_collections()}:
+        if reuse and client.describe_collection(name).item_count == len({hashlib.sha256(i.image).digest()
+                                                                         for i in items}):
+            return 0.0
+        client.drop_collection(name)
     client.create_collection(name, model=model)
     started = time.perf_counter()
     statuses = [r.status for r in client.index_images(name, items, timeout=7200)]
@@ -66,9 +100,19 @@ def main() -> int:
                         help="the model of the big collection (INT8: the gallery indexes 3x faster)")
     parser.add_argument("--throughput-images", type=int, default=120)
     parser.add_argument("--triton", action="store_true", help="managed Triton instead of in-process ONNX Runtime")
+    parser.add_argument("--raw-only", action="store_true", help="only the models' raw ONNX Runtime throughput")
+    parser.add_argument("--data-dir", help="keep the server's data here and reuse collections of an earlier run "
+                                           "(default: a temporary folder)")
     args = parser.parse_args()
+    if args.raw_only:
+        raw = raw_throughput()
+        write_results("copies_raw_throughput", {"date": now_utc(), "machine": machine(), "images_per_s": raw},
+                      f"# efficientnet_lite0 raw ONNX Runtime throughput (batch 8, 2 threads)\n\n{raw}\n")
+        print(raw)
+        return 0
     photos = sorted((SHARED_DATA / "photos").glob("*.jpg"))
     with tempfile.TemporaryDirectory(prefix="bench-copies-") as tmp:
+        tmp = args.data_dir or tmp
         proc, address = start_server([] if args.triton else ["--triton-url", "off"], tmp, allow_untrained=False)
         try:
             with SearchClient(address, timeout=600) as client:
@@ -79,7 +123,7 @@ def main() -> int:
                     log(f"{model}: {throughput[model]:.1f} images/s indexed (copy detection: 5 vectors + local features)")
                 items = gallery(args.images)
                 log(f"indexing {len(items)} images into {args.model} ...")
-                big_rate = index(client, "big", args.model, items)
+                big_rate = index(client, "big", args.model, items, reuse=True)
                 log(f"  {big_rate:.1f} images/s")
                 described = client.describe_collection("big")
                 latencies: dict[str, list[float]] = {"on": [], "off": []}
@@ -94,8 +138,7 @@ def main() -> int:
                         found[mode] += resp.hits[0].uri == str(photo)
         finally:
             stop_server(proc)
-    features = [len(copies.extract(copies.feature_image(__import__("PIL.Image").Image.open(p)), copies.STORED_FEATURES))
-                for p in photos[:50]]
+    features = [len(copies.extract(copies.feature_image(Image.open(p)), copies.STORED_FEATURES)) for p in photos[:50]]
     feature_bytes = 4 + 36 * statistics.mean(features)
     result = {
         "date": now_utc(), "machine": machine(), "gallery_images": described.item_count, "model": args.model,

@@ -45,9 +45,10 @@ def stage_decode(blobs: list[bytes]) -> tuple[list[np.ndarray], float]:
     return timed(lambda: [np.asarray(decode_image(b, NO_LIMITS), dtype=np.uint8) for b in blobs])
 
 
-def stage_detect_and_align(images: list[np.ndarray], model) -> tuple[np.ndarray, list[FaceBox], int, float, float]:
+def stage_detect_and_align(images: list[np.ndarray], model, detector: str = "onnx"
+                           ) -> tuple[np.ndarray, list[FaceBox], int, float, float]:
     """(chips, their boxes, faces detected, detect seconds, align seconds)."""
-    cropper = TimedCropper()
+    cropper = TimedCropper(detector)
     try:
         cropper.crop(images[:DETECT_BATCH], model, OPTIONS)  # warm-up (first call builds the networks' kernels)
         chips, boxes, n_faces, t_detect, t_align = [], [], 0, 0.0, 0.0
@@ -86,12 +87,12 @@ async def stage_store(vectors: np.ndarray, boxes: list[FaceBox], workdir: str) -
         return time.perf_counter() - started
 
 
-async def served(address: str, paths: list[Path], streams: int) -> dict:
+async def served(address: str, paths: list[Path], streams: int, model_name: str) -> dict:
     """IndexImages over `streams` concurrent streams (the images split between them)."""
     async with AsyncSearchClient(address, timeout=600) as client:
         info = await client.info()
-        await client.create_collection("bench_faces", model="face_dlib", crop_mode="largest")
-        await client.create_collection("bench_warmup", model="face_dlib", crop_mode="largest")
+        await client.create_collection("bench_faces", model=model_name, crop_mode="largest")
+        await client.create_collection("bench_warmup", model=model_name, crop_mode="largest")
         warm = [ImageInput.from_path(p) for p in paths[:16]]
         async for _ in client.index_images("bench_warmup", warm):
             pass
@@ -116,16 +117,20 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=400, help="LFW images (a few per person)")
     parser.add_argument("--embed-batch", type=int, default=16)
     parser.add_argument("--streams", type=int, default=4, help="concurrent IndexImages streams")
+    parser.add_argument("--model", default="face_dlib", help="face model (face_dlib, face_dlib_int8)")
+    parser.add_argument("--detector", choices=["onnx", "torch"], default="onnx",
+                        help="detector of the stage timings (the server uses the ONNX MTCNN when it is built)")
+    parser.add_argument("--name", default="face_pipeline", help="results file name (benchmarks/results/NAME.*)")
     args = parser.parse_args()
 
-    model = load_models(ROOT / "model_repository", allow_untrained=True)["face_dlib"]
+    model = load_models(ROOT / "model_repository", allow_untrained=True)[args.model]
     paths = lfw_images(args.images, per_person_max=4)
     blobs = [p.read_bytes() for p in paths]
     n = len(blobs)
     print(f"face pipeline on {n} LFW images (250x250 JPEG), {machine()['cpus']} CPUs", flush=True)
 
     images, t_decode = stage_decode(blobs)
-    chips, boxes, n_faces, t_detect, t_align = stage_detect_and_align(images, model)
+    chips, boxes, n_faces, t_detect, t_align = stage_detect_and_align(images, model, args.detector)
     vectors, t_embed = asyncio.run(stage_embed(model, chips, args.embed_batch))
     with tempfile.TemporaryDirectory(prefix="bench-faces-") as workdir:
         t_store = asyncio.run(stage_store(vectors, boxes, workdir))
@@ -138,7 +143,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-faces-srv-") as data_dir:
         proc, address = start_server([], data_dir, allow_untrained=True)
         try:
-            e2e = asyncio.run(served(address, paths, args.streams))
+            e2e = asyncio.run(served(address, paths, args.streams, args.model))
         finally:
             stop_server(proc)
     ceiling = 1.0 / total
@@ -146,7 +151,8 @@ def main() -> int:
           f"stage sum allows {ceiling:.1f} images/s sequentially -> ratio {e2e['images_per_s'] / ceiling:.2f}")
 
     result = {
-        "benchmark": "face pipeline (MTCNN + face_dlib) stages and served indexing",
+        "benchmark": f"face pipeline (MTCNN {args.detector} + {args.model}) stages and served indexing",
+        "model": args.model, "detector": args.detector,
         "date": now_utc(), "machine": machine(), "images": n, "faces_detected": n_faces, "chips": len(chips),
         "detection": {"faces_per_s": n_faces / t_detect, "images_per_s": n / t_detect, "batch": DETECT_BATCH,
                       "min_face_size": 20},
@@ -159,19 +165,20 @@ def main() -> int:
         "served_over_stage_sum": e2e["images_per_s"] / ceiling,
     }
     rows = "\n".join(f"| {k} | {1000 * v:.2f} | {100 * v / total:.1f}% |" for k, v in per_image.items())
-    write_results("face_pipeline", result, (
+    write_results(args.name, result, (
         f"# Face pipeline speed ({result['date']}, {machine()['cpus']} CPUs, {n} LFW images)\n\n"
         f"| stage | ms per image | share |\n|---|---|---|\n{rows}\n| **sum** | {1000 * total:.2f} | 100% |\n\n"
-        f"- Detection (MTCNN, batches of {DETECT_BATCH}, min face 20 px): "
+        f"- Detection (MTCNN {'as ONNX, numpy + ONNX Runtime' if args.detector == 'onnx' else 'facenet-pytorch'}, "
+        f"batches of {DETECT_BATCH}, min face 20 px): "
         f"**{result['detection']['faces_per_s']:.1f} faces/s** ({result['detection']['images_per_s']:.1f} images/s, "
         f"{n_faces} faces in {n} images).\n"
-        f"- Face model (face_dlib ONNX, in-process, batch {args.embed_batch}, chip + mirror image): "
+        f"- Face model ({args.model} ONNX, in-process, batch {args.embed_batch}, chip + mirror image): "
         f"**{result['face_model']['faces_per_s']:.1f} faces/s** ({result['face_model']['forward_passes_per_s']:.0f} "
         f"forward passes/s).\n"
         f"- Whole pipeline through the server (IndexImages, {args.streams} concurrent streams, managed CPU Triton, "
         f"Milvus Lite): **{e2e['images_per_s']:.1f} images/s**; {e2e['images_per_s'] / ceiling:.2f} of the "
         f"{ceiling:.1f} images/s that the stages allow run one after another in one process.\n"))
-    print("written to benchmarks/results/face_pipeline.{json,md}")
+    print(f"written to benchmarks/results/{args.name}.{{json,md}}")
     return 0
 
 

@@ -17,9 +17,10 @@ chosen ones, or no face for both); against both torch runs, and torch batched ag
 (facenet-pytorch's batched NMS offsets the boxes of each image and sorts the whole batch, so where
 two overlapping final boxes tie in confidence, often both at 1.0, which one it keeps depends on the
 other images of the batch). Speed: the same batches, torch and onnx interleaved batch by batch (who
-goes first alternates), images/s each. The ONNX detector with OpenCV's INTER_AREA resampling
-instead of torch's area pooling is run too, to show what the exact resampling is worth. Writes
-benchmarks/results/onnx_mtcnn.{json,md}; exits 1 when the bar is missed.
+goes first alternates), images/s each; then both again with 1 thread each (--speed-threads), since
+torch's two threads collapse when other processes share the two cores. The ONNX detector with
+OpenCV's INTER_AREA resampling instead of torch's area pooling is run too, to show what the exact
+resampling is worth. Writes benchmarks/results/onnx_mtcnn.{json,md}; exits 1 when the bar is missed.
 
   .venv/bin/python benchmarks/bench_onnx_mtcnn.py [--images 1000] [--batch 16]
 """
@@ -109,6 +110,9 @@ def main() -> int:
     parser.add_argument("--no-cv2", action="store_true", help="skip the OpenCV-resampling variant")
     parser.add_argument("--threads", type=int, default=0,
                         help="threads of torch and of ONNX Runtime (default: torch's default and every core)")
+    parser.add_argument("--speed-threads", default="1",
+                        help="after the comparison, speed again (first 320 images) with torch and ONNX Runtime "
+                             "at each of these thread counts, e.g. 1,2 ('' for none)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -158,6 +162,11 @@ def main() -> int:
     keep = lambda faces: None if faces is None else [f for f in faces if f.confidence >= MIN_CONFIDENCE]  # noqa: E731
     per_image = {name: [keep(f) for batch in found[name] for f in batch] for name in found}
 
+    speed_by_threads = {}
+    for threads in [int(t) for t in args.speed_threads.split(",") if t]:
+        speed_by_threads[threads] = speed_pass(images[:320], args.batch, threads, nets, settings)
+        print(f"  speed with {threads} thread(s): {speed_by_threads[threads]}", file=sys.stderr)
+
     result = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -168,6 +177,7 @@ def main() -> int:
                                           "collection_min_confidence": MIN_CONFIDENCE},
         "speed_images_per_s": {name: len(images) / seconds[name] for name in found},
         "seconds": seconds,
+        "speed_by_threads": speed_by_threads,
         "onnx_vs_torch": compare(per_image["torch"], per_image["onnx"], sizes),
         "onnx_vs_torch_single": compare(per_image["torch_single"], per_image["onnx"], sizes),
         "torch_vs_torch_single": compare(per_image["torch_single"], per_image["torch"], sizes),
@@ -184,6 +194,33 @@ def main() -> int:
     (args.out / "onnx_mtcnn.md").write_text(md)
     print(md)
     return 0 if result["passed"] else 1
+
+
+def speed_pass(images: list[np.ndarray], batch: int, threads: int, nets, settings) -> dict:
+    """images/s of torch's and the ONNX detector with `threads` threads each, interleaved by batch."""
+    import torch
+
+    from revsearch_server.faces.detector import MtcnnDetector
+    from revsearch_server.faces.net_runners import LocalNets
+    from revsearch_server.faces.onnx_mtcnn import OnnxMtcnnDetector
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        detectors = {"torch": MtcnnDetector(settings), "onnx": OnnxMtcnnDetector(LocalNets(nets, threads=threads), settings)}
+        batches = [images[i:i + batch] for i in range(0, len(images), batch)]
+        seconds = dict.fromkeys(detectors, 0.0)
+        for d in detectors.values():
+            d.detect(batches[0][:2])
+        for n, part in enumerate(batches):
+            for name in (list(detectors) if n % 2 == 0 else [*reversed(list(detectors))]):
+                t = time.perf_counter()
+                detectors[name].detect(part)
+                seconds[name] += time.perf_counter() - t
+        return {"images": len(images), "load_average": os.getloadavg()[0],
+                **{name: len(images) / seconds[name] for name in detectors}}
+    finally:
+        torch.set_num_threads(before)
 
 
 def markdown(r: dict) -> str:
@@ -219,6 +256,10 @@ def markdown(r: dict) -> str:
               f"| facenet-pytorch, one image per call | {speed['torch_single']:.1f} |"]
     if "onnx_cv2_resample" in speed:
         lines.append(f"| ONNX with OpenCV resampling | {speed['onnx_cv2_resample']:.1f} |")
+    for threads, x in r.get("speed_by_threads", {}).items():
+        lines.append(f"| facenet-pytorch / ONNX, {threads} thread(s) each, first {x['images']} images again "
+                     f"(load average {x['load_average']:.1f}) | {x['torch']:.1f} / {x['onnx']:.1f} "
+                     f"({x['onnx'] / x['torch']:.2f}x) |")
     lines += ["",
               f"- ONNX detector: **{speed['onnx'] / speed['torch']:.2f}x** facenet-pytorch's images/s on the same "
               f"batches, interleaved batch by batch (torch with {r['machine']['torch_threads']} threads, ONNX Runtime "

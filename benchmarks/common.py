@@ -397,17 +397,30 @@ class TimedCropper:
     """The server's FaceCropper with the server's MTCNN detector (wiring.mtcnn_detector), its
     crop_arrays split in two timed stages at the moment the detector returns (TimedCrops)."""
 
-    def __init__(self):
+    def __init__(self, detector: str = "torch"):
+        """detector: "torch" (facenet-pytorch's MTCNN) or "onnx" (faces/onnx_mtcnn.py over ONNX
+        Runtime in this process, the nets from the model repository: what the server runs)."""
+        self._kind = detector
         self._detectors: dict[int, _ClockedDetector] = {}
         # crop_arrays runs in the caller's thread and uses no pool; the cropper still wants them.
         self._idle = ThreadPoolExecutor(1)
         self.cropper = FaceCropper(self._idle, self._idle, self._detector_for, NO_LIMITS)
 
     def _detector_for(self, min_face_size: int) -> _ClockedDetector:
-        from revsearch_server.wiring import mtcnn_detector  # torch loads only for the face benchmarks
+        if self._kind == "onnx":
+            from revsearch_server.faces.detector import DetectorSettings
+            from revsearch_server.faces.net_runners import LocalNets
+            from revsearch_server.faces.onnx_mtcnn import OnnxMtcnnDetector
+            from revsearch_server.models import detector_nets
 
+            inner = OnnxMtcnnDetector(LocalNets(detector_nets(ROOT / "model_repository")),
+                                      DetectorSettings(min_face_size=min_face_size, min_confidence=0.0))
+        else:
+            from revsearch_server.wiring import mtcnn_detector  # torch loads only for the face benchmarks
+
+            inner = mtcnn_detector(min_face_size)
         # The cropper asks once per minimum face size and keeps what it gets.
-        detector = self._detectors[min_face_size] = _ClockedDetector(mtcnn_detector(min_face_size))
+        detector = self._detectors[min_face_size] = _ClockedDetector(inner)
         return detector
 
     def crop(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions, all_faces: bool = False,

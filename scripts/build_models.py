@@ -336,8 +336,13 @@ def build_int8(out_dir: Path, weights_path: Path | None, allow_untrained: bool) 
     sys.path.insert(0, str(Path(__file__).parent))
     from quantize_int8 import INT8_OF, CalibrationDataMissing, build
 
-    if not (out_dir.parent / INT8_OF[out_dir.name] / "build_info.json").is_file():
+    fp32_info = out_dir.parent / INT8_OF[out_dir.name] / "build_info.json"
+    if not fp32_info.is_file():
         raise SkipOptional(f"{out_dir.name}: skipped ({INT8_OF[out_dir.name]} is not built)")
+    if not allow_untrained and not json.loads(fp32_info.read_text())["trained"]:
+        # A plain run (make models) makes no untrained model, also not from an untrained build left in place.
+        raise SkipOptional(f"{out_dir.name}: skipped ({INT8_OF[out_dir.name]} is UNTRAINED; --allow-untrained "
+                           f"quantizes it for tests)")
     try:
         return build(out_dir)
     except CalibrationDataMissing as exc:

@@ -107,12 +107,13 @@ def cmd_search(client: SearchClient, args) -> int:
     if client.describe_collection(args.collection).media_type == pb.MEDIA_TYPE_VIDEO:
         videos = client.search_videos(args.collection, image=query, top_k=args.top_k)
         return show_video_hits(args, args.image, videos, query_image=query)
-    resp = client.search(args.collection, image=query, top_k=args.top_k)
+    resp = client.search(args.collection, image=query, top_k=args.top_k,
+                         copy_detection=False if args.no_copy_detection else None)
     backend = name_of(INFERENCE_BACKENDS, resp.inference_backend)
     if not resp.model_trained:
         warn_untrained(resp.model)
-    hits = [{"rank": h.rank, "score": h.score, "id": h.id, "uri": h.uri, "metadata": struct_to_dict(h.metadata)}
-            for h in resp.hits]
+    hits = [{"rank": h.rank, "score": h.score, "id": h.id, "uri": h.uri, "metadata": struct_to_dict(h.metadata),
+             "matched_keypoints": h.matched_keypoints} for h in resp.hits]
     if args.json:
         print(json.dumps({"query": args.image, "collection": args.collection, "model": resp.model,
                           "model_trained": resp.model_trained, "inference_backend": backend, "hits": hits},
@@ -572,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--top-k", type=int, default=20)
     search.add_argument("--json", action="store_true", help="print machine-readable hits")
     search.add_argument("--out", help="write a PNG contact sheet of the query and its hits")
+    search.add_argument("--no-copy-detection", action="store_true",
+                        help="rank by the global vector only (copy-detection collections re-rank edited copies "
+                             "of an image by local features by default)")
     search.set_defaults(func=cmd_search)
 
     index_videos = sub.add_parser("index-videos", help="index video files or folders into a video collection")

@@ -87,3 +87,14 @@ def test_delete_removes_the_crop_vectors(indexed):
     assert client.delete("copies", [ids[photo]]).deleted_ids == [ids[photo]]
     resp = client.search("copies", image=edited_bytes(photo.read_bytes(), "crop50"), top_k=50)
     assert ids[photo] not in [h.id for h in resp.hits]
+
+
+def test_exact_knn_collections_have_copy_detection_too(indexed):
+    client, _, ids = indexed
+    photos = list(ids)[:8]
+    created = client.create_collection("copies_knn", model="efficientnet_lite0", index_backend="exact_knn")
+    assert created.collection.copy_detection
+    knn_ids = [r.id for r in client.index_images("copies_knn", (ImageInput.from_path(p) for p in photos))]
+    resp = client.search("copies_knn", image=edited_bytes(photos[2].read_bytes(), "rotate"), top_k=3)
+    assert resp.hits[0].id == knn_ids[2] and resp.hits[0].matched_keypoints >= 20
+    client.drop_collection("copies_knn")

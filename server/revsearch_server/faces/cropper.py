@@ -24,7 +24,8 @@ from ..observability import Metrics, or_null
 
 
 class FaceDetector(Protocol):
-    """Finds faces: boxes, confidences and five landmarks (faces/detector.py: MTCNN)."""
+    """Finds faces: boxes, confidences and five landmarks (MTCNN: faces/onnx_mtcnn.py, or
+    facenet-pytorch's in faces/detector.py)."""
 
     def detect(self, images: list[np.ndarray]) -> list[list | None]:
         """RGB uint8 HxWx3 arrays -> per image its DetectedFace list (most confident first), or None

@@ -308,10 +308,14 @@ class ImageSearch:
                 elif h.score > best[h.id].score:
                     best[h.id] = replace(best[h.id], score=h.score)
             merged[n] = sorted(best.values(), key=lambda h: -h.score)
-        wanted = sorted({h.id for n in rows for h in merged[n][:CANDIDATES]})
-        stored = {i: r.local_features for i, r in (await c.index.get(wanted)).items() if r.local_features}
+        wanted = sorted({h.id for n in rows for h in merged[n][:CANDIDATES]} | {h.id for v in views for h in v})
+        records = await c.index.get(wanted)
+        stored = {i: r.local_features for i, r in records.items() if r.local_features}
         out = [h[:k] for h in hits]
         for n in rows:
+            # An item whose crop vectors are written but whose row is not (yet, or any more) is left out.
+            main = {h.id for h in hits[n]}
+            merged[n] = [h for h in merged[n] if h.id in main or h.id in records]
             candidates = merged[n][:CANDIDATES]
             reranked = await self._copies.rerank(local[order[n]], candidates, stored)
             out[n] = (reranked + merged[n][CANDIDATES:])[:k]
