@@ -84,11 +84,16 @@ class ManagedTriton:
                f"--grpc-port={port}", "--grpc-address=127.0.0.1", "--allow-http=false", "--allow-metrics=false",
                "--model-control-mode=explicit", *[f"--load-model={m}" for m in self.models],
                "--disable-auto-complete-config", "--backend-config=python,shm-default-byte-size=16777216",
+               # Our own shared-memory names, so the regions of a killed Triton can be removed
+               # (it must be a flag of its own: a comma-joined one is ignored).
+               f"--backend-config=python,shm-region-prefix-name={self._shm_prefix()}",
                "--log-verbose=0"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
+            # Its own process group: the Python-backend stubs it starts go with it when it is killed
+            # (a stub mid-request outlived a killed Triton for minutes, holding its model's memory).
             self.process = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, process_group=0)
         log.info("started managed Triton (pid %d) on 127.0.0.1:%d; log: %s", self.process.pid, port, self.log_path)
         return f"127.0.0.1:{port}"
 
@@ -102,6 +107,7 @@ class ManagedTriton:
             return False
         code = self.process.returncode
         self._restarted_at = time.monotonic()
+        self._kill_leftovers()
         if self._backend_dir:
             shutil.rmtree(self._backend_dir, ignore_errors=True)
             self._backend_dir = None
@@ -109,6 +115,20 @@ class ManagedTriton:
         log.error("managed Triton exited (code %s); starting it again (restart %d)", code, self.restarts)
         self.start()
         return True
+
+    def _shm_prefix(self) -> str:
+        return f"revsearch_triton_{os.getpid()}_{self.restarts}_"
+
+    def _kill_leftovers(self) -> None:
+        """Kills what a dead Triton left (its stubs, in its process group) and frees its shared memory."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for region in Path("/dev/shm").glob(f"{self._shm_prefix()}*"):
+            region.unlink(missing_ok=True)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -120,6 +140,7 @@ class ManagedTriton:
                 log.warning("managed Triton did not stop in %.0fs; killing it", timeout_s)
                 self.process.kill()
                 self.process.wait()
+        self._kill_leftovers()
         if self._backend_dir:
             shutil.rmtree(self._backend_dir, ignore_errors=True)
             self._backend_dir = None

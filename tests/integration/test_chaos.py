@@ -694,7 +694,10 @@ def test_milvus_killed_under_load_gives_unavailable_and_the_server_comes_back_by
     assert set(codes) <= {"OK", "UNAVAILABLE"} and codes["UNAVAILABLE"] >= 20
     # The calls that found the store gone waited for it, bounded: a search ~2x the deadline
     # (pymilvus retries until then), an index call its write and then the clean-up of that write.
-    assert all(c.code == "UNAVAILABLE" and c.seconds < 2 * (2 * MILVUS_DEADLINE_S + 1.0) for c in k["finding"])
+    # (A call answered just before the kill took effect may still be OK.)
+    assert all(c.code in ("OK", "UNAVAILABLE") and c.seconds < 2 * (2 * MILVUS_DEADLINE_S + 1.0)
+               for c in k["finding"])
+    assert any(c.code == "UNAVAILABLE" for c in k["finding"])
     assert NOT_SERVING in [s for t, s in k["seen"] if k["killed"] < t < k["restarting"]]
     # Back by itself (no restart) within 15 s of Milvus serving reads again; health says so.
     assert k["recovered"] - k["milvus_serves"] <= 15.0

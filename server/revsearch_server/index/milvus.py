@@ -6,8 +6,11 @@ Searches use a configurable consistency level (Session by default: this process 
 acknowledged writes without paying for Strong consistency's wait on every search).
 
 Failing fast: once a call finds the store unreachable, later calls fail at once with
-Unavailable instead of each waiting out its deadline, except one probe call every
-PROBE_EVERY_S; the first call (or health check) that gets through closes the circuit again.
+Unavailable instead of each waiting out its deadline, and health says NOT_SERVING. A background
+probe tries the store every PROBE_EVERY_S, through the read path (a query of the collection the
+failed call used, not only a cheap list: a restarted Milvus server lists collections seconds
+before it serves reads), and closes the circuit when it answers. Measured by
+benchmarks/bench_chaos.py: calls failed in 7 ms at p99 while Milvus was down.
 
 Stored-row layouts (a collection records its layout in its settings, catalog.py):
   1  (releases up to 0.1.0) one JSON column `face_box` carried {"box": [x0, y0, x1, y1, conf],
@@ -28,7 +31,6 @@ import logging
 import math
 import re
 import threading
-import time
 from dataclasses import asdict
 from concurrent.futures import Executor
 
@@ -88,7 +90,8 @@ class MilvusStore:
         self._pool = pool  # pymilvus is synchronous; its calls run here (sized in pools.py)
         # The circuit: why the store is taken to be down (None: up), and when a call last tried it.
         self._down: str | None = None
-        self._last_try = 0.0
+        self._probe_collection: str | None = None
+        self._probe_task: asyncio.Task | None = None
 
     @property
     def is_lite(self) -> bool:
@@ -112,26 +115,60 @@ class MilvusStore:
     async def call(self, method: str, *args, **kwargs):
         """Runs client.<method> in the pool with the deadline; maps failures to Unavailable."""
         kwargs["timeout"] = call_timeout(kwargs.get("timeout", self._timeout_s))
-        now = time.monotonic()
-        if self._down is not None and now - self._last_try < PROBE_EVERY_S:
+        if self._down is not None:
+            self._ensure_probe()
             raise Unavailable(f"vector store {self.describe()} is unreachable ({self._down}); failing at once "
                               "until it answers again (retry shortly)")
-        self._last_try = now
 
         def run():
             return getattr(self._connect(), method)(*args, **kwargs)
 
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._pool, run)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, run)
         except Exception as exc:  # pymilvus raises many types; all but one mean the store failed us
             if _MISSING_COLLECTION.search(str(exc)):  # dropped by another server process meanwhile
                 raise NotFound(f"collection {args[0].removeprefix(PREFIX)!r} does not exist (dropped)") from exc
             if self._down is None:
                 log.warning("milvus %s failed: %s", method, exc)
-            self._down = _short(exc)
+            self._mark_down(_short(exc), args[0] if args and isinstance(args[0], str) else None)
             raise Unavailable(f"vector store {self.describe()} failed during {method}: {_short(exc)}") from exc
-        self._up()
-        return result
+
+    def _mark_down(self, reason: str, collection: str | None = None) -> None:
+        self._down = reason
+        if collection and collection.startswith(PREFIX):
+            self._probe_collection = collection
+        self._ensure_probe()
+
+    def _ensure_probe(self) -> None:
+        if self._probe_task is None or self._probe_task.done():
+            self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        while self._down is not None:
+            await asyncio.sleep(PROBE_EVERY_S)
+            if await self._probe_once():
+                self._up()
+
+    async def _probe_once(self) -> bool:
+        timeout = call_timeout(min(self._timeout_s, PROBE_EVERY_S))
+        collection = self._probe_collection
+
+        def run() -> bool:
+            client = self._connect()
+            client.list_collections(timeout=timeout)
+            if collection:
+                try:
+                    client.query(collection, filter='id == ""', limit=1, output_fields=["id"],
+                                 consistency_level=self.consistency, timeout=timeout)
+                except Exception as exc:
+                    if not _MISSING_COLLECTION.search(str(exc)):  # a dropped collection is no sign of trouble
+                        raise
+            return True
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+        except Exception:
+            return False
 
     def _up(self) -> None:
         if self._down is not None:
@@ -142,16 +179,20 @@ class MilvusStore:
         await self.call("list_collections")
 
     async def ping(self, timeout_s: float) -> bool:
-        """Whether Milvus answers a cheap call within timeout_s (the health check; logs nothing)."""
+        """Whether Milvus answers a cheap call within timeout_s (the health check; logs nothing).
+        While the circuit is open, False until the background probe has seen reads served."""
+        if self._down is not None:
+            self._ensure_probe()
+            return False
+
         def run():
             return self._connect().list_collections(timeout=call_timeout(timeout_s))
 
         try:
             await asyncio.get_running_loop().run_in_executor(self._pool, run)
         except Exception as exc:
-            self._down = self._down or _short(exc)
+            self._mark_down(_short(exc))
             return False
-        self._up()
         return True
 
     async def create(self, name: str, dimension: int, description: str, layout: int = CURRENT_LAYOUT) -> bool:
@@ -199,6 +240,8 @@ class MilvusStore:
         return MilvusIndex(self, milvus_name(name), dimension, layout)
 
     async def close(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
         if self._client is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, self._client.close)
 

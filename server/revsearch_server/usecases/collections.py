@@ -50,8 +50,10 @@ class ManageCollections:
         if media_type is MediaType.IMAGE and video_sampling is not None:
             raise InvalidArgument("video_sampling applies only to video collections (media type video)")
         sampling = (video_sampling or SamplingOptions()).validate(self._video_limits)
-        # Copy detection (copies.py) for whole images of general-image models.
-        copies = media_type is MediaType.IMAGE and crop_mode is CropMode.NONE and not spec.needs_face_crop
+        # Copy detection (copies.py) for whole images of trained general-image models (an UNTRAINED
+        # model's vectors mean nothing: its tests would pay five embeddings per image for nothing).
+        copies = (media_type is MediaType.IMAGE and crop_mode is CropMode.NONE and not spec.needs_face_crop
+                  and spec.trained)
         return await self._collections.create(name, spec, crop_mode, index_kind, description, exist_ok, options,
                                               media_type, sampling, len(VIEWS) if copies else 0)
 

@@ -23,7 +23,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -193,11 +193,19 @@ class VideoSearch:
         index, model, sha256, path = c.index, c.model, spooled.sha256, spooled.path
         options = upload.sampling.over(c.spec.video_sampling, self.limits)
         known = await index.ids_for_sha256([sha256])
+        means = await self._collections.means(c)
         if sha256 in known:
-            # The answer still describes the clip (duration, size): a probe reads only its header.
-            info = await asyncio.get_running_loop().run_in_executor(
-                self._pool, lambda: probe(path, self.limits, name=upload.uri or sha256))
-            return VideoOutcome(item_of(known[sha256]), upload.uri, ItemStatus.DUPLICATE, sha256, info)
+            stored_id = item_of(known[sha256])
+            if await means.existing_ids([stored_id]):
+                # The answer still describes the clip (duration, size): a probe reads only its header.
+                info = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, lambda: probe(path, self.limits, name=upload.uri or sha256))
+                return VideoOutcome(stored_id, upload.uri, ItemStatus.DUPLICATE, sha256, info)
+            # Rows without their mean vector: a crash came between the two writes (found by the
+            # chaos benchmark). The clip was never acknowledged; remove the rows and index it afresh.
+            await self._remove_rows(index, stored_id)
+            log.warning("video %s had rows but no mean vector (an interrupted write); indexing it again", stored_id)
+            upload = replace(upload, id=stored_id)
         video_id = upload.id or default_id(sha256)
         if await index.existing_ids([row_id(video_id, 0)]):
             raise AlreadyExists(f"id {video_id!r} is already used for a different video in {c.name!r}")
@@ -227,12 +235,18 @@ class VideoSearch:
         rows = [Record(id=row_id(video_id, k), vector=vectors[k], face_box=x.box, face_count=len(flat),
                        timestamp_s=f.timestamp_s, **common) for k, (f, x) in enumerate(flat)]
         with self._metrics.stage("index"):
-            await _store(index, await self._collections.means(c), rows,
+            await _store(index, means, rows,
                          Record(id=video_id, vector=mean, face_count=len(firsts), **common))
         log.debug("video %s: sample %.3fs, crop %.3fs, embed %.3fs, store %.3fs", video_id, sampled - started,
                   cropped - sampled, embedded - cropped, time.perf_counter() - embedded)
         return VideoOutcome(video_id, upload.uri, ItemStatus.INDEXED, sha256, info, results,
                             vector_count=len(rows) + 1)
+
+    @staticmethod
+    async def _remove_rows(index: VectorIndex, video_id: str) -> None:
+        first = (await index.get([row_id(video_id, 0)])).get(row_id(video_id, 0))
+        count = first.face_count if first is not None and first.face_count else 1
+        await index.delete([row_id(video_id, k) for k in range(count)])
 
     # -- search ------------------------------------------------------------------------------
     async def search(self, query: VideoQuery, body: UploadBody) -> VideoSearchResult:
