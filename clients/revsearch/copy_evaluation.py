@@ -206,7 +206,8 @@ def markdown_table(report: dict) -> str:
             f"{m['global_only'][edit]['p_at_1']:.3f} | {m['global_only'][edit]['map']:.3f}" for m in models) + " |")
     rows.append("| other view (frame +5 of a clip) | " + " | ".join(
         f"{m['other_views']['p_at_1']:.3f} | {m['other_views']['map']:.3f}" for m in models) + " |")
-    rows.append("| index images/s | " + " | ".join(f"{m['index_images_per_s'] or 0:.1f} | " for m in models) + " |")
+    rows.append("| index images/s | " + " | ".join(
+        (f"{m['index_images_per_s']:.1f} | " if m["index_images_per_s"] else "(reused) | ") for m in models) + " |")
     rows.append("| query p50 / p95 ms | " + " | ".join(
         f"{m['latency_ms']['p50']:.0f} / {m['latency_ms']['p95']:.0f} | " for m in models) + " |")
     return "\n".join(rows) + "\n"

@@ -89,11 +89,11 @@ class CollectionSpec:
                     "image searches re-rank by local features unless the request sets copy_detection false")
         if self.is_video or self.crops_faces:
             return "off: copy detection is for whole-image collections of images"
-        if not self.model_trained:
-            return "off: the model is UNTRAINED (copy detection is for trained general-image models)"
         if self.layout < CURRENT_LAYOUT:
             return ("off: created before copy detection, its items have no local features or crop vectors "
                     "(searches use the global vector; re-index into a new collection to get them)")
+        if not self.model_trained:
+            return "off: the model is UNTRAINED (copy detection is for trained general-image models)"
         return "off"
 
     @property

@@ -39,7 +39,7 @@ from .imaging import ImageLimits
 from .index.base import VectorStore
 from .index.coalescer import SearchCoalescer
 from .index.exact_knn import ExactKnnIndex
-from .models import DetectorNet, ModelsUnavailable, ServedModels, detector_nets, load_models
+from .models import DetectorNet, ServedModels, detector_nets, load_models
 from .observability import Metrics
 from .pools import Pools
 from .security.auth import Authenticator
