@@ -74,7 +74,10 @@ class Servers:
         self._dirs = [tempfile.TemporaryDirectory(prefix="bench-") for _ in range(2)]
         self.procs = {}
         self.addresses = {}
-        for label, extra, d in (("b", [], self._dirs[0]), ("c", ["--triton-url", "off"], self._dirs[1])):
+        # EmbedImage names no model: the server's default must be the ResNet50 that (a) runs (the
+        # default is "auto", which picks efficientnet_lite0 while ResNet50 is untrained).
+        model = ["--default-model", "resnet50"]
+        for label, extra, d in (("b", model, self._dirs[0]), ("c", [*model, "--triton-url", "off"], self._dirs[1])):
             self.procs[label], self.addresses[label] = start_server(extra, d.name, allow_untrained)
 
     def close(self) -> None:
