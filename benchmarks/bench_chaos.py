@@ -211,49 +211,12 @@ def revsearch_server(data_dir: Path, port: int, *flags: str) -> Group:
     return Group("revsearch server", cmd, r"revsearch listening on", 300, f"127.0.0.1:{port}")
 
 
-# The embedded Milvus 2.3 standalone server (PyPI package `milvus`), printing "READY <port>". Its
-# port check is made to accept a port whose old connections are still in TIME_WAIT (as Milvus' own
-# listener does, SO_REUSEADDR): without it a Milvus restarted right after a kill moves to the next
-# free port, where no client would look for it. Its etcd gets a free port each start (the package
-# otherwise probes upwards from 2379 without SO_REUSEADDR and can collide with its own peer port).
-_MILVUS = """
-import signal, socket, sys, threading
-from milvus import MilvusServerConfig, default_server
-
-def try_bind_port(self, port):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(("127.0.0.1", port))
-        sock.listen()
-        return sock
-    except OSError:
-        sock.close()
-        return None
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-MilvusServerConfig.try_bind_port = try_bind_port
-default_server.set_base_dir(sys.argv[1])
-default_server.listen_port = int(sys.argv[2])
-default_server.config.set("etcd_port", free_port())
-default_server.start()
-print(f"READY {default_server.listen_port}", flush=True)
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
-while not stop.wait(1.0):
-    if default_server.server_proc is None or default_server.server_proc.poll() is not None:
-        print("DIED", flush=True)
-        sys.exit(1)
-default_server.stop()
-"""
-
-
+# The embedded Milvus 2.3 standalone server, printing "READY <port>": common.py's launcher, which
+# restarts on the same port after a kill (common._reusable_port).
 def milvus_server(base: Path, port: int) -> Group:
-    return Group("embedded Milvus server", [sys.executable, "-c", _MILVUS, str(base), str(port)], r"^READY (\d+)", 240)
+    common_py = Path(__file__).resolve().parent / "common.py"
+    launcher = [sys.executable, str(common_py), "milvus-server", str(base), str(port)]
+    return Group("embedded Milvus server", launcher, r"^READY (\d+)", 240)
 
 
 # What Milvus Lite's file holds, read after the server stopped (in a child process of its own: the

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (ServerControl, log, machine, milvus_store, now_utc, process_tree, rss_kb, start_milvus_server,
+from common import (RESULTS, ServerControl, log, machine, milvus_store, now_utc, process_tree, rss_kb, start_milvus_server,
                     stop_milvus_server, tree_rss_mb, write_results)
 from revsearch_server.domain import FaceBox, l2_normalize
 from revsearch_server.index.base import Record
@@ -650,7 +650,7 @@ def merged(name: str, new: dict) -> dict:
     start time, load averages and duration; the file's header takes the earliest start)."""
     import json
 
-    path = ROOT / "benchmarks" / "results" / f"{name}.json"
+    path = RESULTS / f"{name}.json"
     if not path.exists():
         return new
     old = json.loads(path.read_text())

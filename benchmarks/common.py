@@ -202,10 +202,28 @@ def stop_milvus_server(proc: subprocess.Popen) -> None:
             pass
 
 
+def _reusable_port(self, port: int):
+    """The embedded Milvus' port check, accepting a port whose old connections are still in
+    TIME_WAIT (as Milvus' own listener does, SO_REUSEADDR): without it a Milvus restarted right after
+    a kill moves to the next free port, where no client would look for it (bench_chaos)."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+
 def _serve_milvus(base_dir: str, port: int) -> None:
     """The child process of start_milvus_server: prints "READY <port>", stops on SIGTERM."""
-    from milvus import default_server
+    from milvus import MilvusServerConfig, default_server
 
+    MilvusServerConfig.try_bind_port = _reusable_port
     default_server.set_base_dir(base_dir)
     default_server.listen_port = port
     # Its etcd port is otherwise searched upwards from 2379 by test-binding without SO_REUSEADDR:

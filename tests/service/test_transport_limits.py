@@ -10,7 +10,6 @@ import threading
 import time
 
 import grpc
-import pytest
 
 from revsearch.v1 import search_service_pb2 as pb
 

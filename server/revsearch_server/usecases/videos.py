@@ -33,7 +33,7 @@ from ..collection_service import Collection, Collections
 from ..domain import CropMode, FaceBox, ItemStatus, MediaType, SamplingMode, VideoRanking, l2_normalize
 from ..embedding.base import BackendKind
 from ..encoder import Encoder
-from ..errors import AlreadyExists, InvalidArgument, ResourceExhausted, RevsearchError
+from ..errors import AlreadyExists, ResourceExhausted, RevsearchError
 from ..faces.cropper import NoFace
 from ..index.base import Hit, Record, VectorIndex, insert_or_undo
 from ..models import ModelSpec
