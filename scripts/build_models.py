@@ -557,6 +557,17 @@ def _int8_stale(repository: Path, info: dict) -> str:
     return stale(repository, info)
 
 
+def _detector_stale(info: dict) -> str:
+    """Why a detector net's build is out of date (its graph predates the exporter's), or ""."""
+    if info.get("kind") != "detector":
+        return ""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from mtcnn_to_onnx import GRAPH_VERSION
+
+    built = info.get("graph", 1)
+    return f"graph version {built}, exporter {GRAPH_VERSION}" if built != GRAPH_VERSION else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
@@ -580,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
             built = all((out_dir / "1" / f).exists() for f in ("model.onnx", "model.py"))
             # An optional model not asked for is kept only when trained (an untrained one is never
             # made by a plain run; the build below then skips or replaces it).
-            outdated = _int8_stale(args.repository, info)  # an INT8 model whose fp32 model changed
+            # An INT8 model whose fp32 model changed; a detector net exported before a graph change.
+            outdated = _int8_stale(args.repository, info) or _detector_stale(info)
             if built and (info["trained"] or (args.allow_untrained and required)) and not outdated:
                 print(f"{name}: already built ({'trained' if info['trained'] else 'UNTRAINED'}); --force rebuilds")
                 continue

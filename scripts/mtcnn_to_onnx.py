@@ -29,6 +29,9 @@ NETS = {
     "mtcnn_rnet": ("RNet", "rnet.pt", 24, ["reg", "prob"]),
     "mtcnn_onet": ("ONet", "onet.pt", 48, ["reg", "landmarks", "prob"]),
 }
+# Nets whose PRelu layers are rewritten after export (_rewrite_prelu: bit-identical, faster).
+PRELU_REWRITE = {"mtcnn_pnet", "mtcnn_rnet"}
+GRAPH_VERSION = 2  # build records of an older graph are rebuilt (scripts/build_models.py)
 MAX_ABS_DIFF = 1e-4  # the check's limit (softmax probabilities and regression offsets are O(1))
 # Input sizes the check runs P-Net at: odd and even sides (ceil-mode pooling), small and large.
 PNET_CHECK_SIZES = [(12, 12), (13, 17), (151, 151), (73, 130), (325, 577)]
@@ -88,6 +91,9 @@ def export(name: str, onnx_path: Path) -> dict:
         torch.onnx.export(net, (example,), str(onnx_path), input_names=["images"], output_names=outputs,
                           dynamic_axes=axes, opset_version=17, dynamo=False)
 
+    rewritten = name in PRELU_REWRITE
+    if rewritten:
+        _rewrite_prelu(onnx_path, name)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for batch in _check_inputs(name, np.random.default_rng(0)):
@@ -107,7 +113,57 @@ def export(name: str, onnx_path: Path) -> dict:
             "input_name": "images", "input_size": side or 0, "output_names": outputs, "trained": True,
             "weights_source": f"facenet-pytorch {version} {weights_file.name}",
             "weights_sha256": _sha256(weights_file), "onnx_sha256": _sha256(onnx_path),
-            "max_abs_diff": worst}
+            "max_abs_diff": worst, "graph": GRAPH_VERSION, "prelu_rewritten": rewritten}
+
+
+def _rewrite_prelu(onnx_path: Path, name: str) -> None:
+    """Replaces every PRelu(x, a) by Relu(x) + Relu(-x) * (-a), in place, and checks on the check
+    inputs that the rewritten graph gives the exported one's outputs bit for bit (refuses to build
+    otherwise). It is the same function in the same float32 arithmetic: for x < 0, Relu(-x) is -x
+    exactly and (-x) * (-a) is a * x exactly; for x >= 0 the second term is zero. ONNX Runtime
+    runs PRelu through a generic broadcast kernel between layout reorders (36-50% of these nets'
+    time in its profile); the rewrite runs R-Net 1.5x as fast (9.0 -> 5.9 ms for 128 crops) and
+    P-Net 1.15x (10.8 -> 9.4 ms for 8 images at 151 px). O-Net is left as exported: no gain there
+    (47.1 vs 48.9 ms for 128 crops)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    original = model.SerializeToString()
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "PRelu":
+            nodes.append(node)
+            continue
+        x, slope, y = node.input[0], node.input[1], node.output[0]
+        stem = node.name.strip("/").replace("/", "_") or y
+        negated = f"{stem}_negated_slope"
+        graph.initializer.append(numpy_helper.from_array(-numpy_helper.to_array(inits[slope]), negated))
+        nodes += [helper.make_node("Relu", [x], [f"{stem}_pos"], name=f"{stem}_relu"),
+                  helper.make_node("Neg", [x], [f"{stem}_neg_x"], name=f"{stem}_neg"),
+                  helper.make_node("Relu", [f"{stem}_neg_x"], [f"{stem}_neg_part"], name=f"{stem}_relu_neg"),
+                  helper.make_node("Mul", [f"{stem}_neg_part", negated], [f"{stem}_scaled"], name=f"{stem}_mul"),
+                  helper.make_node("Add", [f"{stem}_pos", f"{stem}_scaled"], [y], name=f"{stem}_add")]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.checker.check_model(model)
+    before = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in before.get_outputs()]
+    for batch in _check_inputs(name, np.random.default_rng(1)):
+        for a, b in zip(before.run(outputs, {"images": batch}), after.run(outputs, {"images": batch})):
+            if not np.array_equal(a, b):
+                raise SystemExit(f"{onnx_path}: the PRelu rewrite changed the outputs (max abs diff "
+                                 f"{float(np.abs(a - b).max()):.2e}); refusing to build")
+    onnx.save(model, str(onnx_path))
 
 
 def build(out_dir: Path) -> dict:

@@ -64,6 +64,7 @@ class Settings:
     max_video_height: int = 2160
     max_video_frames: int = 64
     video_frame_max_side: int = 640
+    face_image_max_side: int = 1600
     # Backpressure: images decoded/embedded at once across all calls. Unary calls over the limit
     # get RESOURCE_EXHAUSTED with a retry-after-ms hint; streams wait up to admission_wait_s.
     max_inflight_images: int = 256
@@ -186,6 +187,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-video-frames", type=int, default=_env("max_video_frames", d.max_video_frames))
     a("--video-frame-max-side", type=int, default=_env("video_frame_max_side", d.video_frame_max_side),
       help="sampled video frames are shrunk to this long side (pixels) before face detection and embedding")
+    a("--face-image-max-side", type=int, default=_env("face_image_max_side", d.face_image_max_side),
+      help="face collections: JPEGs at least twice this long side (pixels) are decoded at 1/2, 1/4 or 1/8 size by "
+           "the JPEG decoder (the smallest that keeps this long side) and their faces found at that size (so a "
+           "face must be min_face_size pixels there); boxes are reported in the sent image's pixels; 0: full size")
     a("--max-inflight-images", type=int, default=_env("max_inflight_images", d.max_inflight_images),
       help="images decoded and embedded at once over all calls (a video: its frames); unary calls beyond it get "
            "RESOURCE_EXHAUSTED with a retry-after-ms trailing metadata hint, streams wait for room")

@@ -184,6 +184,25 @@ def test_the_build_records_the_nets_as_detector_nets_not_embedding_models(nets):
     assert [nets[n].output_names for n in NET_NAMES] == [("reg", "prob"), ("reg", "prob"), ("reg", "landmarks", "prob")]
 
 
+def test_pnet_and_rnet_are_built_with_their_prelu_layers_rewritten_and_onet_as_exported(nets):
+    import onnx
+
+    for name, rewritten in (("mtcnn_pnet", True), ("mtcnn_rnet", True), ("mtcnn_onet", False)):
+        info = json.loads((REPOSITORY / name / "build_info.json").read_text())
+        ops = {n.op_type for n in onnx.load(str(nets[name].onnx_path)).graph.node}
+        assert info["prelu_rewritten"] is rewritten and ("PRelu" in ops) is not rewritten, name
+
+
+def test_a_detector_net_built_before_the_graph_change_is_rebuilt():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from build_models import _detector_stale
+    from mtcnn_to_onnx import GRAPH_VERSION
+
+    assert _detector_stale({"kind": "detector"})  # a record without a graph version: the first graph
+    assert _detector_stale({"kind": "detector", "graph": GRAPH_VERSION}) == ""
+    assert _detector_stale({"kind": "embedding"}) == ""
+
+
 def test_a_failing_triton_falls_back_to_the_local_nets_and_is_left_alone_for_a_while(nets):
     calls = []
 

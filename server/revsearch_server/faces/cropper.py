@@ -18,7 +18,7 @@ import numpy as np
 
 from ..domain import FaceBox, FaceOptions
 from ..errors import InvalidArgument, RevsearchError
-from ..imaging import ImageLimits, decode_image
+from ..imaging import ImageLimits, Reduced, decode_reduced
 from ..models import ModelSpec
 from ..observability import Metrics, or_null
 
@@ -44,8 +44,11 @@ class FaceCrop:
 
 class FaceCropper:
     def __init__(self, decode_pool: Executor, worker: Executor, detector_for: Callable[[int], FaceDetector],
-                 limits: ImageLimits, metrics: Metrics | None = None):
-        """worker: where detection runs (one thread); detector_for(min_face_size) makes a detector."""
+                 limits: ImageLimits, metrics: Metrics | None = None, max_side: int = 0):
+        """worker: where detection runs (one thread); detector_for(min_face_size) makes a detector.
+        max_side: JPEGs at least twice as large on their long side are decoded at 1/2, 1/4 or 1/8
+        (imaging.decode_reduced), detected and cropped at that size; 0 decodes at full size."""
+        self._max_side = max_side
         self._decode_pool = decode_pool
         self._metrics = or_null(metrics)
         self._limits = limits
@@ -69,18 +72,19 @@ class FaceCropper:
 
         async def decode(data: bytes):
             try:
-                # Full resolution: boxes are reported in the original image's pixels.
-                img = await loop.run_in_executor(self._decode_pool, decode_image, data, self._limits)
-                return np.asarray(img, dtype=np.uint8)
+                return await loop.run_in_executor(self._decode_pool, decode_reduced, data, self._limits,
+                                                  self._max_side)
             except RevsearchError as exc:
                 return exc
 
         with self._metrics.stage("decode"):
             decoded = await asyncio.gather(*(decode(d) for d in images))
-        arrays = [d for d in decoded if isinstance(d, np.ndarray)]
+        done = [d for d in decoded if isinstance(d, Reduced)]
+        arrays = [np.asarray(d.image, dtype=np.uint8) for d in done]
         with self._metrics.stage("detect"):  # detection, then the crops (or aligned chips) of the faces
-            crops = iter(await loop.run_in_executor(self._worker, self.crop_arrays, arrays, model, options,
-                                                    all_faces))
+            found = await loop.run_in_executor(self._worker, self.crop_arrays, arrays, model, options, all_faces)
+        # Boxes in the pixels of the image the user sent, whatever size it was decoded at.
+        crops = iter(_in_original_pixels(c, d) for c, d in zip(found, done))
         return [d if isinstance(d, RevsearchError) else next(crops) for d in decoded]
 
     def crop_arrays(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions, all_faces: bool = False,
@@ -141,3 +145,13 @@ class FaceCropper:
         return [None if fs is None else [scaled(f, 1.0 / k) for f in fs if f.confidence >= options.min_confidence]
                 for fs, k in zip(faces, factors)]
 
+
+def _in_original_pixels(crops: list[FaceCrop] | RevsearchError, decoded: Reduced) -> list[FaceCrop] | RevsearchError:
+    """Crops of an image decoded at reduced size with their boxes scaled to the original's pixels."""
+    if isinstance(crops, RevsearchError) or not decoded.reduced:
+        return crops
+    sx, sy = decoded.scale_x, decoded.scale_y
+    return [c if c.box is None else
+            FaceCrop(c.pixels, FaceBox(c.box.x_min * sx, c.box.y_min * sy, c.box.x_max * sx, c.box.y_max * sy,
+                                       c.box.confidence))
+            for c in crops]

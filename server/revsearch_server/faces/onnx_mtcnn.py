@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 PNET, RNET, ONET = "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"
 NET_NAMES = (PNET, RNET, ONET)
 FACTOR = 0.709  # facenet-pytorch's pyramid factor
+NMS_MATRIX_MAX = 2048  # boxes up to which _nms compares all pairs at once (a 16 MB matrix)
 # run(net name, float32 NCHW batch) -> the net's outputs (P-Net: reg, prob; R-Net: reg, prob;
 # O-Net: reg, landmarks, prob), blocking.
 NetRun = Callable[[str, np.ndarray], list[np.ndarray]]
@@ -165,7 +166,10 @@ class OnnxMtcnnDetector:
                 per_call = max(1, min(self._pnet_max_batch, self._pnet_max_pixels // (hs * ws)))
                 for start in range(0, len(members), per_call):
                     chunk = members[start:start + per_call]
-                    data = np.stack([self._resize(images[i], integrals[i], 0, 0, h, w, hs, ws) for i in chunk])
+                    if self._resample == "exact":  # the images of the chunk pooled together
+                        data = _area_pool(np.stack([integrals[i] for i in chunk]), 0, 0, h, w, hs, ws)
+                    else:
+                        data = np.stack([self._resize(images[i], None, 0, 0, h, w, hs, ws) for i in chunk])
                     reg, prob = self._run(PNET, _normalise(data))[:2]
                     for j, i in enumerate(chunk):
                         b = _generate_boxes(reg[j], prob[j, 1], scale, threshold)
@@ -184,15 +188,15 @@ class OnnxMtcnnDetector:
             counts.append(int(ok.sum()))
             y, ey, x, ex = y[ok], ey[ok], x[ok], ex[ok]
             if ii is not None:  # every box of the image at once
-                crops.extend(_area_pool_boxes(ii, y - 1, x - 1, ey - y + 1, ex - x + 1, side))
-            else:
-                crops.extend(self._resize(img, None, yk - 1, xk - 1, eyk - yk + 1, exk - xk + 1, side, side)
-                             for yk, eyk, xk, exk in zip(y, ey, x, ex))
+                crops.append(_area_pool_boxes(ii, y - 1, x - 1, ey - y + 1, ex - x + 1, side))
+            elif len(y):
+                crops.append(np.stack([self._resize(img, None, yk - 1, xk - 1, eyk - yk + 1, exk - xk + 1, side, side)
+                                       for yk, eyk, xk, exk in zip(y, ey, x, ex)]))
         widths = (4, 2) if net == RNET else (4, 10, 2)  # reg, prob / reg, landmarks, prob
         n_outputs = len(widths)
-        if not crops:
+        if not sum(counts):
             return kept, [[np.zeros((0, k), np.float32)] * len(images) for k in widths]
-        data = _normalise(np.stack(crops))
+        data = _normalise(np.concatenate(crops))
         parts = [self._run(net, data[i:i + self._max_crops])[:n_outputs] for i in range(0, len(data), self._max_crops)]
         outputs = [np.concatenate([p[k] for p in parts]) for k in range(n_outputs)]
         bounds = np.cumsum([0, *counts])
@@ -200,13 +204,13 @@ class OnnxMtcnnDetector:
 
     def _resize(self, img: np.ndarray, ii: np.ndarray | None, y0: int, x0: int, h: int, w: int,
                 out_h: int, out_w: int) -> np.ndarray:
-        """The region [y0:y0+h, x0:x0+w] of the image resized to out_h x out_w (float32 HxWx3)."""
+        """The region [y0:y0+h, x0:x0+w] of the image resized to out_h x out_w (float32 3xHxW)."""
         if ii is not None:
             return _area_pool(ii, int(y0), int(x0), int(h), int(w), out_h, out_w)
         import cv2
 
         region = np.ascontiguousarray(img[y0:y0 + h, x0:x0 + w], dtype=np.float32)
-        return cv2.resize(region, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        return cv2.resize(region, (out_w, out_h), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
 
     def _faces(self, b: np.ndarray, points: np.ndarray, width: int, height: int) -> list[DetectedFace]:
         """As MTCNN.detect(select_largest=True) and faces/detector.py's MtcnnDetector report them."""
@@ -238,12 +242,15 @@ def _scales(h: int, w: int, min_face_size: int) -> list[float]:
 
 
 def _integral(img: np.ndarray) -> np.ndarray:
-    """[H+1, W+1, 3] float64 sums of the pixels above and left: exact for uint8 images."""
+    """[3, H+1, W+1] sums of the pixels above and left, channel first (the crops are pooled per
+    channel, straight into the nets' NCHW). int32 where no sum can overflow it (images up to
+    8.4 Mpx), float64 above: exact either way for uint8 pixels. OpenCV's integral is 20x numpy's
+    two cumsums (0.10 vs 1.97 ms for a 250x250 image, 21 vs 564 ms at 3000x2000)."""
+    import cv2
+
     h, w = img.shape[:2]
-    ii = np.zeros((h + 1, w + 1, 3), np.float64)
-    np.cumsum(img, axis=0, dtype=np.float64, out=ii[1:, 1:])
-    np.cumsum(ii[1:, 1:], axis=1, out=ii[1:, 1:])
-    return ii
+    depth = cv2.CV_32S if h * w * 255 < 2**31 else cv2.CV_64F
+    return np.ascontiguousarray(cv2.integral(img, sdepth=depth).transpose(2, 0, 1))
 
 
 def _bins(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -253,40 +260,55 @@ def _bins(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _area_pool(ii: np.ndarray, y0: int, x0: int, h: int, w: int, out_h: int, out_w: int) -> np.ndarray:
-    """torch.nn.functional.interpolate(mode="area") of an image region, from its integral image."""
+    """torch.nn.functional.interpolate(mode="area") of an image region, from its integral image
+    [..., 3, H+1, W+1] (one image or a stack): float32 [..., 3, out_h, out_w]. Separable: the bins'
+    rows of the integral first, then their columns (0.41 ms for 250x250 -> 151x151, against
+    0.56 ms gathering four corners per output pixel)."""
     ys, ye = _bins(h, out_h)
     xs, xe = _bins(w, out_w)
-    ys, ye, xs, xe = ys + y0, ye + y0, xs + x0, xe + x0
-    total = _rect_sums(ii, ys[:, None], ye[:, None], xs[None, :], xe[None, :])
-    count = ((ye - ys)[:, None] * (xe - xs)[None, :]).astype(np.float64)
-    return (total / count[:, :, None]).astype(np.float32)
+    # np.take copies whole rows (2.7x the fancy index on that axis); columns: the fancy index wins.
+    rows = np.take(ii, ye + y0, axis=-2) - np.take(ii, ys + y0, axis=-2)
+    total = rows[..., xe + x0] - rows[..., xs + x0]
+    count = (ye - ys)[:, None] * (xe - xs)[None, :]
+    return _divide(total, count)
 
 
-def _rect_sums(ii: np.ndarray, y_lo, y_hi, x_lo, x_hi) -> np.ndarray:
-    """Pixel sums of the rectangles [y_lo, y_hi) x [x_lo, x_hi) (broadcast int arrays), [..., 3].
-    np.take on the flattened integral image: a few times faster than 2-D fancy indexing."""
-    flat, stride = ii.reshape(-1, 3), ii.shape[1]
-    at = lambda y, x: np.take(flat, y * stride + x, axis=0)  # noqa: E731
-    return at(y_hi, x_hi) - at(y_lo, x_hi) - at(y_hi, x_lo) + at(y_lo, x_lo)
+def _divide(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Pixel sums / pixel counts, rounded to float32 as torch's float32 pooling rounds them. In
+    float32 where the sums are exact in it (below 2**24: bins under 65,793 pixels); in float64 above
+    (one rounding of a float64 quotient to float32 gives the same float32: 53 >= 2 * 24 + 2 bits)."""
+    if count.size == 0 or int(count.max()) * 255 < 2**24:
+        return np.divide(total, count.astype(np.float32), dtype=np.float32)
+    return (total / count.astype(np.float64)).astype(np.float32)
 
 
 def _area_pool_boxes(ii: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: np.ndarray, w: np.ndarray,
                      side: int) -> np.ndarray:
-    """_area_pool of K regions (y0, x0, h, w: int arrays [K]) to side x side each: [K, side, side, 3]."""
+    """_area_pool of K regions (y0, x0, h, w: int arrays [K]) to side x side each: float32
+    [K, 3, side, side]. Four corner gathers per output pixel and channel from the flat channel
+    planes (10.7 ms for 570 crops at 24x24, against 13.8 ms gathering the three channels as rows)."""
     i = np.arange(side, dtype=np.int64)[None, :]
     y0, x0, h, w = (np.asarray(v, np.int64)[:, None] for v in (y0, x0, h, w))
     ys, ye = y0 + (i * h) // side, y0 - ((-(i + 1) * h) // side)
     xs, xe = x0 + (i * w) // side, x0 - ((-(i + 1) * w) // side)
-    y_lo, y_hi, x_lo, x_hi = ys[:, :, None], ye[:, :, None], xs[:, None, :], xe[:, None, :]
-    total = _rect_sums(ii, y_lo, y_hi, x_lo, x_hi)
-    count = ((y_hi - y_lo) * (x_hi - x_lo)).astype(np.float64)
-    return (total / count[..., None]).astype(np.float32)
+    stride = ii.shape[2]
+    y_lo, y_hi = (ys * stride)[:, :, None], (ye * stride)[:, :, None]
+    x_lo, x_hi = xs[:, None, :], xe[:, None, :]
+    a, b, c, d = y_hi + x_hi, y_lo + x_hi, y_hi + x_lo, y_lo + x_lo
+    count = (ye - ys)[:, :, None] * (xe - xs)[:, None, :]
+    out = np.empty((len(ys), 3, side, side), np.float32)
+    for ch, plane in enumerate(ii.reshape(3, -1)):
+        out[:, ch] = _divide((plane[a] - plane[b]) - (plane[c] - plane[d]), count)
+    return out
 
 
 def _normalise(batch: np.ndarray) -> np.ndarray:
-    """[N, H, W, 3] float32 pixels -> facenet-pytorch's input: NCHW, (x - 127.5) * 0.0078125."""
-    x = (batch.astype(np.float32, copy=False) - np.float32(127.5)) * np.float32(0.0078125)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    """[N, 3, H, W] float32 pixels -> facenet-pytorch's input, (x - 127.5) * 0.0078125, in place
+    (the float32 operations facenet-pytorch does, in its order)."""
+    x = np.ascontiguousarray(batch, dtype=np.float32)
+    np.subtract(x, np.float32(127.5), out=x)
+    np.multiply(x, np.float32(0.0078125), out=x)
+    return x
 
 
 def _generate_boxes(reg: np.ndarray, prob: np.ndarray, scale: float, threshold: float) -> np.ndarray:
@@ -306,18 +328,43 @@ def _generate_boxes(reg: np.ndarray, prob: np.ndarray, scale: float, threshold: 
 def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     """The batched NMS facenet-pytorch calls, for one image: highest score first (ties in input
     order), drop boxes of IoU > threshold with a kept one (areas without +1)."""
-    if len(boxes) == 0:
+    n = len(boxes)
+    if n == 0:
         return np.zeros(0, np.int64)
-    x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
-    areas = (x2 - x1) * (y2 - y1)
     order = np.argsort(-scores, kind="stable")
-    suppressed = np.zeros(len(boxes), bool)
+    x1, y1, x2, y2 = (boxes[order, k] for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    if n > NMS_MATRIX_MAX:
+        return order[_nms_greedy(x1, y1, x2, y2, areas, threshold)]
+    # All pairs at once (the IoU in float32, as the loop computes it), then the greedy pass as a
+    # fixed point: a box is kept when no kept box before it overlaps it. The pass is triangular,
+    # so its only fixed point is the greedy result, reached from "all kept" in a few rounds (P-Net
+    # levels of LFW images: 23 boxes on average, 207 at most; 1.8 -> 0.5 ms per image).
+    w = np.maximum(np.float32(0), np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :]))
+    h = np.maximum(np.float32(0), np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :]))
+    inter = w * h
+    iou = inter / (areas[:, None] + areas[None, :] - inter)
+    overlaps = np.triu(iou.astype(np.float64) > threshold, k=1).astype(np.float32)  # [earlier, later]
+    keep = np.ones(n, np.float32)
+    for _ in range(n):
+        new = (keep @ overlaps == 0).astype(np.float32)
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    return order[keep.astype(bool)]
+
+
+def _nms_greedy(x1, y1, x2, y2, areas, threshold: float) -> np.ndarray:
+    """The greedy loop over boxes sorted by score (for many boxes, where the pairwise matrix of
+    _nms would take too much memory): indices into the sorted boxes."""
+    n = len(x1)
+    suppressed = np.zeros(n, bool)
     keep = []
-    for n, i in enumerate(order):
+    for i in range(n):
         if suppressed[i]:
             continue
         keep.append(i)
-        rest = order[n + 1:]
+        rest = np.arange(i + 1, n)
         rest = rest[~suppressed[rest]]
         if len(rest) == 0:
             continue
