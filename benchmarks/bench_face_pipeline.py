@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -27,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (NO_LIMITS, ROOT, TimedCropper, lfw_images, local_embedder, machine, milvus_store, now_utc,
-                    start_server, stop_server, timed, write_results)
+from common import (NO_LIMITS, ROOT, TimedCropper, lfw_images, local_embedder, log, machine, milvus_store,
+                    now_utc, start_server, stop_server, timed, write_results)
 from revsearch.client import AsyncSearchClient, ImageInput
 from revsearch.v1 import search_service_pb2 as pb
 from revsearch_server.domain import FaceBox, FaceOptions
@@ -87,20 +88,22 @@ async def stage_store(vectors: np.ndarray, boxes: list[FaceBox], workdir: str) -
         return time.perf_counter() - started
 
 
-async def served(address: str, paths: list[Path], streams: int, model_name: str) -> dict:
-    """IndexImages over `streams` concurrent streams (the images split between them)."""
+async def served(address: str, paths: list[Path], streams: int, model_name: str, tag: str = "") -> dict:
+    """IndexImages over `streams` concurrent streams (the images split between them), into a new
+    collection (bench_faces{tag}); the first call to a server warms it up on 16 images first."""
     async with AsyncSearchClient(address, timeout=600) as client:
         info = await client.info()
-        await client.create_collection("bench_faces", model=model_name, crop_mode="largest")
-        await client.create_collection("bench_warmup", model=model_name, crop_mode="largest")
-        warm = [ImageInput.from_path(p) for p in paths[:16]]
-        async for _ in client.index_images("bench_warmup", warm):
-            pass
+        await client.create_collection(f"bench_faces{tag}", model=model_name, crop_mode="largest")
+        if not any(c.name == "bench_warmup" for c in await client.list_collections()):
+            await client.create_collection("bench_warmup", model=model_name, crop_mode="largest")
+            warm = [ImageInput.from_path(p) for p in paths[:16]]
+            async for _ in client.index_images("bench_warmup", warm):
+                pass
         items = [ImageInput.from_path(p) for p in paths]
         statuses: list[int] = []
 
         async def stream(part: list[ImageInput]):
-            async for r in client.index_images("bench_faces", part):
+            async for r in client.index_images(f"bench_faces{tag}", part):
                 statuses.append(r.status)
 
         started = time.perf_counter()
@@ -121,6 +124,11 @@ def main() -> int:
     parser.add_argument("--detector", choices=["onnx", "torch"], default="onnx",
                         help="detector of the stage timings (the server uses the ONNX MTCNN when it is built)")
     parser.add_argument("--name", default="face_pipeline", help="results file name (benchmarks/results/NAME.*)")
+    parser.add_argument("--baseline", default=None, metavar="DETECTOR:MODEL",
+                        help="also serve this pipeline (e.g. torch:face_dlib: facenet-pytorch's MTCNN and the fp32 "
+                             "face model, the server before issue 12) from a second server, in interleaved rounds, "
+                             "and report the served ratio measured in this run")
+    parser.add_argument("--rounds", type=int, default=1, help="served rounds (interleaved with --baseline)")
     args = parser.parse_args()
 
     model = load_models(ROOT / "model_repository", allow_untrained=True)[args.model]
@@ -140,12 +148,44 @@ def main() -> int:
     for k, v in per_image.items():
         print(f"  {k:7s} {v * 1000:7.2f} ms/image  {100 * v / total:5.1f}%", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="bench-faces-srv-") as data_dir:
-        proc, address = start_server([], data_dir, allow_untrained=True)
+    baseline = None
+    if args.baseline:
+        base_detector, base_model = args.baseline.split(":")
+        baseline = {"detector": base_detector, "model": base_model, "rounds": []}
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="bench-faces-srv-") as data_dir, \
+            tempfile.TemporaryDirectory(prefix="bench-faces-base-") as base_dir:
+        proc, address = start_server(["--face-detector", args.detector], data_dir, allow_untrained=True)
+        base_proc = None
         try:
-            e2e = asyncio.run(served(address, paths, args.streams, args.model))
+            if baseline:
+                base_proc, base_address = start_server(["--face-detector", baseline["detector"]], base_dir,
+                                                       allow_untrained=True)
+            for r in range(args.rounds):
+                # Alternate which server goes first, so neither always runs on a machine the other just left.
+                order = ["new", "base"] if r % 2 == 0 else ["base", "new"]
+                for which in order:
+                    if which == "new":
+                        rounds.append(asyncio.run(served(address, paths, args.streams, args.model, f"_{r}")))
+                        log(f"round {r + 1}: {args.detector} + {args.model} {rounds[-1]['images_per_s']:.1f} images/s")
+                    elif baseline:
+                        got = asyncio.run(served(base_address, paths, args.streams, baseline["model"], f"_{r}"))
+                        baseline["rounds"].append(got)
+                        log(f"round {r + 1}: baseline {args.baseline} {got['images_per_s']:.1f} images/s")
         finally:
             stop_server(proc)
+            if base_proc is not None:
+                stop_server(base_proc)
+    e2e = dict(rounds[0])
+    e2e["images_per_s"] = sum(x["images_per_s"] for x in rounds) / len(rounds)
+    e2e["rounds_images_per_s"] = [x["images_per_s"] for x in rounds]
+    if baseline:
+        baseline["images_per_s"] = sum(x["images_per_s"] for x in baseline["rounds"]) / len(baseline["rounds"])
+        baseline["ratio"] = e2e["images_per_s"] / baseline["images_per_s"]
+        baseline["ratio_per_round"] = [a["images_per_s"] / b["images_per_s"]
+                                       for a, b in zip(rounds, baseline["rounds"])]
+        print(f"  served ratio to the baseline ({args.baseline}): {baseline['ratio']:.2f}x "
+              f"(per round {', '.join(f'{x:.2f}' for x in baseline['ratio_per_round'])})")
     ceiling = 1.0 / total
     print(f"  served: {e2e['images_per_s']:.1f} images/s ({e2e['indexed']} indexed, {e2e['no_face']} no face); "
           f"stage sum allows {ceiling:.1f} images/s sequentially -> ratio {e2e['images_per_s'] / ceiling:.2f}")
@@ -163,6 +203,8 @@ def main() -> int:
         "stage_sum_images_per_s": ceiling,
         "served": e2e,
         "served_over_stage_sum": e2e["images_per_s"] / ceiling,
+        "baseline": baseline,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
     }
     rows = "\n".join(f"| {k} | {1000 * v:.2f} | {100 * v / total:.1f}% |" for k, v in per_image.items())
     write_results(args.name, result, (
@@ -177,7 +219,12 @@ def main() -> int:
         f"forward passes/s).\n"
         f"- Whole pipeline through the server (IndexImages, {args.streams} concurrent streams, managed CPU Triton, "
         f"Milvus Lite): **{e2e['images_per_s']:.1f} images/s**; {e2e['images_per_s'] / ceiling:.2f} of the "
-        f"{ceiling:.1f} images/s that the stages allow run one after another in one process.\n"))
+        f"{ceiling:.1f} images/s that the stages allow run one after another in one process"
+        f"{f' (mean of {args.rounds} rounds)' if args.rounds > 1 else ''}.\n"
+        + (f"- Baseline `{args.baseline}` served by a second server in the same run, rounds interleaved: "
+           f"**{baseline['images_per_s']:.1f} images/s**; this pipeline **{baseline['ratio']:.2f}x** it (per round "
+           f"{', '.join(f'{x:.2f}' for x in baseline['ratio_per_round'])}).\n" if baseline else "")
+        + f"- Load average at the end: {result['load_average_end'][0]:.2f}.\n"))
     print(f"written to benchmarks/results/{args.name}.{{json,md}}")
     return 0
 

@@ -65,6 +65,8 @@ class Settings:
     max_video_frames: int = 64
     video_frame_max_side: int = 640
     face_image_max_side: int = 1600
+    # "auto": MTCNN as ONNX when its nets are built, else facenet-pytorch's; "onnx" or "torch" insist.
+    face_detector: str = "auto"
     # Backpressure: images decoded/embedded at once across all calls. Unary calls over the limit
     # get RESOURCE_EXHAUSTED with a retry-after-ms hint; streams wait up to admission_wait_s.
     max_inflight_images: int = 256
@@ -187,6 +189,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-video-frames", type=int, default=_env("max_video_frames", d.max_video_frames))
     a("--video-frame-max-side", type=int, default=_env("video_frame_max_side", d.video_frame_max_side),
       help="sampled video frames are shrunk to this long side (pixels) before face detection and embedding")
+    a("--face-detector", choices=["auto", "onnx", "torch"], default=_env("face_detector", d.face_detector),
+      help="face detection: MTCNN as ONNX (its nets from the model repository, on Triton or in-process) or "
+           "facenet-pytorch's MTCNN (torch, in the server; needs requirements-build.txt); auto: ONNX when its nets "
+           "are built, else torch when installed; onnx or torch: refuse to start without it")
     a("--face-image-max-side", type=int, default=_env("face_image_max_side", d.face_image_max_side),
       help="face collections: JPEGs at least twice this long side (pixels) are decoded at 1/2, 1/4 or 1/8 size by "
            "the JPEG decoder (the smallest that keeps this long side) and their faces found at that size (so a "

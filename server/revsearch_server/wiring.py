@@ -161,6 +161,21 @@ def mtcnn_detector(min_face_size: int) -> FaceDetector:
     return MtcnnDetector(DetectorSettings(min_face_size=min_face_size, min_confidence=0.0))
 
 
+def check_face_detector(s: Settings, nets: dict[str, DetectorNet]) -> None:
+    """StartupError when --face-detector names a detector this server cannot run."""
+    import importlib.util
+
+    from .faces.onnx_mtcnn import NET_NAMES
+
+    missing = [n for n in NET_NAMES if n not in nets]
+    if s.face_detector == "onnx" and missing:
+        raise StartupError(f"--face-detector onnx: MTCNN's ONNX nets ({', '.join(missing)}) are not in "
+                           f"{s.model_repository}; build them with `python scripts/build_models.py --models mtcnn`")
+    if s.face_detector == "torch" and importlib.util.find_spec("facenet_pytorch") is None:
+        raise StartupError("--face-detector torch: facenet-pytorch is not installed (it comes with "
+                           "requirements-build.txt); use --face-detector onnx or auto")
+
+
 def detector_factory(s: Settings, inference: FailoverBackend, triton_url: str | None,
                      nets: dict[str, DetectorNet]) -> Callable[[int], FaceDetector]:
     """min_face_size -> face detector. MTCNN as ONNX (faces/onnx_mtcnn.py) when its three nets are in
@@ -174,6 +189,12 @@ def detector_factory(s: Settings, inference: FailoverBackend, triton_url: str | 
     from .faces.onnx_mtcnn import NET_NAMES, OnnxMtcnnDetector
 
     missing = [n for n in NET_NAMES if n not in nets]
+    build = "python scripts/build_models.py --models mtcnn"
+    torch_installed = importlib.util.find_spec("facenet_pytorch") is not None
+    check_face_detector(s, nets)
+    if s.face_detector == "torch":
+        log.info("face detection: facenet-pytorch's MTCNN (torch, in the server process), as asked")
+        return mtcnn_detector
     if not missing:
         from .faces.net_runners import FailoverNets, LocalNets, TritonNets
 
@@ -184,8 +205,7 @@ def detector_factory(s: Settings, inference: FailoverBackend, triton_url: str | 
             r.describe() for r in (remote, local) if r is not None) or "no backend")
         return lambda min_face_size: OnnxMtcnnDetector(
             run, DetectorSettings(min_face_size=min_face_size, min_confidence=0.0))
-    build = "python scripts/build_models.py --models mtcnn"
-    if importlib.util.find_spec("facenet_pytorch") is not None:
+    if torch_installed:
         log.warning("face detection: facenet-pytorch's MTCNN (torch); MTCNN's ONNX nets (%s) are not in %s "
                     "(`%s` builds them)", ", ".join(missing), s.model_repository, build)
         return mtcnn_detector
@@ -207,9 +227,10 @@ async def build_dependencies(settings: Settings, metrics: Metrics, overrides: Ov
     models = load_models(s.model_repository, s.allow_untrained)
     served = ServedModels.resolve(models, s.default_model)
     log.info("default model: %s (%s)", served.default, served.default_reason)
+    nets = detector_nets(s.model_repository)
+    check_face_detector(s, nets)  # before anything starts, as the security files
     pools = Pools.from_settings(s)
     triton = None
-    nets = detector_nets(s.model_repository)
     try:
         inference, triton, triton_url = await _inference(s, models, pools, metrics, overrides.inference, nets)
         embedder = Embedder(inference, models, s.batch_max_size, s.batch_max_wait_ms / 1000, metrics)

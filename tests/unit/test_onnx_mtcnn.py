@@ -252,6 +252,28 @@ def test_without_the_nets_the_wiring_falls_back_to_torch_or_says_what_to_build(t
         factory(20)
 
 
+def test_the_detector_can_be_chosen_and_a_missing_one_stops_the_start_saying_what_to_do(tmp_path, nets,
+                                                                                       monkeypatch):
+    import dataclasses
+    import importlib.util
+
+    from revsearch_server import wiring
+
+    built = _settings(tmp_path, REPOSITORY)
+    assert wiring.detector_factory(dataclasses.replace(built, face_detector="torch"), None, None, nets) \
+        is wiring.mtcnn_detector
+    onnx = wiring.detector_factory(dataclasses.replace(built, face_detector="onnx"), None, None, nets)
+    assert isinstance(onnx(20), OnnxMtcnnDetector)
+    empty = _settings(tmp_path, tmp_path / "empty_repository")
+    with pytest.raises(wiring.StartupError, match="--models mtcnn"):
+        wiring.detector_factory(dataclasses.replace(empty, face_detector="onnx"), None, None, {})
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "facenet_pytorch" else real_find_spec(name, *a))
+    with pytest.raises(wiring.StartupError, match="requirements-build.txt"):
+        wiring.detector_factory(dataclasses.replace(built, face_detector="torch"), None, None, nets)
+
+
 def test_the_onnx_detector_and_the_server_wiring_run_without_torch(images):
     """torch, torchvision and facenet_pytorch made unimportable: the serving path still detects."""
     photo = next(p for p in lfw_images(1, per_person_max=1))
