@@ -161,13 +161,15 @@ class OnnxMtcnnDetector:
         for i, img in enumerate(images):
             groups.setdefault(img.shape[:2], []).append(i)
         for (h, w), members in groups.items():
+            # The group's integral images stacked once (per level it cost 0.7 ms per image).
+            stacked = np.stack([integrals[i] for i in members]) if self._resample == "exact" else None
             for scale in _scales(h, w, self.settings.min_face_size):
                 hs, ws = int(h * scale + 1), int(w * scale + 1)
                 per_call = max(1, min(self._pnet_max_batch, self._pnet_max_pixels // (hs * ws)))
                 for start in range(0, len(members), per_call):
                     chunk = members[start:start + per_call]
-                    if self._resample == "exact":  # the images of the chunk pooled together
-                        data = _area_pool(np.stack([integrals[i] for i in chunk]), 0, 0, h, w, hs, ws)
+                    if stacked is not None:  # the images of the chunk pooled together
+                        data = _area_pool(stacked[start:start + per_call], 0, 0, h, w, hs, ws)
                     else:
                         data = np.stack([self._resize(images[i], None, 0, 0, h, w, hs, ws) for i in chunk])
                     reg, prob = self._run(PNET, _normalise(data))[:2]
