@@ -65,6 +65,7 @@ class Settings:
     max_video_frames: int = 64
     video_frame_max_side: int = 640
     face_image_max_side: int = 1600
+    face_detect_batch_images: int = 64
     # "auto": MTCNN as ONNX when its nets are built, else facenet-pytorch's; "onnx" or "torch" insist.
     face_detector: str = "auto"
     # Backpressure: images decoded/embedded at once across all calls. Unary calls over the limit
@@ -193,6 +194,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="face detection: MTCNN as ONNX (its nets from the model repository, on Triton or in-process) or "
            "facenet-pytorch's MTCNN (torch, in the server; needs requirements-build.txt); auto: ONNX when its nets "
            "are built, else torch when installed; onnx or torch: refuse to start without it")
+    a("--face-detect-batch-images", type=int,
+      default=_env("face_detect_batch_images", d.face_detect_batch_images),
+      help="face detection of calls that arrive while the detector is busy is joined into one detector call of up "
+           "to this many images (a single call with more is not split); 1: each call detects alone")
     a("--face-image-max-side", type=int, default=_env("face_image_max_side", d.face_image_max_side),
       help="face collections: JPEGs at least twice this long side (pixels) are decoded at 1/2, 1/4 or 1/8 size by "
            "the JPEG decoder (the smallest that keeps this long side) and their faces found at that size (so a "

@@ -256,7 +256,8 @@ async def build_dependencies(settings: Settings, metrics: Metrics, overrides: Ov
     knn = lambda directory, dimension: ExactKnnIndex(directory, dimension, pools.store)  # noqa: E731
     collections = Collections(Catalog(store, s.data_dir / "exact_knn", knn), served)
     detector_for = overrides.detector_for or detector_factory(s, inference, triton_url, nets)
-    cropper = FaceCropper(pools.decode, pools.faces, detector_for, limits, metrics, s.face_image_max_side)
+    cropper = FaceCropper(pools.decode, pools.faces, detector_for, limits, metrics, s.face_image_max_side,
+                          s.face_detect_batch_images)
     encoder = Encoder(embedder, cropper, pools.decode, limits, metrics)
     searcher = SearchCoalescer(s.search_batch_max_queries, metrics)
     return Dependencies(

@@ -21,6 +21,7 @@ from ..errors import InvalidArgument, RevsearchError
 from ..imaging import ImageLimits, Reduced, decode_reduced
 from ..models import ModelSpec
 from ..observability import Metrics, or_null
+from .detect_batcher import DetectionBatcher
 
 
 class FaceDetector(Protocol):
@@ -44,10 +45,11 @@ class FaceCrop:
 
 class FaceCropper:
     def __init__(self, decode_pool: Executor, worker: Executor, detector_for: Callable[[int], FaceDetector],
-                 limits: ImageLimits, metrics: Metrics | None = None, max_side: int = 0):
+                 limits: ImageLimits, metrics: Metrics | None = None, max_side: int = 0, batch_images: int = 64):
         """worker: where detection runs (one thread); detector_for(min_face_size) makes a detector.
         max_side: JPEGs at least twice as large on their long side are decoded at 1/2, 1/4 or 1/8
-        (imaging.decode_reduced), detected and cropped at that size; 0 decodes at full size."""
+        (imaging.decode_reduced), detected and cropped at that size; 0 decodes at full size.
+        batch_images: the most images of concurrent calls joined into one detector call."""
         self._max_side = max_side
         self._decode_pool = decode_pool
         self._metrics = or_null(metrics)
@@ -55,14 +57,23 @@ class FaceCropper:
         self._worker = worker
         self._detector_for = detector_for
         self._detectors: dict[int, FaceDetector] = {}
+        # Concurrent calls' detection joined into one detector call per (min face size, detect size).
+        self.batcher = DetectionBatcher(worker, lambda key, images: self._detect_raw(images, *key), batch_images)
 
     async def crops_of_arrays(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions,
                               all_faces: bool = False, detect_max_side: int | None = None
                               ) -> list[list[FaceCrop] | RevsearchError]:
-        """crops() for decoded RGB arrays (video frames), in this cropper's worker."""
+        """crops() for decoded RGB arrays (video frames): detected in this cropper's worker, with
+        other calls' images when they come at the same time, then cropped there."""
         with self._metrics.stage("detect"):
-            return await asyncio.get_running_loop().run_in_executor(
-                self._worker, self.crop_arrays, images, model, options, all_faces, detect_max_side)
+            return await self._detect_and_crop(images, model, options, all_faces, detect_max_side)
+
+    async def _detect_and_crop(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions,
+                               all_faces: bool, detect_max_side: int | None) -> list[list[FaceCrop] | RevsearchError]:
+        found = await self.batcher.detect((options.min_face_size, detect_max_side), images)
+        # Cropping in the decode pool: in the faces worker it would wait behind the next detection.
+        return await asyncio.get_running_loop().run_in_executor(
+            self._decode_pool, self._crop_found, images, found, model, options, all_faces)
 
     async def crops(self, images: list[bytes], model: ModelSpec, options: FaceOptions, all_faces: bool = False
                     ) -> list[list[FaceCrop] | RevsearchError]:
@@ -82,7 +93,7 @@ class FaceCropper:
         done = [d for d in decoded if isinstance(d, Reduced)]
         arrays = [np.asarray(d.image, dtype=np.uint8) for d in done]
         with self._metrics.stage("detect"):  # detection, then the crops (or aligned chips) of the faces
-            found = await loop.run_in_executor(self._worker, self.crop_arrays, arrays, model, options, all_faces)
+            found = await self._detect_and_crop(arrays, model, options, all_faces, None)
         # Boxes in the pixels of the image the user sent, whatever size it was decoded at.
         crops = iter(_in_original_pixels(c, d) for c, d in zip(found, done))
         return [d if isinstance(d, RevsearchError) else next(crops) for d in decoded]
@@ -93,11 +104,20 @@ class FaceCropper:
 
         detect_max_side: detect on copies shrunk to this long side (MTCNN's cost grows with the
         pixel count), then crop the faces from the full-resolution images."""
+        return self._crop_found(images, self._detect_raw(images, options.min_face_size, detect_max_side), model,
+                                options, all_faces)
+
+    def _crop_found(self, images: list[np.ndarray], found: list, model: ModelSpec, options: FaceOptions,
+                    all_faces: bool) -> list[list[FaceCrop] | RevsearchError]:
+        """The crops of each image's detected faces (found: the detector's answer per image, in the
+        image's pixels), after the collection's confidence filter. Blocking."""
         from .align import align_chip, margin_crop, whole_image
         from .geometry import faces_by_prominence
 
         out: list[list[FaceCrop] | RevsearchError] = []
-        for image, faces in zip(images, self._detect(images, options, detect_max_side)):
+        for image, faces in zip(images, found):
+            if faces is not None:
+                faces = [f for f in faces if f.confidence >= options.min_confidence]
             if faces is None:
                 out.append(InvalidArgument(
                     f"face detection (MTCNN) failed on this {image.shape[1]}x{image.shape[0]} image; check that "
@@ -122,12 +142,14 @@ class FaceCropper:
             out.append(crops)
         return out
 
-    def _detect(self, images: list[np.ndarray], options: FaceOptions, max_side: int | None = None):
+    def _detect_raw(self, images: list[np.ndarray], min_face_size: int, max_side: int | None = None):
+        """The detector's faces per image (None where it failed), in the images' pixels, every
+        confidence. Blocking, in the worker."""
         from .geometry import scaled
 
-        detector = self._detectors.get(options.min_face_size)
+        detector = self._detectors.get(min_face_size)
         if detector is None:
-            detector = self._detectors[options.min_face_size] = self._detector_for(options.min_face_size)
+            detector = self._detectors[min_face_size] = self._detector_for(min_face_size)
         factors = [1.0] * len(images)
         if max_side:
             import cv2
@@ -142,8 +164,7 @@ class FaceCropper:
                 small.append(img)
             images = small
         faces = detector.detect(images)
-        return [None if fs is None else [scaled(f, 1.0 / k) for f in fs if f.confidence >= options.min_confidence]
-                for fs, k in zip(faces, factors)]
+        return [None if fs is None else [scaled(f, 1.0 / k) for f in fs] for fs, k in zip(faces, factors)]
 
 
 def _in_original_pixels(crops: list[FaceCrop] | RevsearchError, decoded: Reduced) -> list[FaceCrop] | RevsearchError:
