@@ -57,14 +57,17 @@ class OnnxMtcnnDetector:
     """The FaceDetector of faces/cropper.py: MTCNN in numpy, its nets through `run`."""
 
     def __init__(self, run: NetRun, settings: DetectorSettings = DetectorSettings(), resample: str = "exact",
-                 pnet_max_pixels: int = 1_000_000, pnet_max_batch: int = 128, max_crops_per_call: int = 128):
+                 pnet_max_pixels: int = 1_000_000, pnet_max_batch: int = 128, max_crops_per_call: int = 128,
+                 rnet_max_crops_per_call: int = 512):
         """resample: "exact" (torch's area interpolation) or "cv2" (OpenCV INTER_AREA).
         pnet_max_pixels, pnet_max_batch: P-Net input pixels and images per call (the images of a
-        pyramid level are split beyond them); max_crops_per_call: R-/O-Net crops per call. The
-        results do not depend on them; memory does (O-Net's first layer holds 270 KB per crop,
-        P-Net's 40 bytes per input pixel: at 512 crops and 4 Mpx per call, ONNX Runtime's arena
-        grew by 360 MB, at 128 and 1 Mpx by 300 MB, for the same speed). They fit the nets' Triton
-        configs (max_batch_size 128 and 512)."""
+        pyramid level are split beyond them); max_crops_per_call: O-Net crops per call;
+        rnet_max_crops_per_call: R-Net's. The results do not depend on them; memory does (O-Net's
+        first layer holds 270 KB per crop, R-Net's 54 KB, P-Net's 40 bytes per input pixel: at
+        512 crops and 4 Mpx per call, ONNX Runtime's arena grew by 360 MB, at 128 and 1 Mpx by
+        300 MB, for the same speed), and so does the number of calls, which costs most on Triton
+        (an LFW index batch of 16 images has about 1,100 R-Net crops: 3 calls instead of 9). They
+        fit the nets' Triton configs (max_batch_size 128 and 512)."""
         if resample not in ("exact", "cv2"):
             raise ValueError(f"resample must be 'exact' or 'cv2', not {resample!r}")
         self.settings = settings
@@ -72,7 +75,7 @@ class OnnxMtcnnDetector:
         self._resample = resample
         self._pnet_max_pixels = pnet_max_pixels
         self._pnet_max_batch = pnet_max_batch
-        self._max_crops = max_crops_per_call
+        self._max_crops = {RNET: rnet_max_crops_per_call, ONET: max_crops_per_call}
 
     def detect(self, images: list[np.ndarray]) -> list[list[DetectedFace] | None]:
         """RGB uint8 HxWx3 arrays -> faces per image, most confident first (boxes clipped to the
@@ -199,7 +202,8 @@ class OnnxMtcnnDetector:
         if not sum(counts):
             return kept, [[np.zeros((0, k), np.float32)] * len(images) for k in widths]
         data = _normalise(np.concatenate(crops))
-        parts = [self._run(net, data[i:i + self._max_crops])[:n_outputs] for i in range(0, len(data), self._max_crops)]
+        step = self._max_crops[net]
+        parts = [self._run(net, data[i:i + step])[:n_outputs] for i in range(0, len(data), step)]
         outputs = [np.concatenate([p[k] for p in parts]) for k in range(n_outputs)]
         bounds = np.cumsum([0, *counts])
         return kept, [[o[bounds[n]:bounds[n + 1]] for n in range(len(images))] for o in outputs]
