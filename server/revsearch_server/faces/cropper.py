@@ -1,7 +1,9 @@
 """Face crop modes: decode, detect (batched), pick the face, crop or align.
 
 MTCNN is CPU-heavy, so it runs in one dedicated worker (a single-thread pool from pools.py): a
-batch of images is detected in one call rather than several calls fighting over the same cores.
+batch of images is detected in one call rather than several calls fighting over the same cores,
+and calls that arrive while it is busy are joined into its next call (faces/detect_batcher.py).
+Choosing the faces and cutting their crops or aligned chips runs in the decode pool afterwards.
 Detectors come from the factory given at construction (one per minimum face size) and are made
 on first use, so servers without face collections never load one.
 """
