@@ -143,6 +143,21 @@ def test_images_of_different_sizes_in_one_call_give_the_faces_they_give_alone(on
         assert [f.box for f in a] == [f.box for f in b] and [f.confidence for f in a] == [f.confidence for f in b]
 
 
+def test_a_call_detected_in_parts_of_a_few_images_gives_the_faces_of_one_part(nets, onnx_detector, images):
+    arrays = list(images.values())
+    calls = []
+
+    def counting(net, batch):
+        calls.append(net)
+        return LocalNets(nets)(net, batch)
+
+    in_parts = OnnxMtcnnDetector(counting, SETTINGS, max_pixels_per_part=200_000)  # 3 LFW images a part
+    whole, parted = onnx_detector.detect(arrays), in_parts.detect(arrays)
+    assert calls.count("mtcnn_onet") >= len(arrays) // 3  # the call was split
+    for a, b in zip(whole, parted):
+        assert [(f.box, f.confidence) for f in a] == [(f.box, f.confidence) for f in b]
+
+
 def test_an_image_the_nets_fail_on_is_reported_alone_and_the_rest_of_its_batch_is_detected(nets, images):
     local = LocalNets(nets)
     marker = (np.array([1, 2, 3], np.float32) - np.float32(127.5)) * np.float32(0.0078125)

@@ -58,7 +58,7 @@ class OnnxMtcnnDetector:
 
     def __init__(self, run: NetRun, settings: DetectorSettings = DetectorSettings(), resample: str = "exact",
                  pnet_max_pixels: int = 1_000_000, pnet_max_batch: int = 128, max_crops_per_call: int = 128,
-                 rnet_max_crops_per_call: int = 512):
+                 rnet_max_crops_per_call: int = 512, max_pixels_per_part: int = 8_000_000):
         """resample: "exact" (torch's area interpolation) or "cv2" (OpenCV INTER_AREA).
         pnet_max_pixels, pnet_max_batch: P-Net input pixels and images per call (the images of a
         pyramid level are split beyond them); max_crops_per_call: O-Net crops per call;
@@ -67,7 +67,8 @@ class OnnxMtcnnDetector:
         512 crops and 4 Mpx per call, ONNX Runtime's arena grew by 360 MB, at 128 and 1 Mpx by
         300 MB, for the same speed), and so does the number of calls, which costs most on Triton
         (an LFW index batch of 16 images has about 1,100 R-Net crops: 3 calls instead of 9). They
-        fit the nets' Triton configs (max_batch_size 128 and 512)."""
+        fit the nets' Triton configs (max_batch_size 128 and 512). max_pixels_per_part: images of
+        one call are detected in parts of this many pixels (_parts)."""
         if resample not in ("exact", "cv2"):
             raise ValueError(f"resample must be 'exact' or 'cv2', not {resample!r}")
         self.settings = settings
@@ -76,6 +77,7 @@ class OnnxMtcnnDetector:
         self._pnet_max_pixels = pnet_max_pixels
         self._pnet_max_batch = pnet_max_batch
         self._max_crops = {RNET: rnet_max_crops_per_call, ONET: max_crops_per_call}
+        self._max_pixels_per_part = max_pixels_per_part
 
     def detect(self, images: list[np.ndarray]) -> list[list[DetectedFace] | None]:
         """RGB uint8 HxWx3 arrays -> faces per image, most confident first (boxes clipped to the
@@ -89,16 +91,35 @@ class OnnxMtcnnDetector:
             # No face of the minimum size fits (and the image pyramid is empty below 12 px).
             if min(img.shape[:2]) >= max(12, self.settings.min_face_size):
                 todo.append(i)
-        if not todo:
-            return results
+        for part in self._parts(images, todo):
+            for i, faces in zip(part, self._detect_part(images, part)):
+                results[i] = faces
+        return results
+
+    def _parts(self, images: list[np.ndarray], todo: list[int]) -> list[list[int]]:
+        """The images in parts of at most max_pixels_per_part pixels each (an image over it alone):
+        every image's integral image and pyramid are held while its part is detected, 24 bytes a
+        pixel, so a call joining many large photos must not hold them all at once. Faces do not
+        depend on the parts (every step after P-Net's batches is per image)."""
+        parts, current, pixels = [], [], 0
+        for i in todo:
+            n = images[i].shape[0] * images[i].shape[1]
+            if current and pixels + n > self._max_pixels_per_part:
+                parts.append(current)
+                current, pixels = [], 0
+            current.append(i)
+            pixels += n
+        return parts + ([current] if current else [])
+
+    def _detect_part(self, images: list[np.ndarray], part: list[int]) -> list[list[DetectedFace] | None]:
         try:
-            found = self._detect([images[i] for i in todo])
+            return self._detect([images[i] for i in part])
         except RevsearchError:  # the backend is unavailable: not the images' fault
             raise
         except Exception:  # one odd image must not fail its batch: retry one by one
-            log.exception("MTCNN (ONNX) failed on a batch of %d images; retrying one by one", len(todo))
-            found = []
-            for i in todo:
+            log.exception("MTCNN (ONNX) failed on a batch of %d images; retrying one by one", len(part))
+            found: list[list[DetectedFace] | None] = []
+            for i in part:
                 try:
                     found += self._detect([images[i]])
                 except RevsearchError:
@@ -107,9 +128,7 @@ class OnnxMtcnnDetector:
                     log.warning("MTCNN (ONNX) failed on a %dx%d image: %s", images[i].shape[1], images[i].shape[0],
                                 exc)
                     found.append(None)
-        for i, faces in zip(todo, found):
-            results[i] = faces
-        return results
+            return found
 
     # -- the three stages ------------------------------------------------------------------------
 
