@@ -26,55 +26,32 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import json
 import os
 import random
-import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common import RESULTS, ROOT, machine, now_utc, write_results
+from common import RESULTS, VIDEO, lfw_images, log, machine, now_utc, write_results
 from revsearch import SearchClient
+from revsearch.chaos import (ACKED, NOT_SERVING, SERVING, Group, Indexer, Item, after_acks, alive, children, chunks,
+                             comm, describes, free_port, health, into_a_call, items_from, milvus_reads, milvus_server,
+                             revsearch_server, triton_tree, wait_for)
 from revsearch.client import ImageInput
 from revsearch.errors import RevsearchClientError
 from revsearch.v1 import search_service_pb2 as pb
-from revsearch.v1 import search_service_pb2_grpc as pb_grpc
 
-LFW = ROOT.parent / "shared" / "data" / "lfw"
-VIDEO = ROOT.parent / "shared" / "data" / "video"
-ACKED = (pb.ITEM_STATUS_INDEXED, pb.ITEM_STATUS_DUPLICATE)
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-# Probes get their own connection that retries every 100 ms, so "serving again" is the server's
-# time, not a shared channel's reconnect back-off.
-FAST_RECONNECT = [("grpc.use_local_subchannel_pool", 1), ("grpc.initial_reconnect_backoff_ms", 100),
-                  ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 250)]
 MILVUS_DEADLINE_S = 2.0
 CLIPS = ["video-retalking_face_1.mp4", "video-retalking_face_2.mp4", "video-retalking_face_3.mp4",
          "video-retalking_face_4.mp4", "video-retalking_face_5.mp4"]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stats(xs: list[float], digits: int = 3) -> dict:
@@ -85,140 +62,7 @@ def stats(xs: list[float], digits: int = 3) -> dict:
             "p99": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))], digits), "max": round(xs[-1], digits)}
 
 
-def wait_for(check, timeout_s: float, every_s: float = 0.05) -> float:
-    """Polls check() until true; the seconds it took (TimeoutError after timeout_s)."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"not true within {timeout_s} s")
-        time.sleep(every_s)
-    return time.monotonic() - started
-
-
-def chunks(xs: list, n: int):
-    for i in range(0, len(xs), n):
-        yield xs[i:i + n]
-
-
-# -- processes ------------------------------------------------------------------------------------
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
-
-
-def group_members(pgid: int) -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit() and (st := _stat(int(p.name))) and int(st[2]) == pgid and st[0] not in ("Z", "X"):
-            out.append(int(p.name))
-    return out
-
-
-def children(pid: int) -> list[int]:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(k) for k in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids
-
-
-def comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-class Group:
-    """A child process in its own session, so that a kill takes it and everything it started."""
-
-    def __init__(self, name: str, cmd: list[str], ready: str, timeout_s: float, address: str = ""):
-        self.name, self.cmd, self.ready, self.timeout_s, self.address = name, cmd, re.compile(ready), timeout_s, address
-        self.proc: subprocess.Popen | None = None
-        self.groups: list[int] = []
-        self.output: collections.deque[str] = collections.deque(maxlen=300)
-        self.match: re.Match | None = None
-
-    def start(self) -> float:
-        started = time.monotonic()
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                                     start_new_session=True)
-        self.groups.append(self.proc.pid)
-        ready = threading.Event()
-
-        def pump(stream):
-            for line in stream:
-                self.output.append(line.rstrip())
-                if not ready.is_set() and (m := self.ready.search(line)):
-                    self.match = m
-                    ready.set()
-
-        threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True).start()
-        while not ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() - started > self.timeout_s:
-                self.kill9()
-                raise RuntimeError(f"{self.name} did not start (rc={self.proc.returncode}):\n"
-                                   + "\n".join(list(self.output)[-30:]))
-        return time.monotonic() - started
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def kill9(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        for g in self.groups:
-            try:
-                os.killpg(g, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.proc is not None:
-            self.proc.wait(30)
-        deadline = time.monotonic() + 20
-        while self.leftovers() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if self.leftovers():
-            raise RuntimeError(f"{self.name}: processes left running: {self.leftovers()}")
-
-    def leftovers(self) -> list[int]:
-        return [p for g in self.groups for p in group_members(g)]
-
-
-def revsearch_server(data_dir: Path, port: int, *flags: str) -> Group:
-    cmd = [sys.executable, "-m", "revsearch_server", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
-           str(data_dir), "--metrics-port", "-1", "--allow-untrained", "--log-level", "WARNING", *flags]
-    return Group("revsearch server", cmd, r"revsearch listening on", 300, f"127.0.0.1:{port}")
-
-
-# The embedded Milvus 2.3 standalone server, printing "READY <port>": common.py's launcher, which
-# restarts on the same port after a kill (common._reusable_port).
-def milvus_server(base: Path, port: int) -> Group:
-    common_py = Path(__file__).resolve().parent / "common.py"
-    launcher = [sys.executable, str(common_py), "milvus-server", str(base), str(port)]
-    return Group("embedded Milvus server", launcher, r"^READY (\d+)", 240)
-
-
+# -- what Milvus Lite holds (processes, probes and the indexer: revsearch/chaos.py) ------------------
 # What Milvus Lite's file holds, read after the server stopped (in a child process of its own: the
 # Milvus Lite process pymilvus starts for the file lives as long as its opener).
 _LITE_ROWS = """
@@ -260,132 +104,9 @@ def lite_rows(db: Path, *collections_: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-# -- calls ----------------------------------------------------------------------------------------
-def health(address: str, timeout_s: float = 1.0) -> int | None:
-    with grpc.insecure_channel(address, options=FAST_RECONNECT) as channel:
-        try:
-            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
-                                                              timeout=timeout_s).status
-        except grpc.RpcError:
-            return None
-
-
-def describes(address: str, collection: str) -> bool:
-    with grpc.insecure_channel(address, options=FAST_RECONNECT) as channel:
-        try:
-            pb_grpc.SearchServiceStub(channel).DescribeCollection(pb.DescribeCollectionRequest(name=collection),
-                                                                  timeout=2.0)
-            return True
-        except grpc.RpcError:
-            return False
-
-
-def milvus_reads(uri: str, collection: str) -> bool:
-    """Whether Milvus answers a Strong-consistency query of the collection (pymilvus directly)."""
-    import logging
-
-    from pymilvus import MilvusClient
-
-    for name in list(logging.root.manager.loggerDict):  # they log every failed call as an error
-        if name.startswith("pymilvus"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        MilvusClient(uri=uri, timeout=2).query(collection, filter="", output_fields=["count(*)"],
-                                               consistency_level="Strong", timeout=2)
-        return True
-    except Exception:  # pymilvus raises many types; any means "not yet"
-        return False
-
-
 # -- images: kill -9 while indexing ---------------------------------------------------------------
-@dataclass
-class Item:
-    id: str
-    uri: str
-    data: bytes
-    sha256: str
-
-
 def lfw_items(count: int) -> list[Item]:
-    files: list[Path] = []
-    for person in sorted(LFW.iterdir()):
-        files.extend(sorted(person.glob("*.jpg"))[:3])
-        if len(files) >= count:
-            break
-    out = []
-    for f in files[:count]:
-        data = f.read_bytes()
-        out.append(Item(re.sub(r"[^A-Za-z0-9._:-]", "-", f.stem), str(f), data, hashlib.sha256(data).hexdigest()))
-    return out
-
-
-@dataclass
-class Indexer:
-    """Indexes items and re-sends, until acknowledged, each item not acknowledged."""
-    address: str
-    collection: str
-    items: list[Item]
-    time_limit_s: float
-    acks: dict[str, str] = field(default_factory=dict)
-    statuses: collections.Counter = field(default_factory=collections.Counter)
-    stream_errors: collections.Counter = field(default_factory=collections.Counter)
-    resent_found_stored: int = 0  # re-sent items answered DUPLICATE: their write outlived a kill, unacknowledged
-    sent: collections.Counter = field(default_factory=collections.Counter)
-    attempts: int = 0
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def pending(self) -> list[Item]:
-        return [it for it in self.items if it.id not in self.acks]
-
-    def run(self) -> None:
-        end = time.monotonic() + self.time_limit_s
-        try:
-            with SearchClient(self.address, timeout=30) as client:
-                while (todo := self.pending()) and time.monotonic() < end and self.attempts < 5000:
-                    self.attempts += 1
-
-                    def requests():
-                        for it in todo:
-                            self.sent[it.id] += 1
-                            yield ImageInput(image=it.data, id=it.id, uri=it.uri)
-
-                    try:
-                        left_s = max(1.0, min(600.0, end - time.monotonic()))
-                        for it, r in zip(todo, client.index_images(self.collection, requests(), timeout=left_s)):
-                            self.statuses[pb.ItemStatus.Name(r.status)] += 1
-                            if r.status in ACKED:
-                                self.acks[it.id] = r.id
-                                if r.status == pb.ITEM_STATUS_DUPLICATE and r.id == it.id:
-                                    self.resent_found_stored += 1
-                    except RevsearchClientError as exc:
-                        self.stream_errors[exc.code.name] += 1
-                        time.sleep(0.1)
-        finally:
-            self.done.set()
-
-
-def after_acks(rng: random.Random, acked, need: tuple[int, int], delay_s: tuple[float, float]):
-    """Kill moments: once the client has had a seeded random number of further acknowledgments
-    (so every restart is followed by progress), then a seeded random delay (so the kill lands
-    anywhere in a request: reading, decoding, embedding, writing, answering)."""
-    def next_moment():
-        base, want, extra, at = acked(), rng.randint(*need), rng.uniform(*delay_s), []
-
-        def due() -> bool:
-            if acked() - base < want:
-                return False
-            at[:] = at or [time.monotonic() + extra]
-            return time.monotonic() >= at[0]
-        return due
-    return next_moment
-
-
-def into_a_call(rng: random.Random, in_flight: list, delay_s: tuple[float, float]):
-    """Kill moments: a seeded random time into a call in flight (in_flight[0]: when it began)."""
-    def next_moment():
-        extra = rng.uniform(*delay_s)
-        return lambda: in_flight[0] is not None and time.monotonic() - in_flight[0] >= extra
-    return next_moment
+    return items_from(lfw_images(count))
 
 
 def kill_repeatedly(server: Group, busy, serving, acked, next_moment, max_kills: int = 100,
@@ -449,7 +170,7 @@ def run_images(work: Path, n_images: int, rng: random.Random) -> dict:
         server.start()
         with SearchClient(server.address, timeout=30) as client:
             client.create_collection("chaos", exist_ok=True)
-        indexer = Indexer(server.address, "chaos", items, time_limit_s=1800)
+        indexer = Indexer(server.address, "chaos", items, time_limit_s=1800, max_attempts=5000, max_call_s=600)
         thread = threading.Thread(target=indexer.run, daemon=True)
         started = time.monotonic()
         thread.start()
@@ -468,7 +189,7 @@ def run_images(work: Path, n_images: int, rng: random.Random) -> dict:
             "checking")
         check = check_images(server.address, "chaos", items, indexer.acks)
     finally:
-        server.stop()
+        server.stop(require_gone=True)
     stored = lite_rows(work / "images" / "milvus.db", "chaos")["chaos"]
     lost = sorted(set(check["lost_by_id"]) | set(check["lost_by_bytes"]))
     duplicated = max(0, check["item_count"] - check["distinct_acknowledged"]) + len(check["stored_twice"]) + \
@@ -559,7 +280,7 @@ def run_clips(work: Path, names: list[str], rng: random.Random) -> dict:
                 if not whole:
                     lost.append(clip.stem)
     finally:
-        server.stop()
+        server.stop(require_gone=True)
     stored = lite_rows(work / "clips" / "milvus.db", "clips", "clips__means")
     rows, means = stored["clips"], stored["clips__means"]
     half = [c for c in per_clip if rows["rows_per_item"].get(c, 0) != per_clip[c]["rows_clean"]
@@ -597,7 +318,7 @@ def run_milvus(work: Path, n_images: int) -> dict:
             resp = list(client.index_images("load", [ImageInput(image=it.data, id=it.id) for it in first]))
             assert all(r.status == pb.ITEM_STATUS_INDEXED for r in resp)
             vectors = [np.asarray(client.embed(it.data, collection="load").vector) for it in items[:8]]
-        setup.stop()
+        setup.stop(require_gone=True)
         server = revsearch_server(work / "server", free_port(), "--triton-url", "off", "--milvus-uri", uri,
                                   "--milvus-timeout", str(MILVUS_DEADLINE_S), "--health-interval-s", "0.5")
         server.start()
@@ -669,7 +390,7 @@ def run_milvus(work: Path, n_images: int) -> dict:
     finally:
         for g in (server, setup, milvus):
             if g is not None:
-                g.stop()
+                g.stop(require_gone=True)
 
     def rel(t: float) -> float:
         return round(t - killed, 2)
@@ -727,18 +448,6 @@ def run_milvus(work: Path, n_images: int) -> dict:
 
 
 # -- the managed Triton killed under load ---------------------------------------------------------
-def triton_tree(pid: int) -> tuple[list[int], list[Path]]:
-    stubs = children(pid)
-    regions = []
-    for p in stubs:
-        try:
-            args = Path(f"/proc/{p}/cmdline").read_text().split("\0")
-        except OSError:
-            continue
-        regions += [Path("/dev/shm") / a for a in args[2:3] if a and "/" not in a]
-    return [pid, *stubs], regions
-
-
 def run_triton(work: Path, kills_wanted: int) -> dict:
     log(f"triton: managed Triton killed -9 {kills_wanted} times under embedding load (4 callers)")
     images = [it.data for it in lfw_items(16)]
@@ -819,7 +528,7 @@ def run_triton(work: Path, kills_wanted: int) -> dict:
         for t in load:
             if t.ident is not None:
                 t.join(90)
-        server.stop()
+        server.stop(require_gone=True)
         for r in regions:  # the killed Tritons' /dev/shm regions (names read from their own stubs)
             r.unlink(missing_ok=True)
     errors = collections.Counter(c[2] for c in calls if c[2] != "OK")

@@ -10,8 +10,7 @@
 
 Benchmarks run as `python benchmarks/bench_x.py`: this folder is then on sys.path, so they import
 this module as `common`; `revsearch` and `revsearch_server` are installed (editable) in the venv.
-Run as a script (`python benchmarks/common.py milvus-server BASE_DIR PORT`) this file is the child
-process that start_milvus_server runs the embedded Milvus server in.
+The embedded Milvus server runs in a child process, `python -m revsearch.chaos milvus-server`.
 """
 
 from __future__ import annotations
@@ -173,8 +172,8 @@ def tree_rss_mb(pid: int) -> float:
 # -- the embedded Milvus 2.3 server -------------------------------------------------------------
 def start_milvus_server(base: Path) -> tuple[subprocess.Popen, str]:
     """The embedded Milvus standalone server (PyPI package `milvus`) in a child process; its URI."""
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "milvus-server", str(base),
-                             str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "revsearch.chaos", "milvus-server", str(base), str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
     while time.time() < deadline:
         line = proc.stdout.readline()
@@ -200,45 +199,6 @@ def stop_milvus_server(proc: subprocess.Popen) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def _reusable_port(self, port: int):
-    """The embedded Milvus' port check, accepting a port whose old connections are still in
-    TIME_WAIT (as Milvus' own listener does, SO_REUSEADDR): without it a Milvus restarted right after
-    a kill moves to the next free port, where no client would look for it (bench_chaos)."""
-    import socket
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(("127.0.0.1", port))
-        sock.listen()
-        return sock
-    except OSError:
-        sock.close()
-        return None
-
-
-def _serve_milvus(base_dir: str, port: int) -> None:
-    """The child process of start_milvus_server: prints "READY <port>", stops on SIGTERM."""
-    from milvus import MilvusServerConfig, default_server
-
-    MilvusServerConfig.try_bind_port = _reusable_port
-    default_server.set_base_dir(base_dir)
-    default_server.listen_port = port
-    # Its etcd port is otherwise searched upwards from 2379 by test-binding without SO_REUSEADDR:
-    # a 2379 still in TIME_WAIT makes it pick 2380, which its own etcd peer listener needs.
-    default_server.config.set("etcd_port", free_port())
-    default_server.start()
-    print(f"READY {default_server.listen_port}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    # Exit (so the benchmark fails fast) if the Milvus process dies under us.
-    while not stop.wait(1.0):
-        if default_server.server_proc is None or default_server.server_proc.poll() is not None:
-            print("DIED", flush=True)
-            sys.exit(1)
-    default_server.stop()
 
 
 class ServerControl:
@@ -452,8 +412,3 @@ class TimedCropper:
     def close(self) -> None:
         self._idle.shutdown(wait=False)
 
-
-if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "milvus-server":
-        sys.exit("usage: python benchmarks/common.py milvus-server BASE_DIR PORT")
-    _serve_milvus(sys.argv[2], int(sys.argv[3]))

@@ -19,199 +19,35 @@ started here is killed again at the end of its test (and checked to be gone).
 from __future__ import annotations
 
 import collections
-import hashlib
-import logging
 import os
 import random
-import re
 import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from revsearch import SearchClient
+from revsearch.chaos import (ACKED, NOT_SERVING, SERVING, Group, Indexer, Item, after_acks, alive, children, chunks,
+                             comm, describes, health, identity, into_a_call, items_from, milvus_reads, milvus_server,
+                             revsearch_server, still, triton_tree, wait_for)
 from revsearch.client import ImageInput
 from revsearch.errors import RevsearchClientError
 from revsearch.v1 import search_service_pb2 as pb
-from revsearch.v1 import search_service_pb2_grpc as pb_grpc
-from tests.helpers import ROOT, VIDEO, free_port, lfw_images
+from tests.helpers import VIDEO, free_port, lfw_images
 
 pytestmark = pytest.mark.integration
 
-ACKED = (pb.ITEM_STATUS_INDEXED, pb.ITEM_STATUS_DUPLICATE)
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-# Probes get their own connection that retries every 100 ms, so "serving again" is the server's
-# time, not a shared channel's reconnect back-off.
-FAST_RECONNECT = [("grpc.use_local_subchannel_pool", 1), ("grpc.initial_reconnect_backoff_ms", 100),
-                  ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 250)]
 MILVUS_DEADLINE_S = 2.0
 
 
-# -- processes ------------------------------------------------------------------------------------
-def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            out.append(int(p.name))
-    return out
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(k) for k in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
-def _identity(pid: int) -> tuple[int, str] | None:
-    """(pid, start time): names a process for good, whatever reuses its pid later."""
-    try:
-        return pid, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _still(identity: tuple[int, str] | None) -> bool:
-    return identity is not None and _identity(identity[0]) == identity and _alive(identity[0])
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-class Group:
-    """A child process in its own session (its process group: it and everything it starts)."""
-
-    def __init__(self, name: str, cmd: list[str], ready: re.Pattern, timeout_s: float):
-        self.name, self.cmd, self.ready, self.timeout_s = name, cmd, ready, timeout_s
-        self.proc: subprocess.Popen | None = None
-        self.groups: list[int] = []  # every group started, for the final check
-        self.output: collections.deque[str] = collections.deque(maxlen=300)
-        self.match: re.Match | None = None
-        self.address = ""
-
-    def start(self) -> float:
-        """Starts it and waits for its ready line; returns the seconds that took."""
-        started = time.monotonic()
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     cwd=ROOT, start_new_session=True)
-        self.groups.append(self.proc.pid)
-        ready = threading.Event()
-
-        def pump(stream):
-            for line in stream:
-                self.output.append(line.rstrip())
-                if not ready.is_set() and (m := self.ready.search(line)):
-                    self.match = m
-                    ready.set()
-
-        threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True).start()
-        while not ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() - started > self.timeout_s:
-                self.kill9()
-                raise RuntimeError(f"{self.name} did not start (rc={self.proc.returncode}); its last output:\n"
-                                   + "\n".join(list(self.output)[-30:]))
-        return time.monotonic() - started
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def kill9(self) -> None:
-        """SIGKILL to the whole group, as when its container crashes."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL to every group it ever had."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        for g in self.groups:
-            try:
-                os.killpg(g, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.proc is not None:
-            self.proc.wait(30)
-
-    def leftovers(self) -> list[int]:
-        return [p for g in self.groups for p in _group_members(g)]
-
-
-def revsearch_server(data_dir: Path, port: int, *flags: str) -> Group:
-    cmd = [sys.executable, "-m", "revsearch_server", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
-           str(data_dir), "--metrics-port", "-1", "--allow-untrained", "--log-level", "WARNING", *flags]
-    group = Group("revsearch server", cmd, re.compile(r"revsearch listening on"), 300)
-    group.address = f"127.0.0.1:{port}"
-    return group
-
-
-# milvus_server.py, with the embedded server's port check made to accept a port whose old
-# connections are still in TIME_WAIT (as Milvus' own listener does, SO_REUSEADDR): without it, a
-# Milvus restarted right after a kill moves to the next free port, and clients would never find it.
-_MILVUS_SAME_PORT = """
-import runpy, socket, sys
-from milvus import MilvusServerConfig
-
-def try_bind_port(self, port):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(("127.0.0.1", port))
-        sock.listen()
-        return sock
-    except OSError:
-        sock.close()
-        return None
-
-MilvusServerConfig.try_bind_port = try_bind_port
-runpy.run_path(sys.argv.pop(1), run_name="__main__")
-"""
-
-
-def milvus_server(base: Path, port: int) -> Group:
-    cmd = [sys.executable, "-c", _MILVUS_SAME_PORT, str(Path(__file__).with_name("milvus_server.py")), str(base),
-           str(port)]
-    return Group("embedded Milvus server", cmd, re.compile(r"^READY (\d+)"), 240)
-
-
+# -- processes (revsearch/chaos.py starts and kills them) ---------------------------------------------
 @pytest.fixture
 def processes():
     """Groups to stop after the test, whatever happened; then none of their processes may be left."""
@@ -226,120 +62,9 @@ def processes():
     assert not left, f"processes left running: {left}"
 
 
-# -- calls ----------------------------------------------------------------------------------------
-def health(address: str, timeout_s: float = 1.0) -> int | None:
-    """The grpc.health.v1 status of the server ("" service), None when it does not answer."""
-    with grpc.insecure_channel(address, options=FAST_RECONNECT) as channel:
-        try:
-            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
-                                                              timeout=timeout_s).status
-        except grpc.RpcError:
-            return None
-
-
-def describes(address: str, collection: str) -> bool:
-    """Whether DescribeCollection succeeds now (it reads the store)."""
-    with grpc.insecure_channel(address, options=FAST_RECONNECT) as channel:
-        try:
-            pb_grpc.SearchServiceStub(channel).DescribeCollection(pb.DescribeCollectionRequest(name=collection),
-                                                                  timeout=2.0)
-            return True
-        except grpc.RpcError:
-            return False
-
-
-def wait_for(check, timeout_s: float, every_s: float = 0.05) -> float:
-    """Polls check() until true; returns the seconds it took (raises TimeoutError after timeout_s)."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"not true within {timeout_s} s")
-        time.sleep(every_s)
-    return time.monotonic() - started
-
-
-def chunks(xs: list, n: int):
-    for i in range(0, len(xs), n):
-        yield xs[i:i + n]
-
-
 # -- kill -9 while indexing -----------------------------------------------------------------------
-@dataclass
-class Item:
-    id: str
-    uri: str
-    data: bytes
-    sha256: str
-
-
 def lfw_items(count: int) -> list[Item]:
-    out = []
-    for f in lfw_images(count):
-        data = f.read_bytes()
-        out.append(Item(re.sub(r"[^A-Za-z0-9._:-]", "-", f.stem), str(f), data, hashlib.sha256(data).hexdigest()))
-    return out
-
-
-@dataclass
-class Indexer:
-    """A client that indexes items and re-sends, until acknowledged, each item not acknowledged.
-    Acknowledged: a response with INDEXED or DUPLICATE (and the stored id)."""
-    address: str
-    collection: str
-    items: list[Item]
-    time_limit_s: float
-    acks: dict[str, str] = field(default_factory=dict)  # item id -> the id the server answered
-    statuses: collections.Counter = field(default_factory=collections.Counter)
-    stream_errors: collections.Counter = field(default_factory=collections.Counter)
-    attempts: int = 0
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def pending(self) -> list[Item]:
-        return [it for it in self.items if it.id not in self.acks]
-
-    def run(self) -> None:
-        end = time.monotonic() + self.time_limit_s
-        try:
-            with SearchClient(self.address, timeout=30) as client:
-                while (todo := self.pending()) and time.monotonic() < end and self.attempts < 500:
-                    self.attempts += 1
-                    try:
-                        responses = client.index_images(
-                            self.collection, (ImageInput(image=it.data, id=it.id, uri=it.uri) for it in todo),
-                            timeout=max(1.0, min(120.0, end - time.monotonic())))
-                        for it, r in zip(todo, responses):
-                            self.statuses[pb.ItemStatus.Name(r.status)] += 1
-                            if r.status in ACKED:
-                                self.acks[it.id] = r.id
-                    except RevsearchClientError as exc:
-                        self.stream_errors[exc.code.name] += 1
-                        time.sleep(0.1)
-        finally:
-            self.done.set()
-
-
-def after_acks(rng: random.Random, acked, need: tuple[int, int], delay_s: tuple[float, float]):
-    """Kill moments: once the client has had a seeded random number of further acknowledgments
-    (so every restart is followed by progress), then a seeded random delay (so the kill lands
-    anywhere in a request: reading, decoding, embedding, writing, answering)."""
-    def next_moment():
-        base, want, extra, at = acked(), rng.randint(*need), rng.uniform(*delay_s), []
-
-        def due() -> bool:
-            if acked() - base < want:
-                return False
-            at[:] = at or [time.monotonic() + extra]
-            return time.monotonic() >= at[0]
-        return due
-    return next_moment
-
-
-def into_a_call(rng: random.Random, in_flight: list, delay_s: tuple[float, float]):
-    """Kill moments: a seeded random time into a call in flight (in_flight[0]: when it began)."""
-    def next_moment():
-        extra = rng.uniform(*delay_s)
-        return lambda: in_flight[0] is not None and time.monotonic() - in_flight[0] >= extra
-    return next_moment
+    return items_from(lfw_images(count))
 
 
 def kill_repeatedly(server: Group, kills: int, busy, serving, next_moment) -> list[float]:
@@ -726,24 +451,9 @@ def test_while_milvus_cannot_serve_every_call_fails_at_once_and_health_says_not_
     assert serving_meanwhile == [], "health said SERVING while every search failed (s after the kill)"
 
 
-def milvus_reads(uri: str, collection: str) -> bool:
-    """Whether Milvus answers a Strong-consistency query of the collection (pymilvus directly)."""
-    from pymilvus import MilvusClient
-
-    for name in list(logging.root.manager.loggerDict):  # they log every failed call as an error
-        if name.startswith("pymilvus"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        client = MilvusClient(uri=uri, timeout=2)
-        client.query(collection, filter="", output_fields=["count(*)"], consistency_level="Strong", timeout=2)
-        return True
-    except Exception:  # pymilvus raises many types; any means "not yet"
-        return False
-
-
 # -- the managed Triton killed under load ---------------------------------------------------------
 def tritonserver_of(server: Group) -> int | None:
-    kids = [p for p in _children(server.pid) if _comm(p) == "tritonserver"]
+    kids = [p for p in children(server.pid) if comm(p) == "tritonserver"]
     return kids[0] if kids else None
 
 
@@ -759,20 +469,6 @@ def embed_load(address: str, images: list[bytes], stop: threading.Event, calls: 
             except RevsearchClientError as exc:
                 calls.append((started, time.monotonic() - started, exc.code.name, None))
                 time.sleep(0.05)
-
-
-def triton_tree(pid: int) -> tuple[list[int], list[Path]]:
-    """A Triton's process and its Python backend stubs, and the shared-memory regions they use
-    (a stub's second argument names its region in /dev/shm)."""
-    stubs = _children(pid)
-    regions = []
-    for p in stubs:
-        try:
-            args = Path(f"/proc/{p}/cmdline").read_text().split("\0")
-        except OSError:
-            continue
-        regions += [Path("/dev/shm") / a for a in args[2:3] if a and "/" not in a]
-    return [pid, *stubs], regions
 
 
 @pytest.fixture(scope="module")
@@ -793,14 +489,14 @@ def triton_kills(tmp_path_factory) -> dict:
         server.start()
         with SearchClient(server.address, timeout=60) as client:
             first_backend = client.info().inference_backend
-            tritons.append(_identity(tritonserver_of(server)))
+            tritons.append(identity(tritonserver_of(server)))
             for t in load:
                 t.start()
             for _ in range(3):
                 time.sleep(2.0)
                 old = tritonserver_of(server)
                 tree, old_regions = triton_tree(old)
-                tritons.extend(_identity(p) for p in tree)
+                tritons.extend(identity(p) for p in tree)
                 regions += old_regions
                 killed = time.monotonic()
                 os.kill(old, signal.SIGKILL)
@@ -809,13 +505,13 @@ def triton_kills(tmp_path_factory) -> dict:
                 back = on_fallback + wait_for(
                     lambda: client.info(timeout=5).inference_backend == pb.INFERENCE_BACKEND_TRITON, 170, every_s=0.2)
                 try:
-                    wait_for(lambda: not any(_alive(p) for p in tree) and not any(r.exists() for r in old_regions),
+                    wait_for(lambda: not any(alive(p) for p in tree) and not any(r.exists() for r in old_regions),
                              max(1.0, 20 - (time.monotonic() - killed)), every_s=0.2)
                 except TimeoutError:
                     pass
                 kills.append({"killed": killed, "on_fallback_s": on_fallback, "back_s": back,
                               "new": tritonserver_of(server), "old": old,
-                              "left": [(p, _comm(p)) for p in tree if _alive(p)],
+                              "left": [(p, comm(p)) for p in tree if alive(p)],
                               "regions_left": [r.name for r in old_regions if r.exists()]})
             time.sleep(1.0)
     finally:
@@ -824,7 +520,7 @@ def triton_kills(tmp_path_factory) -> dict:
             if t.ident is not None:
                 t.join(60)
         if (last := tritonserver_of(server)) is not None:
-            tritons.extend(_identity(p) for p in triton_tree(last)[0])
+            tritons.extend(identity(p) for p in triton_tree(last)[0])
         server.stop()  # the whole group, with any Triton stub left behind
         for r in regions:  # what the killed Tritons' stubs left in /dev/shm (names read from them)
             r.unlink(missing_ok=True)
@@ -834,9 +530,9 @@ def triton_kills(tmp_path_factory) -> dict:
     assert not server.leftovers(), f"processes left running: {server.leftovers()}"
     # Tritons and stubs of this server (in its group, or in one of their own) end with it too.
     try:
-        wait_for(lambda: not any(_still(i) for i in tritons), 30, every_s=0.2)
+        wait_for(lambda: not any(still(i) for i in tritons), 30, every_s=0.2)
     except TimeoutError:
-        left = [(i[0], _comm(i[0])) for i in tritons if _still(i)]
+        left = [(i[0], comm(i[0])) for i in tritons if still(i)]
         for pid, _ in left:
             os.kill(pid, signal.SIGKILL)
         pytest.fail(f"Triton processes outlived the stopped server: {left}")

@@ -5,7 +5,6 @@ as on Lite, and a revsearch restart keeps the data."""
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,8 +20,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def milvus_uri(tmp_path_factory):
     base = tmp_path_factory.mktemp("milvus-server")
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("milvus_server.py")), str(base),
-                             str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "revsearch.chaos", "milvus-server", str(base), str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
     port = None
     while time.time() < deadline:
