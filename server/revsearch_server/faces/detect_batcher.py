@@ -19,6 +19,8 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+from ..shared_call import answer_together
+
 # Blocking: (key, images) -> per image its faces (or None where the detector failed on it).
 DetectRun = Callable[[Hashable, list[np.ndarray]], list]
 
@@ -64,19 +66,9 @@ class DetectionBatcher:
         loop = asyncio.get_running_loop()
         while any(not w[2].done() for w in self._waiting):
             key, taken = self._take()
-            images = [img for imgs, _ in taken for img in imgs]
             self.calls += 1
-            try:
-                found = await loop.run_in_executor(self._worker, self._run, key, images)
-            except Exception as exc:  # the detector's failure is every joined caller's
-                for _, future in taken:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            start = 0
-            for imgs, future in taken:
-                if not future.done():
-                    future.set_result(found[start:start + len(imgs)])
-                    self.requests += 1
-                start += len(imgs)
+            # The detector's failure is every joined caller's; each gets its own images' answer.
+            await answer_together(taken, lambda images: loop.run_in_executor(self._worker, self._run, key, images),
+                                  join=lambda parts: [img for imgs in parts for img in imgs])
+            self.requests += sum(1 for _, f in taken if f.done() and not f.cancelled() and f.exception() is None)
         self._waiting.clear()
