@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from common import NO_LIMITS, RESULTS, ROOT, lfw_images, machine, now_utc, start_server, stop_server, write_results
-from revsearch.client import AsyncSearchClient
+from common import (NO_LIMITS, RESULTS, ROOT, embed_at_saturation, lfw_images, machine, now_utc, start_server,
+                    stop_server, write_results)
 from revsearch_server.embedding.local_onnx import make_session
 from revsearch_server.imaging import preprocess
 from revsearch_server.models import load_models
@@ -40,31 +40,6 @@ def bench_onnxruntime(model, images: list[bytes], batch: int, seconds: float, sp
     elapsed = time.perf_counter() - started
     return {"images_per_s": done / elapsed, "images": done, "seconds": elapsed, "batch": batch,
             "intra_op_spinning": spinning}
-
-
-async def bench_grpc(address: str, images: list[bytes], concurrency: int, seconds: float) -> dict:
-    async with AsyncSearchClient(address, timeout=120) as client:
-        info = await client.info()
-        for b in images[:concurrency]:  # warm-up: loads sessions, fills batches
-            await client.embed(b)
-        latencies: list[float] = []
-        stop_at = time.perf_counter() + seconds
-
-        async def worker(offset: int):
-            i = offset
-            while time.perf_counter() < stop_at:
-                t = time.perf_counter()
-                await client.embed(images[i % len(images)])
-                latencies.append(time.perf_counter() - t)
-                i += concurrency
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    lat = np.array(latencies) * 1000
-    return {"images_per_s": len(latencies) / elapsed, "images": len(latencies), "seconds": elapsed,
-            "concurrency": concurrency, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "backend_detail": info.inference_detail}
 
 
 class Servers:
@@ -112,8 +87,8 @@ def main() -> int:
             # This machine's speed drifts by +-10% over minutes; interleaving the three paths and
             # taking ratios within each round keeps that drift out of the ratios.
             raw = bench_onnxruntime(model, images, args.batch, args.seconds, spinning=True)
-            triton = asyncio.run(bench_grpc(servers.addresses["b"], images, args.concurrency, args.seconds))
-            local = asyncio.run(bench_grpc(servers.addresses["c"], images, args.concurrency, args.seconds))
+            triton = asyncio.run(embed_at_saturation(servers.addresses["b"], images, args.concurrency, args.seconds))
+            local = asyncio.run(embed_at_saturation(servers.addresses["c"], images, args.concurrency, args.seconds))
             rounds.append({"a": raw, "b": triton, "c": local,
                            "b_over_a": triton["images_per_s"] / raw["images_per_s"],
                            "c_over_a": local["images_per_s"] / raw["images_per_s"]})

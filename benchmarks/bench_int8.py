@@ -33,8 +33,8 @@ import time
 
 import numpy as np
 
-from common import NO_LIMITS, RESULTS, ROOT, lfw_images, machine, now_utc, start_server, stop_server, write_results
-from revsearch.client import AsyncSearchClient
+from common import (NO_LIMITS, RESULTS, ROOT, embed_at_saturation, lfw_images, machine, now_utc, start_server,
+                    stop_server, write_results)
 from revsearch_server.embedding.local_onnx import make_session
 from revsearch_server.imaging import decode_image, preprocess
 from revsearch_server.models import load_models
@@ -150,32 +150,6 @@ def face_chips(paths, spec) -> np.ndarray:
 
 
 # -- through the server ---------------------------------------------------------------------------
-async def bench_grpc(address: str, model: str, images: list[bytes], concurrency: int, seconds: float) -> dict:
-    async with AsyncSearchClient(address, timeout=120) as client:
-        for b in images[:concurrency]:  # warm-up: sessions, detectors, batches
-            await client.embed(b, model=model)
-        latencies: list[float] = []
-        backends: set[int] = set()
-        stop_at = time.perf_counter() + seconds
-
-        async def worker(offset: int):
-            i = offset
-            while time.perf_counter() < stop_at:
-                t = time.perf_counter()
-                resp = await client.embed(images[i % len(images)], model=model)
-                latencies.append(time.perf_counter() - t)
-                backends.add(resp.inference_backend)
-                i += concurrency
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    lat = np.array(latencies) * 1000
-    return {"images_per_s": len(latencies) / elapsed, "images": len(latencies), "seconds": elapsed,
-            "concurrency": concurrency, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "backends": sorted(backends)}
-
-
 def median_of(rounds: list[dict], path: str, key: str = "images_per_s") -> float:
     return float(np.median([r[path][key] for r in rounds]))
 
@@ -242,15 +216,15 @@ def main() -> int:
             for path, run in runs.items():
                 r["resnet50"][path] = bench_raw(run, pixels, 8, args.seconds)
             for label in ("triton", "local"):
-                r["resnet50"][label] = asyncio.run(bench_grpc(addresses[label], "resnet50_int8", encoded,
-                                                              args.concurrency, args.seconds))
+                r["resnet50"][label] = asyncio.run(embed_at_saturation(addresses[label], encoded, args.concurrency,
+                                                                       args.seconds, model="resnet50_int8"))
             if face:
                 for path, run in face["runs"].items():
                     r["face_dlib"][path] = bench_raw(run, face["chips"], 16, args.seconds)
                 for label in ("triton", "local"):
                     for model, suffix in (("face_dlib_int8", ""), ("face_dlib", "_fp32")):
-                        r["face_dlib"][label + suffix] = asyncio.run(bench_grpc(
-                            addresses[label], model, encoded, args.concurrency, args.seconds))
+                        r["face_dlib"][label + suffix] = asyncio.run(embed_at_saturation(
+                            addresses[label], encoded, args.concurrency, args.seconds, model=model))
             res = {path: v["images_per_s"] for path, v in r["resnet50"].items()}
             r["ratios"] = {"resnet50_int8_over_fp32": res["raw_int8"] / res["raw_fp32"],
                            "resnet50_triton_over_raw_int8": res["triton"] / res["raw_int8"],

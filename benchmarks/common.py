@@ -6,6 +6,7 @@
   server     the server's own code run in this process, one stage at a time: its MilvusStore (with
              its pool), its face cropper split into detection and crops, its Embedder over the
              in-process ONNX Runtime backend (flip-averaged, L2-normalised like the server)
+  clients    EmbedImage from many callers at saturation (images/s, latency, backends)
   results    machine facts, timestamps, writing benchmarks/results/<name>.{json,md}
 
 Benchmarks run as `python benchmarks/bench_x.py`: this folder is then on sys.path, so they import
@@ -15,6 +16,7 @@ The embedded Milvus server runs in a child process, `python -m revsearch.chaos m
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from revsearch.client import AsyncSearchClient
 from revsearch_server.domain import FaceOptions
 from revsearch_server.embedding.embedder import Embedder
 from revsearch_server.embedding.local_onnx import LocalOnnxBackend
@@ -167,6 +170,38 @@ def process_tree(pid: int) -> list[int]:
 
 def tree_rss_mb(pid: int) -> float:
     return sum(rss_kb(p) for p in process_tree(pid)) / 1024
+
+
+# -- EmbedImage at saturation ------------------------------------------------------------------------
+async def embed_at_saturation(address: str, images: list[bytes], concurrency: int, seconds: float,
+                              model: str = "") -> dict:
+    """EmbedImage from `concurrency` callers for `seconds` (after a warm-up call each): images/s,
+    latency p50/p99 (ms), the inference backends that answered and the server's backend detail."""
+    async with AsyncSearchClient(address, timeout=120) as client:
+        info = await client.info()
+        for b in images[:concurrency]:  # warm-up: sessions, detectors, batches
+            await client.embed(b, model=model)
+        latencies: list[float] = []
+        backends: set[int] = set()
+        stop_at = time.perf_counter() + seconds
+
+        async def worker(offset: int):
+            i = offset
+            while time.perf_counter() < stop_at:
+                t = time.perf_counter()
+                resp = await client.embed(images[i % len(images)], model=model)
+                latencies.append(time.perf_counter() - t)
+                backends.add(resp.inference_backend)
+                i += concurrency
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    lat = np.array(latencies) * 1000
+    return {"images_per_s": len(latencies) / elapsed, "images": len(latencies), "seconds": elapsed,
+            "concurrency": concurrency, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "backends": sorted(backends),
+            "backend_detail": info.inference_detail}
 
 
 # -- the embedded Milvus 2.3 server -------------------------------------------------------------
