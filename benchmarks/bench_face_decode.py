@@ -22,9 +22,10 @@ import time
 import numpy as np
 from PIL import Image
 
-from common import NO_LIMITS, ROOT, SHARED_DATA, VIDEO, TimedCropper, lfw_images, machine, now_utc, write_results
+from common import (NO_LIMITS, ROOT, SHARED_DATA, VIDEO, TimedCropper, iou, lfw_images, machine, now_utc,
+                    write_results)
 from revsearch_server.domain import FaceOptions
-from revsearch_server.faces.cropper import _in_original_pixels
+from revsearch_server.faces.cropper import in_original_pixels
 from revsearch_server.imaging import decode_reduced
 from revsearch_server.models import load_models
 
@@ -66,20 +67,13 @@ def crowd_frames(count: int) -> list[bytes]:
     return out
 
 
-def iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
-
-
 def run_one(data: bytes, max_side: int, cropper: TimedCropper, model) -> dict:
     started = time.perf_counter()
     decoded = decode_reduced(data, NO_LIMITS, max_side)
     array = np.asarray(decoded.image, dtype=np.uint8)
     decode_s = time.perf_counter() - started
     timed = cropper.crop([array], model, OPTIONS, all_faces=True)
-    crops = _in_original_pixels(timed.crops[0], decoded)
+    crops = in_original_pixels(timed.crops[0], decoded)
     boxes = [c.box.to_list()[:4] for c in crops] if isinstance(crops, list) else []
     chips = [c.pixels for c in crops] if isinstance(crops, list) else []
     return {"decode_s": decode_s, "detect_s": timed.detect_s, "align_s": timed.crop_s, "boxes": boxes,

@@ -38,9 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-LFW = ROOT.parent / "shared" / "data" / "lfw"
-RESULTS = ROOT / "benchmarks" / "results"
+from common import LFW, RESULTS, ROOT, iou
 MIN_CONFIDENCE = 0.9  # a face collection's default
 IOU_BAR, FRACTION_BAR = 0.95, 0.99
 
@@ -50,13 +48,6 @@ def select_images(count: int) -> list[Path]:
     if not paths:
         raise SystemExit(f"no LFW images under {LFW}")
     return paths[::4][:count]
-
-
-def iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
 
 
 def compare(reference: list, candidate: list, sizes: list[tuple[int, int]]) -> dict:

@@ -68,6 +68,14 @@ def lfw_images(count: int, per_person_max: int = 3) -> list[Path]:
     return picked[:count]
 
 
+def iou(a, b) -> float:
+    """Intersection over union of two boxes (x_min, y_min, x_max, y_max)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
 def timed(fn):
     """(fn(), seconds it took)."""
     started = time.perf_counter()

@@ -97,7 +97,7 @@ class FaceCropper:
         with self._metrics.stage("detect"):  # detection, then the crops (or aligned chips) of the faces
             found = await self._detect_and_crop(arrays, model, options, all_faces, None)
         # Boxes in the pixels of the image the user sent, whatever size it was decoded at.
-        crops = iter(_in_original_pixels(c, d) for c, d in zip(found, done))
+        crops = iter(in_original_pixels(c, d) for c, d in zip(found, done))
         return [d if isinstance(d, RevsearchError) else next(crops) for d in decoded]
 
     def crop_arrays(self, images: list[np.ndarray], model: ModelSpec, options: FaceOptions, all_faces: bool = False,
@@ -169,7 +169,7 @@ class FaceCropper:
         return [None if fs is None else [scaled(f, 1.0 / k) for f in fs] for fs, k in zip(faces, factors)]
 
 
-def _in_original_pixels(crops: list[FaceCrop] | RevsearchError, decoded: Reduced) -> list[FaceCrop] | RevsearchError:
+def in_original_pixels(crops: list[FaceCrop] | RevsearchError, decoded: Reduced) -> list[FaceCrop] | RevsearchError:
     """Crops of an image decoded at reduced size with their boxes scaled to the original's pixels."""
     if isinstance(crops, RevsearchError) or not decoded.reduced:
         return crops
