@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import DetectedFace
+from .geometry import DetectedFace, reported_faces
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,6 @@ class MtcnnDetector:
     def _faces(self, boxes, probs, points, width: int, height: int) -> list[DetectedFace]:
         if boxes is None:
             return []
-        # MTCNN returns object arrays; its boxes may reach past the image edges.
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        probs = np.asarray(probs, dtype=np.float64).reshape(-1)
-        points = np.asarray(points, dtype=np.float32).reshape(-1, 5, 2)
-        boxes = np.clip(boxes, 0, [width, height, width, height])
-        min_side, faces = self.settings.min_face_size, []
-        for box, prob, pts in zip(boxes, probs, points):
-            if prob < self.settings.min_confidence or min(box[2] - box[0], box[3] - box[1]) < min_side:
-                continue
-            faces.append(DetectedFace(tuple(float(v) for v in box), float(prob), pts.copy()))
-        return sorted(faces, key=lambda f: -f.confidence)
+        # MTCNN returns object arrays; its boxes may reach past the image edges (clipped there).
+        return reported_faces(boxes, probs, points, width, height, self.settings.min_confidence,
+                              self.settings.min_face_size)

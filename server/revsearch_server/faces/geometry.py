@@ -22,6 +22,22 @@ class DetectedFace:
         return max(0.0, x1 - x0) * max(0.0, y1 - y0)
 
 
+def reported_faces(boxes: np.ndarray, probs: np.ndarray, points: np.ndarray, width: int, height: int,
+                   min_confidence: float, min_side: float) -> list[DetectedFace]:
+    """MTCNN's final boxes [K, 4], probabilities [K] and landmarks [K, 5, 2] as the detectors report
+    them: boxes clipped to the image, faces below min_confidence or with a side under min_side
+    dropped, most confident first (ties in the given order)."""
+    boxes = np.clip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), 0, [width, height, width, height])
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 5, 2)
+    faces = []
+    for box, prob, pts in zip(boxes, probs, points):
+        if prob < min_confidence or min(box[2] - box[0], box[3] - box[1]) < min_side:
+            continue
+        faces.append(DetectedFace(tuple(float(v) for v in box), float(prob), pts.copy()))
+    return sorted(faces, key=lambda f: -f.confidence)
+
+
 def scaled(face: DetectedFace, factor: float) -> DetectedFace:
     """The face in the pixels of an image `factor` times the size of the one it was found in."""
     if factor == 1.0:

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import RevsearchError
 from .detector import DetectorSettings
-from .geometry import DetectedFace
+from .geometry import DetectedFace, reported_faces
 
 log = logging.getLogger(__name__)
 
@@ -241,16 +241,9 @@ class OnnxMtcnnDetector:
         """As MTCNN.detect(select_largest=True) and faces/detector.py's MtcnnDetector report them."""
         if len(b) == 0:
             return []
-        order = np.argsort((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[::-1]
-        boxes = np.clip(np.asarray(b[order, :4], dtype=np.float64), 0, [width, height, width, height])
-        probs = np.asarray(b[order, 4], dtype=np.float64)
-        points = np.asarray(points[order], dtype=np.float32)
-        min_side, faces = self.settings.min_face_size, []
-        for box, prob, pts in zip(boxes, probs, points):
-            if prob < self.settings.min_confidence or min(box[2] - box[0], box[3] - box[1]) < min_side:
-                continue
-            faces.append(DetectedFace(tuple(float(v) for v in box), float(prob), pts.copy()))
-        return sorted(faces, key=lambda f: -f.confidence)
+        order = np.argsort((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[::-1]  # largest first, as MTCNN sorts
+        return reported_faces(b[order, :4], b[order, 4], points[order], width, height,
+                              self.settings.min_confidence, self.settings.min_face_size)
 
 
 # -- facenet-pytorch's steps in numpy ---------------------------------------------------------------
