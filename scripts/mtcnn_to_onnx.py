@@ -38,9 +38,8 @@ PNET_CHECK_SIZES = [(12, 12), (13, 17), (151, 151), (73, 130), (325, 577)]
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    h.update(path.read_bytes())
-    return h.hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _torch_net(name: str):
