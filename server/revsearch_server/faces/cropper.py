@@ -66,7 +66,7 @@ class FaceCropper:
                               all_faces: bool = False, detect_max_side: int | None = None
                               ) -> list[list[FaceCrop] | RevsearchError]:
         """crops() for decoded RGB arrays (video frames): detected in this cropper's worker, with
-        other calls' images when they come at the same time, then cropped there."""
+        other calls' images when they come at the same time, then cropped in the decode pool."""
         with self._metrics.stage("detect"):
             return await self._detect_and_crop(images, model, options, all_faces, detect_max_side)
 
