@@ -33,6 +33,7 @@ from common import (NO_LIMITS, ROOT, TimedCropper, lfw_images, local_embedder, l
 from revsearch.client import AsyncSearchClient, ImageInput
 from revsearch.v1 import search_service_pb2 as pb
 from revsearch_server.domain import FaceBox, FaceOptions
+from revsearch_server.faces.net_runners import resolve_runtime
 from revsearch_server.imaging import decode_image
 from revsearch_server.index.base import Record
 from revsearch_server.models import load_models
@@ -210,7 +211,7 @@ def main() -> int:
     write_results(args.name, result, (
         f"# Face pipeline speed ({result['date']}, {machine()['cpus']} CPUs, {n} LFW images)\n\n"
         f"| stage | ms per image | share |\n|---|---|---|\n{rows}\n| **sum** | {1000 * total:.2f} | 100% |\n\n"
-        f"- Detection (MTCNN {'as ONNX, numpy + ONNX Runtime' if args.detector == 'onnx' else 'facenet-pytorch'}, "
+        f"- Detection (MTCNN {'as ONNX, numpy + ' + resolve_runtime('auto') if args.detector == 'onnx' else 'facenet-pytorch'}, "
         f"batches of {DETECT_BATCH}, min face 20 px): "
         f"**{result['detection']['faces_per_s']:.1f} faces/s** ({result['detection']['images_per_s']:.1f} images/s, "
         f"{n_faces} faces in {n} images).\n"

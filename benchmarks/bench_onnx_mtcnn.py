@@ -9,6 +9,8 @@ collection's confidence >= 0.9 filter):
   torch_single  the same, one image per call: facenet-pytorch's result for that image alone
   onnx          faces/onnx_mtcnn.py's OnnxMtcnnDetector, its nets in ONNX Runtime in this process,
                 16 images per call (its result does not depend on the batch)
+  openvino      the same detector, its nets in OpenVINO (f32) in this process: the runtime the
+                server uses when OpenVINO is installed (--face-net-runtime auto)
 
 For each facenet-pytorch face, the ONNX face of the highest IoU: the fraction with IoU >= 0.95 (the
 bar: 99%), the IoU distribution, the confidence and landmark differences, faces either one found
@@ -20,7 +22,8 @@ other images of the batch). Speed: the same batches, torch and onnx interleaved 
 goes first alternates), images/s each; then both again with 1 thread each (--speed-threads), since
 torch's two threads collapse when other processes share the two cores. The ONNX detector with
 OpenCV's INTER_AREA resampling instead of torch's area pooling is run too, to show what the exact
-resampling is worth. Writes benchmarks/results/onnx_mtcnn.{json,md}; exits 1 when the bar is missed.
+resampling is worth. The OpenVINO detector is held to the same bar, and compared with the ONNX
+Runtime one. Writes benchmarks/results/onnx_mtcnn.{json,md}; exits 1 when the bar is missed.
 
   .venv/bin/python benchmarks/bench_onnx_mtcnn.py [--images 1000] [--batch 16]
 """
@@ -120,8 +123,10 @@ def main() -> int:
     if not set(NET_NAMES) <= set(nets):
         raise SystemExit(f"MTCNN's nets are not built in {args.repository}: python scripts/build_models.py --models mtcnn")
     settings = DetectorSettings(min_face_size=20, thresholds=(0.6, 0.7, 0.7), min_confidence=0.0)
-    local = LocalNets(nets, threads=args.threads or None)
-    detectors = {"torch": MtcnnDetector(settings), "onnx": OnnxMtcnnDetector(local, settings)}
+    local = LocalNets(nets, threads=args.threads or None, runtime="onnxruntime")
+    detectors = {"torch": MtcnnDetector(settings), "onnx": OnnxMtcnnDetector(local, settings),
+                 "openvino": OnnxMtcnnDetector(LocalNets(nets, threads=args.threads or None, runtime="openvino"),
+                                               settings)}
     if not args.no_cv2:
         detectors["onnx_cv2_resample"] = OnnxMtcnnDetector(local, settings, resample="cv2")
 
@@ -172,12 +177,16 @@ def main() -> int:
         "onnx_vs_torch": compare(per_image["torch"], per_image["onnx"], sizes),
         "onnx_vs_torch_single": compare(per_image["torch_single"], per_image["onnx"], sizes),
         "torch_vs_torch_single": compare(per_image["torch_single"], per_image["torch"], sizes),
+        "openvino_vs_torch": compare(per_image["torch"], per_image["openvino"], sizes),
+        "openvino_vs_torch_single": compare(per_image["torch_single"], per_image["openvino"], sizes),
+        "openvino_vs_onnx": compare(per_image["onnx"], per_image["openvino"], sizes),
     }
     if "onnx_cv2_resample" in detectors:
         result["onnx_cv2_resample_vs_torch"] = compare(per_image["torch"], per_image["onnx_cv2_resample"], sizes)
     result["passed"] = all(c["fraction_iou_at_least_0_95"] is not None and c["fraction_iou_at_least_0_95"] >= FRACTION_BAR
                            and c["same_face_chosen"] >= FRACTION_BAR
-                           for c in (result["onnx_vs_torch"], result["onnx_vs_torch_single"]))
+                           for c in (result["onnx_vs_torch"], result["onnx_vs_torch_single"],
+                                     result["openvino_vs_torch"], result["openvino_vs_torch_single"]))
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "onnx_mtcnn.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -198,7 +207,9 @@ def speed_pass(images: list[np.ndarray], batch: int, threads: int, nets, setting
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        detectors = {"torch": MtcnnDetector(settings), "onnx": OnnxMtcnnDetector(LocalNets(nets, threads=threads), settings)}
+        detectors = {"torch": MtcnnDetector(settings), "onnx": OnnxMtcnnDetector(LocalNets(nets, threads=threads, runtime="onnxruntime"),
+                                                                          settings),
+                     "openvino": OnnxMtcnnDetector(LocalNets(nets, threads=threads, runtime="openvino"), settings)}
         batches = [images[i:i + batch] for i in range(0, len(images), batch)]
         seconds = dict.fromkeys(detectors, 0.0)
         for d in detectors.values():
@@ -219,6 +230,9 @@ def markdown(r: dict) -> str:
     rows = [("onnx_vs_torch", "ONNX", "facenet-pytorch, batches of %d (as the server calls it)" % r["batch"]),
             ("onnx_vs_torch_single", "ONNX", "facenet-pytorch, one image per call"),
             ("torch_vs_torch_single", "facenet-pytorch, batches of %d" % r["batch"], "facenet-pytorch, one image per call"),
+            ("openvino_vs_torch", "ONNX, nets in OpenVINO", "facenet-pytorch, batches of %d" % r["batch"]),
+            ("openvino_vs_torch_single", "ONNX, nets in OpenVINO", "facenet-pytorch, one image per call"),
+            ("openvino_vs_onnx", "ONNX, nets in OpenVINO", "ONNX, nets in ONNX Runtime"),
             ("onnx_cv2_resample_vs_torch", "ONNX with OpenCV INTER_AREA resampling", "facenet-pytorch, batches")]
     lines = [f"# MTCNN as ONNX vs facenet-pytorch ({r['date']}, {r['machine']['cpus']} CPUs, {r['images']} LFW images)",
              "",
@@ -244,15 +258,18 @@ def markdown(r: dict) -> str:
               "| detector | images/s |", "|---|---|",
               f"| facenet-pytorch (torch), batches of {r['batch']} | {speed['torch']:.1f} |",
               f"| ONNX (numpy + ONNX Runtime in-process), batches of {r['batch']} | {speed['onnx']:.1f} |",
+              f"| ONNX (numpy + OpenVINO in-process), batches of {r['batch']} | {speed['openvino']:.1f} |",
               f"| facenet-pytorch, one image per call | {speed['torch_single']:.1f} |"]
     if "onnx_cv2_resample" in speed:
         lines.append(f"| ONNX with OpenCV resampling | {speed['onnx_cv2_resample']:.1f} |")
     for threads, x in r.get("speed_by_threads", {}).items():
-        lines.append(f"| facenet-pytorch / ONNX, {threads} thread(s) each, first {x['images']} images again "
-                     f"(load average {x['load_average']:.1f}) | {x['torch']:.1f} / {x['onnx']:.1f} "
-                     f"({x['onnx'] / x['torch']:.2f}x) |")
+        lines.append(f"| facenet-pytorch / ONNX Runtime / OpenVINO, {threads} thread(s) each, first {x['images']} "
+                     f"images again (load average {x['load_average']:.1f}) | {x['torch']:.1f} / {x['onnx']:.1f} / "
+                     f"{x['openvino']:.1f} ({x['onnx'] / x['torch']:.2f}x / {x['openvino'] / x['torch']:.2f}x) |")
     lines += ["",
-              f"- ONNX detector: **{speed['onnx'] / speed['torch']:.2f}x** facenet-pytorch's images/s on the same "
+              f"- ONNX detector: **{speed['onnx'] / speed['torch']:.2f}x** facenet-pytorch's images/s with its nets in "
+              f"ONNX Runtime, **{speed['openvino'] / speed['torch']:.2f}x** with them in OpenVINO "
+              f"({speed['openvino'] / speed['onnx']:.2f}x ONNX Runtime), on the same "
               f"batches, interleaved batch by batch (torch with {r['machine']['torch_threads']} threads, ONNX Runtime "
               f"with {r['machine']['onnxruntime_threads']}; load average at the end {r['machine']['load_average_at_end'][0]:.1f} "
               "on a shared machine).",

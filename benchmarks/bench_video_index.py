@@ -6,8 +6,9 @@ and upscaled) and a talking head (a shared clip letterboxed into 720p, looped). 
 in this process and one stage at a time, with the server's own code as the server runs it:
   sample  open the file, find the 5 uniform frames, decode them (video/sampling.py; frames decoded/s
           also reported)
-  detect  MTCNN (the server's ONNX detector, nets in ONNX Runtime in this process) on the frames
-          shrunk to the server's 640 px long side (--video-frame-max-side)
+  detect  MTCNN (the server's ONNX detector, its nets in this process in the runtime the server
+          picks by default: OpenVINO when installed) on the frames shrunk to the server's 640 px
+          long side (--video-frame-max-side)
   align   every face (up to 16 a frame) to a 150 px chip from the full-resolution frame
   embed   the face model (embedding/embedder.py over the in-process ONNX Runtime backend: chip +
           mirror image, L2-normalised)
@@ -39,6 +40,7 @@ from revsearch.client import SearchClient
 from revsearch.video_dataset import read_video
 from revsearch_server.config import Settings
 from revsearch_server.domain import FaceOptions, l2_normalize
+from revsearch_server.faces.net_runners import resolve_runtime
 from revsearch_server.index.base import Record
 from revsearch_server.models import load_models
 from revsearch_server.video.sampling import SamplingOptions, VideoLimits, sample_frames
@@ -193,8 +195,8 @@ def main() -> int:
                      ("sample", "detect", "align", "embed", "store")) + f" | {sum(s.values()):.3f} s | "
                      f"**{e2e[label]['seconds_median']:.3f} s** | {report[label]['decode_fps']:.0f} |")
     lines += ["", f"Stages: medians of {args.repeats} runs in one process (detection on frames shrunk to "
-              f"{FRAME_MAX_SIDE} px by the ONNX MTCNN, {args.model} in-process ONNX Runtime with flip averaging, Milvus "
-              f"Lite). End to end: "
+              f"{FRAME_MAX_SIDE} px by the ONNX MTCNN with its nets in {resolve_runtime('auto')}, {args.model} in-process "
+              f"ONNX Runtime with flip averaging, Milvus Lite). End to end: "
               f"IndexVideo over gRPC with 1 MiB chunks into a server process ({e2e['backend']}, Milvus Lite), median "
               f"of {args.repeats} uploads. Target: < {TARGET_S} s. Load average at the end: "
               f"{result['load_average_end'][0]:.2f}.", ""]

@@ -539,6 +539,13 @@ OPTIONAL = {"facenet"}
 RUNNER = ROOT / "model_repository" / "onnx_runner.py"
 
 
+def _refresh_runner(model_py: Path) -> None:
+    """The Triton runner is code, not a build product: a kept build gets the current one."""
+    if model_py.read_bytes() != RUNNER.read_bytes():
+        shutil.copyfile(RUNNER, model_py)
+        print(f"  {model_py}: runner updated from {RUNNER.name}")
+
+
 def plan(models: str | None) -> list[tuple[str, bool]]:
     """(name, required) per model to build: --models given names only required models; without it,
     every model in BUILDERS, the OPTIONAL ones not required."""
@@ -592,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
             outdated = _int8_stale(args.repository, info) or _detector_stale(info)
             if built and (info["trained"] or (args.allow_untrained and required)) and not outdated:
                 print(f"{name}: already built ({'trained' if info['trained'] else 'UNTRAINED'}); --force rebuilds")
+                _refresh_runner(out_dir / info["version"] / "model.py")
                 continue
         started = time.time()
         if required:

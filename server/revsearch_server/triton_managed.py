@@ -4,6 +4,11 @@ wheel, started on a free port against the model repository and stopped with the 
 That wheel's Triton has only the Python backend; its stub is per Python version and needs our
 site-packages (see model_repository/*/1/model.py). The binary dies with us (PR_SET_PDEATHSIG),
 so a crashed revsearch leaves no orphaned Triton holding memory.
+
+Models whose runtime the server sets (MTCNN's nets, in the runtime of --face-net-runtime: OpenVINO
+or ONNX Runtime, model_repository/onnx_runner.py) are served from an overlay repository in a
+temporary directory: their config.pbtxt with the runtime parameter rewritten, every other file a
+link into the real repository.
 """
 
 from __future__ import annotations
@@ -49,12 +54,14 @@ def _die_with_parent() -> None:
 
 
 class ManagedTriton:
-    def __init__(self, repository: Path, log_dir: Path, models):
+    def __init__(self, repository: Path, log_dir: Path, models, runtimes: dict[str, str] | None = None):
+        """runtimes: model -> its runner's runtime ("onnxruntime" or "openvino"), replacing its config's."""
         self.repository = repository.resolve()
         self.log_path = log_dir / "triton.log"
         self.models = list(models)
+        self.runtimes = dict(runtimes or {})
         self.process: subprocess.Popen | None = None
-        self._backend_dir: str | None = None
+        self._work_dir: str | None = None  # the backends' links and the overlay repository
         self._port: int | None = None
         self.restarts = 0
         self._restarted_at = 0.0
@@ -68,9 +75,10 @@ class ManagedTriton:
         if not binary.exists() or not stub.exists():
             raise Unavailable(f"the nvidia-pytriton wheel has no tritonserver or no Python {version} stub")
         # Triton wants backends/<name>/ with the stub beside the backend library; links suffice.
-        self._backend_dir = tempfile.mkdtemp(prefix="revsearch-triton-backends-")
-        python_dir = Path(self._backend_dir) / "python"
-        python_dir.mkdir()
+        self._work_dir = tempfile.mkdtemp(prefix="revsearch-triton-")
+        backends = Path(self._work_dir) / "backends"
+        python_dir = backends / "python"
+        python_dir.mkdir(parents=True)
         for src in (server_dir / "backends" / "python" / "libtriton_python.so",
                     server_dir / "backends" / "python" / "triton_python_backend_utils.py", stub):
             (python_dir / src.name).symlink_to(src)
@@ -80,7 +88,8 @@ class ManagedTriton:
                                                        sysconfig.get_paths()["platlib"]]))
         env = {**os.environ, "TRITON_STUB_PYTHONPATH": site_packages,
                "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(libs), os.environ.get("LD_LIBRARY_PATH")]))}
-        cmd = [str(binary), f"--model-repository={self.repository}", f"--backend-directory={self._backend_dir}",
+        repository = self._overlay(Path(self._work_dir) / "models") if self.runtimes else self.repository
+        cmd = [str(binary), f"--model-repository={repository}", f"--backend-directory={backends}",
                f"--grpc-port={port}", "--grpc-address=127.0.0.1", "--allow-http=false", "--allow-metrics=false",
                "--model-control-mode=explicit", *[f"--load-model={m}" for m in self.models],
                "--disable-auto-complete-config", "--backend-config=python,shm-default-byte-size=16777216",
@@ -97,6 +106,26 @@ class ManagedTriton:
         log.info("started managed Triton (pid %d) on 127.0.0.1:%d; log: %s", self.process.pid, port, self.log_path)
         return f"127.0.0.1:{port}"
 
+    def _overlay(self, root: Path) -> Path:
+        """The repository with the `runtimes` models' configs rewritten (links for the rest)."""
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+
+        root.mkdir()
+        for entry in self.repository.iterdir():
+            if entry.name not in self.runtimes or not (entry / "config.pbtxt").is_file():
+                (root / entry.name).symlink_to(entry)
+                continue
+            config = text_format.Parse((entry / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+            config.parameters["runtime"].string_value = self.runtimes[entry.name]
+            model = root / entry.name
+            model.mkdir()
+            for part in entry.iterdir():
+                if part.name != "config.pbtxt":
+                    (model / part.name).symlink_to(part)
+            (model / "config.pbtxt").write_text(text_format.MessageToString(config))
+        return root
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -108,9 +137,9 @@ class ManagedTriton:
         code = self.process.returncode
         self._restarted_at = time.monotonic()
         self._kill_leftovers()
-        if self._backend_dir:
-            shutil.rmtree(self._backend_dir, ignore_errors=True)
-            self._backend_dir = None
+        if self._work_dir:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._work_dir = None
         self.restarts += 1
         log.error("managed Triton exited (code %s); starting it again (restart %d)", code, self.restarts)
         self.start()
@@ -141,6 +170,6 @@ class ManagedTriton:
                 self.process.kill()
                 self.process.wait()
         self._kill_leftovers()
-        if self._backend_dir:
-            shutil.rmtree(self._backend_dir, ignore_errors=True)
-            self._backend_dir = None
+        if self._work_dir:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._work_dir = None

@@ -140,6 +140,7 @@ class Dependencies:
     server_info: DescribeServer
     security: Security = field(default_factory=Security)
     triton: ManagedTriton | None = None
+    closers: list[Callable[[], None]] = field(default_factory=list)  # e.g. the detector's Triton client
     _closed: bool = field(default=False, repr=False)
 
     async def close(self) -> None:
@@ -148,6 +149,8 @@ class Dependencies:
         self._closed = True
         await self.embedder.close()
         await self.store.close()
+        for close in self.closers:
+            await asyncio.to_thread(close)
         self.pools.shutdown()
         if self.triton is not None:
             await asyncio.to_thread(self.triton.stop)
@@ -171,13 +174,17 @@ def check_face_detector(s: Settings, nets: dict[str, DetectorNet]) -> None:
     if s.face_detector == "onnx" and missing:
         raise StartupError(f"--face-detector onnx: MTCNN's ONNX nets ({', '.join(missing)}) are not in "
                            f"{s.model_repository}; build them with `python scripts/build_models.py --models mtcnn`")
+    if s.face_net_runtime == "openvino" and importlib.util.find_spec("openvino") is None:
+        raise StartupError("--face-net-runtime openvino: OpenVINO is not installed (it comes with requirements.txt: "
+                           "`pip install -r requirements.txt`); use --face-net-runtime auto or onnxruntime")
     if s.face_detector == "torch" and importlib.util.find_spec("facenet_pytorch") is None:
         raise StartupError("--face-detector torch: facenet-pytorch is not installed (it comes with "
                            "requirements-build.txt); use --face-detector onnx or auto")
 
 
 def detector_factory(s: Settings, inference: FailoverBackend, triton_url: str | None,
-                     nets: dict[str, DetectorNet]) -> Callable[[int], FaceDetector]:
+                     nets: dict[str, DetectorNet], closers: list[Callable[[], None]] | None = None
+                     ) -> Callable[[int], FaceDetector]:
     """min_face_size -> face detector. MTCNN as ONNX (faces/onnx_mtcnn.py) when its three nets are in
     the model repository, run where the embedding models run (Triton while the inference backend is
     Triton, else ONNX Runtime in-process); else facenet-pytorch's MTCNN when torch is installed;
@@ -198,8 +205,12 @@ def detector_factory(s: Settings, inference: FailoverBackend, triton_url: str | 
     if not missing:
         from .faces.net_runners import FailoverNets, LocalNets, TritonNets
 
-        local = LocalNets(nets) if s.fallback == "local" or not s.triton_enabled else None
-        remote = TritonNets(triton_url, nets, s.triton_timeout_s) if triton_url else None
+        local = LocalNets(nets, runtime=s.face_net_runtime) if s.fallback == "local" or not s.triton_enabled else None
+        # The managed Triton runs on this machine: the nets' inputs go through shared memory.
+        remote = TritonNets(triton_url, nets, s.triton_timeout_s, local_shared_memory=s.managed_triton) \
+            if triton_url else None
+        if remote is not None and closers is not None:
+            closers.append(remote.close)
         run = FailoverNets(remote, local, use_primary=lambda: inference.kind is BackendKind.TRITON)
         log.info("face detection: MTCNN as ONNX (%s)", " or ".join(
             r.describe() for r in (remote, local) if r is not None) or "no backend")
@@ -255,14 +266,15 @@ async def build_dependencies(settings: Settings, metrics: Metrics, overrides: Ov
     admission = Admission(s.max_inflight_images, s.admission_wait_s, metrics)
     knn = lambda directory, dimension: ExactKnnIndex(directory, dimension, pools.store)  # noqa: E731
     collections = Collections(Catalog(store, s.data_dir / "exact_knn", knn), served)
-    detector_for = overrides.detector_for or detector_factory(s, inference, triton_url, nets)
+    closers: list[Callable[[], None]] = []
+    detector_for = overrides.detector_for or detector_factory(s, inference, triton_url, nets, closers)
     cropper = FaceCropper(pools.decode, pools.faces, detector_for, limits, metrics, s.face_image_max_side,
                           s.face_detect_batch_images)
     encoder = Encoder(embedder, cropper, pools.decode, limits, metrics)
     searcher = SearchCoalescer(s.search_batch_max_queries, metrics)
     return Dependencies(
         settings=s, metrics=metrics, pools=pools, models=served, inference=inference, embedder=embedder,
-        store=store, store_ok=store_ok, admission=admission, triton=triton, security=security,
+        store=store, store_ok=store_ok, admission=admission, triton=triton, security=security, closers=closers,
         collections=ManageCollections(collections, video_limits),
         images=ImageSearch(collections, encoder, searcher, admission, s.max_top_k, metrics,
                            CopyDetector(pools.decode, limits, metrics)),
@@ -277,6 +289,7 @@ async def _inference(s: Settings, models: dict, pools: Pools, metrics: Metrics, 
     address (None without one). A managed Triton also loads the face detector's nets."""
     from .embedding.local_onnx import LocalOnnxBackend
     from .embedding.triton import TritonBackend
+    from .faces.net_runners import resolve_runtime
 
     if only is not None:
         backend = FailoverBackend(None, only, metrics=metrics)
@@ -286,7 +299,9 @@ async def _inference(s: Settings, models: dict, pools: Pools, metrics: Metrics, 
     if s.triton_enabled and not s.managed_triton:
         primary = TritonBackend(s.triton_url, s.triton_timeout_s)
     elif s.managed_triton:
-        triton = ManagedTriton(s.model_repository, s.data_dir / "triton", [*models, *nets])
+        # MTCNN's nets in the runtime --face-net-runtime chooses (the one the local fallback uses too).
+        triton = ManagedTriton(s.model_repository, s.data_dir / "triton", [*models, *nets],
+                               runtimes=dict.fromkeys(nets, resolve_runtime(s.face_net_runtime)))
         try:
             url = await asyncio.to_thread(triton.start)
             primary = TritonBackend(url, s.triton_timeout_s, alive=triton.alive, log_hint=f"; see {triton.log_path}")

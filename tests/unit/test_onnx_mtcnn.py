@@ -1,6 +1,7 @@
 """MTCNN as ONNX (faces/onnx_mtcnn.py) finds the faces facenet-pytorch's MTCNN finds: the same boxes,
 confidences, landmarks and the same chosen face, on LFW photos, a crowd frame, a Hamilton frame and
-an image without a face; it runs without torch; the wiring picks it when its nets are built."""
+an image without a face, with its nets in OpenVINO (the default) and in ONNX Runtime alike; it runs
+without torch; the wiring picks it when its nets are built."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from PIL import Image
 from revsearch_server.errors import FailedPrecondition, Unavailable
 from revsearch_server.faces.detector import DetectorSettings, MtcnnDetector
 from revsearch_server.faces.geometry import DetectedFace, prominent_face
-from revsearch_server.faces.net_runners import FailoverNets, LocalNets
+from revsearch_server.faces.net_runners import FailoverNets, LocalNets, resolve_runtime
 from revsearch_server.faces.onnx_mtcnn import NET_NAMES, OnnxMtcnnDetector
 from revsearch_server.models import detector_nets, load_models
 from tests.helpers import CROWD_CLIP, CROWD_FRAME, HAMILTON_CLIP, HAMILTON_FRAME, ROOT, lfw_images, video_frame
@@ -42,9 +43,10 @@ def nets():
     return found
 
 
-@pytest.fixture(scope="module")
-def onnx_detector(nets) -> OnnxMtcnnDetector:
-    return OnnxMtcnnDetector(LocalNets(nets), SETTINGS)
+@pytest.fixture(scope="module", params=["openvino", "onnxruntime"])
+def onnx_detector(nets, request) -> OnnxMtcnnDetector:
+    """The detector with its nets in each runtime the server can use (--face-net-runtime)."""
+    return OnnxMtcnnDetector(LocalNets(nets, runtime=request.param), SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +151,7 @@ def test_a_call_detected_in_parts_of_a_few_images_gives_the_faces_of_one_part(ne
 
     def counting(net, batch):
         calls.append(net)
-        return LocalNets(nets)(net, batch)
+        return onnx_detector.nets(net, batch)
 
     in_parts = OnnxMtcnnDetector(counting, SETTINGS, max_pixels_per_part=200_000)  # 3 LFW images a part
     whole, parted = onnx_detector.detect(arrays), in_parts.detect(arrays)
@@ -323,3 +325,38 @@ def test_the_serving_requirements_and_the_server_extras_install_no_torch():
         assert package not in extras, package
     build = (ROOT / "requirements-build.txt").read_text()
     assert "-r requirements.txt" in build and "torch==" in build and "facenet-pytorch==" in build
+
+
+def test_openvino_and_onnx_runtime_give_the_nets_outputs_to_float_rounding(nets):
+    rng = np.random.default_rng(5)
+    runtimes = {name: LocalNets(nets, runtime=name) for name in ("openvino", "onnxruntime")}
+    for net, shape in (("mtcnn_pnet", (2, 3, 61, 47)), ("mtcnn_pnet", (1, 3, 12, 12)), ("mtcnn_rnet", (33, 3, 24, 24)),
+                       ("mtcnn_onet", (5, 3, 48, 48))):
+        x = rng.uniform(-1, 1, shape).astype(np.float32)
+        a, b = runtimes["openvino"](net, x), runtimes["onnxruntime"](net, x)
+        assert [o.shape for o in a] == [o.shape for o in b] and all(o.dtype == np.float32 for o in a), net
+        assert max(float(np.abs(p - q).max()) for p, q in zip(a, b)) < 1e-4, net
+    # An earlier call's outputs stay as they were after the next call (OpenVINO reuses its buffers).
+    first = runtimes["openvino"]("mtcnn_rnet", np.zeros((4, 3, 24, 24), np.float32))
+    kept = [o.copy() for o in first]
+    runtimes["openvino"]("mtcnn_rnet", np.ones((4, 3, 24, 24), np.float32))
+    assert all(np.array_equal(o, k) for o, k in zip(first, kept))
+
+
+def test_the_nets_runtime_is_openvino_when_installed_and_a_missing_one_stops_the_start(tmp_path, nets, monkeypatch):
+    import dataclasses
+    import importlib.util
+
+    from revsearch_server import wiring
+
+    assert resolve_runtime("auto") == "openvino" and resolve_runtime("onnxruntime") == "onnxruntime"
+    with pytest.raises(ValueError, match="unknown runtime"):
+        resolve_runtime("tensorrt")
+    assert LocalNets(nets).describe().startswith("openvino")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openvino" else real_find_spec(name, *a))
+    assert resolve_runtime("auto") == "onnxruntime"
+    settings = dataclasses.replace(_settings(tmp_path, REPOSITORY), face_net_runtime="openvino")
+    with pytest.raises(wiring.StartupError, match="OpenVINO is not installed.*--face-net-runtime auto or onnxruntime"):
+        wiring.check_face_detector(settings, nets)

@@ -1,6 +1,7 @@
 """Runs the face detector's nets (faces/onnx_mtcnn.py's `run(net, batch) -> outputs`), blocking,
-from the faces worker thread: ONNX Runtime in this process, Triton, or Triton with the local one
-as its fallback.
+from the faces worker thread: in this process (OpenVINO, or ONNX Runtime), Triton, or Triton with
+the local one as its fallback. On the managed Triton the nets run with the same runtime, chosen
+by --face-net-runtime (model_repository/onnx_runner.py).
 
 Triton is called with tritonclient's synchronous gRPC client from the worker thread itself. The
 detector is blocking code in its own thread and makes a dozen or so net calls per batch (P-Net
@@ -26,47 +27,102 @@ from ..models import DetectorNet
 log = logging.getLogger(__name__)
 
 
-class LocalNets:
-    """ONNX Runtime sessions of the nets, made on first use."""
+RUNTIMES = ("onnxruntime", "openvino")
+# OpenVINO compiles kernels per input shape and keeps them (CPU_RUNTIME_CACHE_CAPACITY entries):
+# R- and O-Net batches are padded to a multiple of this many crops (rows are independent, so the
+# answers do not change) so that their batch sizes make a few dozen shapes instead of 640, and the
+# cache is bounded. Measured on 300 LFW photos each resized to its own random size (every P-Net
+# shape new): the default 5,000-entry cache grew the process by 600 MB, 1,000 entries by 300 MB.
+OPENVINO_BATCH_STEP = 32
+OPENVINO_PADDED = ("mtcnn_rnet", "mtcnn_onet")
+OPENVINO_CACHE_ENTRIES = 1000
 
-    def __init__(self, nets: dict[str, DetectorNet], threads: int | None = None, spinning: bool = False):
-        """spinning off by default: between the nets' short runs the worker does numpy work, and
-        spinning ORT threads would take those cores from it and from the embedding runs."""
+
+def resolve_runtime(choice: str) -> str:
+    """The in-process runtime of the nets: "auto" is OpenVINO when it is installed (it runs these
+    small convolution nets 1.5-2.2x faster than ONNX Runtime on this CPU: benchmarks/results/
+    onnx_mtcnn.md), else ONNX Runtime."""
+    import importlib.util
+
+    if choice == "auto":
+        return "openvino" if importlib.util.find_spec("openvino") is not None else "onnxruntime"
+    if choice not in RUNTIMES:
+        raise ValueError(f"unknown runtime {choice!r}; use auto, {' or '.join(RUNTIMES)}")
+    return choice
+
+
+class LocalNets:
+    """The nets in this process (OpenVINO or ONNX Runtime), each loaded on first use."""
+
+    def __init__(self, nets: dict[str, DetectorNet], threads: int | None = None, spinning: bool = False,
+                 runtime: str = "auto"):
+        """spinning off by default (ONNX Runtime): between the nets' short runs the worker does numpy
+        work, and spinning threads would take those cores from it and from the embedding runs."""
         self._nets = nets
         self._threads = threads or os.cpu_count() or 1
         self._spinning = spinning
-        self._sessions: dict[str, object] = {}
+        self.runtime = resolve_runtime(runtime)
+        self._loaded: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._requests = threading.local()  # OpenVINO: an infer request per net and thread
 
-    def _session(self, name: str):
-        session = self._sessions.get(name)
-        if session is None:
-            import onnxruntime as ort
-
+    def _load(self, name: str):
+        loaded = self._loaded.get(name)
+        if loaded is None:
             with self._lock:
-                session = self._sessions.get(name)
-                if session is None:
-                    opts = ort.SessionOptions()
-                    opts.intra_op_num_threads = self._threads
-                    opts.inter_op_num_threads = 1
-                    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._spinning else "0")
-                    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                    session = self._sessions[name] = ort.InferenceSession(
-                        str(self._nets[name].onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
-        return session
+                loaded = self._loaded.get(name)
+                if loaded is None:
+                    loaded = self._loaded[name] = (self._openvino if self.runtime == "openvino" else self._ort)(name)
+        return loaded
+
+    def _ort(self, name: str):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self._threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._spinning else "0")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(self._nets[name].onnx_path), sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
+
+    def _openvino(self, name: str):
+        import openvino as ov
+
+        # f32 kept: the CPU plugin would otherwise pick bf16 on CPUs that have it, changing the faces.
+        return ov.Core().compile_model(str(self._nets[name].onnx_path), "CPU", {
+            "INFERENCE_NUM_THREADS": self._threads, "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY", "CPU_RUNTIME_CACHE_CAPACITY": OPENVINO_CACHE_ENTRIES})
 
     def __call__(self, name: str, batch: np.ndarray) -> list[np.ndarray]:
-        net = self._nets[name]
-        return self._session(name).run(list(net.output_names), {net.input_name: batch})
+        net, loaded = self._nets[name], self._load(name)
+        if self.runtime == "onnxruntime":
+            return loaded.run(list(net.output_names), {net.input_name: batch})
+        # An infer request serves one call at a time: one per thread (made on first use).
+        requests = getattr(self._requests, "by_net", None)
+        if requests is None:
+            requests = self._requests.by_net = {}
+        request = requests.get(name)
+        if request is None:
+            request = requests[name] = loaded.create_infer_request()
+        n = len(batch)
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if name in OPENVINO_PADDED and n % OPENVINO_BATCH_STEP:
+            batch = np.concatenate([batch, np.zeros((-n % OPENVINO_BATCH_STEP, *batch.shape[1:]), np.float32)])
+        # Outputs are copied out of the request (share_outputs=False), so its next run leaves them be.
+        result = request.infer({net.input_name: batch}, share_inputs=True)
+        return [result[loaded.output(o)][:n] for o in net.output_names]
 
     def describe(self) -> str:
-        return "onnxruntime (CPU) in the server process"
+        return f"{self.runtime} (CPU) in the server process"
 
 
 class TritonNets:
-    """The nets on Triton (each net a model of the repository), over gRPC with a deadline."""
+    """The nets on Triton (each net a model of the repository), over gRPC with a deadline; with
+    local_shared_memory (a Triton on this machine: the managed one) the inputs go through a system
+    shared-memory region (faces/input_region.py) instead of inside the gRPC messages."""
 
-    def __init__(self, url: str, nets: dict[str, DetectorNet], timeout_s: float):
+    def __init__(self, url: str, nets: dict[str, DetectorNet], timeout_s: float, local_shared_memory: bool = False):
         import tritonclient.grpc as triton_grpc
 
         self._grpc = triton_grpc
@@ -74,28 +130,61 @@ class TritonNets:
         self._nets = nets
         self._timeout_s = timeout_s
         self._client = triton_grpc.InferenceServerClient(url=url)
+        self._region = None
+        if local_shared_memory:
+            from .input_region import InputRegion, remove_stale
+
+            remove_stale()
+            self._region = InputRegion(self._client)
+        self._lock = threading.Lock()  # the region holds one batch at a time
+        self._closed = False
 
     def __call__(self, name: str, batch: np.ndarray) -> list[np.ndarray]:
         from tritonclient.utils import InferenceServerException
 
         net = self._nets[name]
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
         inp = self._grpc.InferInput(net.input_name, list(batch.shape), "FP32")
-        inp.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         outputs = [self._grpc.InferRequestedOutput(o) for o in net.output_names]
-        try:
-            result = self._client.infer(name, [inp], outputs=outputs, model_version=net.version,
-                                        client_timeout=self._timeout_s)
-        except InferenceServerException as exc:
-            raise Unavailable(f"Triton at {self.url} failed on {name}: {exc.message() or exc}") from exc
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the face detector's Triton client is closed (the server is stopping)")
+            try:
+                if self._region is None:
+                    inp.set_data_from_numpy(batch)
+                else:
+                    inp.set_shared_memory(self._region.name, self._region.put(batch))
+                result = self._infer(name, net, inp, outputs)
+            except InferenceServerException as exc:
+                raise Unavailable(f"Triton at {self.url} failed on {name}: {exc.message() or exc}") from exc
         arrays = [result.as_numpy(o) for o in net.output_names]
         if any(a is None or len(a) != len(batch) for a in arrays):
             raise Unavailable(f"Triton returned malformed {name} outputs; check the Python backend's numpy (<2)")
         return arrays
 
+    def _infer(self, name: str, net: DetectorNet, inp, outputs):
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return self._client.infer(name, [inp], outputs=outputs, model_version=net.version,
+                                      client_timeout=self._timeout_s)
+        except InferenceServerException as exc:
+            # A restarted Triton no longer knows the region: register it again, once.
+            if self._region is None or "shared memory region" not in (exc.message() or ""):
+                raise
+            log.info("Triton forgot the input region %s; registering it again", self._region.name)
+            self._region.register()
+            return self._client.infer(name, [inp], outputs=outputs, model_version=net.version,
+                                      client_timeout=self._timeout_s)
+
     def describe(self) -> str:
         return f"triton at {self.url}"
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._region is not None:
+                self._region.close()
         self._client.close()
 
 

@@ -79,6 +79,11 @@ class OnnxMtcnnDetector:
         self._max_crops = {RNET: rnet_max_crops_per_call, ONET: max_crops_per_call}
         self._max_pixels_per_part = max_pixels_per_part
 
+    @property
+    def nets(self) -> NetRun:
+        """What runs the three nets."""
+        return self._run
+
     def detect(self, images: list[np.ndarray]) -> list[list[DetectedFace] | None]:
         """RGB uint8 HxWx3 arrays -> faces per image, most confident first (boxes clipped to the
         image, faces below settings.min_confidence or smaller than min_face_size dropped); None for
