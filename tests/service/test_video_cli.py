@@ -140,8 +140,10 @@ def test_search_video_out_writes_a_sheet_with_a_row_of_real_frames_per_hit(serve
         for hit in range(3):
             tile = tile_at(big, 1 + hit, 0)
             assert not is_placeholder(tile) and len(np.unique(tile.reshape(-1, 3), axis=0)) > 1000, hit
-        # the hit that is the query's own file shows the very frames of the query row (but for the box colour)
-        same = float(np.all(tile_at(big, 1, 0) == query, axis=-1).mean())
+        # the hit that is the query's own file shows the very frames of the query row (but for the box colour),
+        # in its own order: its frames all score 1.0 to the last bits, so which comes first is float rounding
+        queries = [tile_at(big, 0, c) for c in range(3)]
+        same = max(float(np.all(tile_at(big, 1, 0) == q, axis=-1).mean()) for q in queries)
         assert same > 0.8, same
 
 
