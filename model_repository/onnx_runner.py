@@ -9,10 +9,9 @@ One input; every output the config declares (MTCNN's nets have two or three), ea
 request along the batch axis. Requests of different shapes (P-Net takes any image size) run one by one.
 
 Parameters (config.pbtxt): intra_op_threads (0: the runtime's default, every core), allow_spinning
-(ONNX Runtime), batch_step (OpenVINO: batches padded to a multiple of it), runtime: "onnxruntime"
-(the default) or "openvino" (f32; MTCNN's nets run 1.5-2.2x faster in it on CPU; the revsearch
-server sets it for them from --face-net-runtime, and when OpenVINO is not installed the model runs
-in ONNX Runtime with a warning in Triton's log).
+(ONNX Runtime), runtime: "onnxruntime" (the default) or "openvino" (f32; MTCNN's nets run 1.5-2.2x
+faster in it on CPU; the revsearch server sets it for them from --face-net-runtime, and when
+OpenVINO is not installed the model runs in ONNX Runtime with a warning in Triton's log).
 """
 
 import os
@@ -41,8 +40,7 @@ class TritonPythonModel:
         threads = int(params.get("intra_op_threads", "0"))
         self.run = None
         if params.get("runtime", "onnxruntime") == "openvino":
-            self.run = _openvino_run(path, threads, int(params.get("batch_step", "1")), self.input_name,
-                                     self.output_names)
+            self.run = _openvino_run(path, threads, self.input_name, self.output_names)
         runtime = "openvino"
         if self.run is None:
             runtime = "onnxruntime"
@@ -80,7 +78,7 @@ def _ort_run(path, threads, spinning, input_name, output_names):
     return lambda batch: session.run(output_names, {input_name: batch})
 
 
-def _openvino_run(path, threads, batch_step, input_name, output_names):
+def _openvino_run(path, threads, input_name, output_names):
     """OpenVINO's run of the model, or None (logged) when OpenVINO is not installed."""
     try:
         import openvino as ov
@@ -88,8 +86,7 @@ def _openvino_run(path, threads, batch_step, input_name, output_names):
         pb_utils.Logger.log_warn(f"{path}: runtime openvino asked for but not installed; using onnxruntime")
         return None
     # f32 kept: the CPU plugin would otherwise pick bf16 on CPUs that have it. Its kernels are made
-    # per input shape and cached: the cache bounded, and batches padded to a multiple of batch_step
-    # rows (a parameter; R- and O-Net: 32) so that a few shapes serve every batch size.
+    # per input shape and cached; the cache is bounded (as faces/net_runners.py's, which says why).
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "CPU_RUNTIME_CACHE_CAPACITY": 1000}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
@@ -98,11 +95,7 @@ def _openvino_run(path, threads, batch_step, input_name, output_names):
     outputs = [compiled.output(name) for name in output_names]
 
     def run(batch):
-        n = len(batch)
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch_step > 1 and n % batch_step:
-            batch = np.concatenate([batch, np.zeros((-n % batch_step, *batch.shape[1:]), np.float32)])
-        result = request.infer({input_name: batch}, share_inputs=True)
-        return [result[o][:n] for o in outputs]
+        result = request.infer({input_name: np.ascontiguousarray(batch, dtype=np.float32)}, share_inputs=True)
+        return [result[o] for o in outputs]
 
     return run

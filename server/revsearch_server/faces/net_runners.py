@@ -28,13 +28,12 @@ log = logging.getLogger(__name__)
 
 
 RUNTIMES = ("onnxruntime", "openvino")
-# OpenVINO compiles kernels per input shape and keeps them (CPU_RUNTIME_CACHE_CAPACITY entries):
-# R- and O-Net batches are padded to a multiple of this many crops (rows are independent, so the
-# answers do not change) so that their batch sizes make a few dozen shapes instead of 640, and the
-# cache is bounded. Measured on 300 LFW photos each resized to its own random size (every P-Net
-# shape new): the default 5,000-entry cache grew the process by 600 MB, 1,000 entries by 300 MB.
-OPENVINO_BATCH_STEP = 32
-OPENVINO_PADDED = ("mtcnn_rnet", "mtcnn_onet")
+# OpenVINO compiles kernels per input shape and keeps them in a cache of this many entries per net
+# (its default is 5,000): bounded so that a stream of images of ever new sizes (every P-Net pyramid
+# level a new shape) cannot grow the process without end. Measured on 110 LFW photos each resized
+# to its own random size: 5,000 entries grew the process by 600 MB, 1,000 by 310 MB; images of a
+# repeating size (video frames, LFW) detect as fast with either. Padding R- and O-Net batches to
+# fewer sizes was tried: it cost 5-20% (O-Net's small batches tripled), so batches go as they are.
 OPENVINO_CACHE_ENTRIES = 1000
 
 
@@ -105,13 +104,9 @@ class LocalNets:
         request = requests.get(name)
         if request is None:
             request = requests[name] = loaded.create_infer_request()
-        n = len(batch)
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if name in OPENVINO_PADDED and n % OPENVINO_BATCH_STEP:
-            batch = np.concatenate([batch, np.zeros((-n % OPENVINO_BATCH_STEP, *batch.shape[1:]), np.float32)])
         # Outputs are copied out of the request (share_outputs=False), so its next run leaves them be.
-        result = request.infer({net.input_name: batch}, share_inputs=True)
-        return [result[loaded.output(o)][:n] for o in net.output_names]
+        result = request.infer({net.input_name: np.ascontiguousarray(batch, dtype=np.float32)}, share_inputs=True)
+        return [result[loaded.output(o)] for o in net.output_names]
 
     def describe(self) -> str:
         return f"{self.runtime} (CPU) in the server process"

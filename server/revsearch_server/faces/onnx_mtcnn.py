@@ -268,12 +268,20 @@ def _integral(img: np.ndarray) -> np.ndarray:
     """[3, H+1, W+1] sums of the pixels above and left, channel first (the crops are pooled per
     channel, straight into the nets' NCHW). int32 where no sum can overflow it (images up to
     8.4 Mpx), float64 above: exact either way for uint8 pixels. OpenCV's integral is 20x numpy's
-    two cumsums (0.10 vs 1.97 ms for a 250x250 image, 21 vs 564 ms at 3000x2000)."""
+    two cumsums (0.10 vs 1.97 ms for a 250x250 image, 21 vs 564 ms at 3000x2000); taken per
+    channel plane, written straight into its slice (0.16 ms for a 640x360 frame, against 2.8 ms
+    transposing OpenCV's channel-last result)."""
     import cv2
 
     h, w = img.shape[:2]
-    depth = cv2.CV_32S if h * w * 255 < 2**31 else cv2.CV_64F
-    return np.ascontiguousarray(cv2.integral(img, sdepth=depth).transpose(2, 0, 1))
+    depth, dtype = (cv2.CV_32S, np.int32) if h * w * 255 < 2**31 else (cv2.CV_64F, np.float64)
+    out = np.empty((3, h + 1, w + 1), dtype)
+    for channel, plane in enumerate(cv2.split(img)):
+        target = out[channel]
+        result = cv2.integral(plane, sum=target, sdepth=depth)
+        if not np.shares_memory(result, target):  # OpenCV made its own array after all
+            target[...] = result
+    return out
 
 
 def _bins(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
