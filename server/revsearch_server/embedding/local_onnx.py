@@ -39,8 +39,10 @@ class LocalOnnxBackend:
         loop = asyncio.get_running_loop()
         for spec in models.values():
             if spec.name not in self._sessions:
+                # Face models do not spin: face detection shares the cores between their runs
+                # (as their Triton configs, which say what it measured).
                 self._sessions[spec.name] = await loop.run_in_executor(
-                    self._runner, make_session, spec.onnx_path, self._threads)
+                    self._runner, make_session, spec.onnx_path, self._threads, not spec.needs_face_crop)
 
     async def embed(self, model: ModelSpec, images: np.ndarray) -> np.ndarray:
         session = self._sessions[model.name]
