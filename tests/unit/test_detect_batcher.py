@@ -37,6 +37,16 @@ def _images(*values: int) -> list[np.ndarray]:
     return [np.full((4, 4, 3), v, np.uint8) for v in values]
 
 
+async def _behind_a_busy_worker(batcher: DetectionBatcher, queue):
+    """Starts a first call (images [1], key 20) that holds the worker until the detector is
+    released, then lets queue() make the calls that wait behind it; returns (first, queued)."""
+    first = asyncio.ensure_future(batcher.detect(20, _images(1)))
+    await asyncio.sleep(0.05)  # the first call is in the detector, waiting for release
+    queued = queue()
+    await asyncio.sleep(0.05)
+    return first, queued
+
+
 @pytest.fixture()
 def worker():
     pool = ThreadPoolExecutor(1)
@@ -49,10 +59,8 @@ def test_calls_arriving_while_the_worker_is_busy_share_one_detector_call_and_get
 
     async def go():
         batcher = DetectionBatcher(worker, detector)
-        first = asyncio.ensure_future(batcher.detect(20, _images(1)))
-        await asyncio.sleep(0.05)  # the first call is in the detector, waiting for release
-        later = [asyncio.ensure_future(batcher.detect(20, _images(10 + k, 20 + k))) for k in range(3)]
-        await asyncio.sleep(0.05)
+        first, later = await _behind_a_busy_worker(batcher, lambda: [
+            asyncio.ensure_future(batcher.detect(20, _images(10 + k, 20 + k))) for k in range(3)])
         detector.release.set()
         return await first, await asyncio.gather(*later), batcher
 
@@ -68,14 +76,10 @@ def test_calls_for_another_detector_wait_for_their_own_call_in_arrival_order(wor
 
     async def go():
         batcher = DetectionBatcher(worker, detector)
-        first = asyncio.ensure_future(batcher.detect(20, _images(1)))
-        await asyncio.sleep(0.05)
-        a = asyncio.ensure_future(batcher.detect(40, _images(2)))
-        b = asyncio.ensure_future(batcher.detect(20, _images(3)))
-        c = asyncio.ensure_future(batcher.detect(40, _images(4)))
-        await asyncio.sleep(0.05)
+        first, others = await _behind_a_busy_worker(batcher, lambda: [
+            asyncio.ensure_future(batcher.detect(key, _images(v))) for key, v in ((40, 2), (20, 3), (40, 4))])
         detector.release.set()
-        return await asyncio.gather(first, a, b, c)
+        return await asyncio.gather(first, *others)
 
     results = asyncio.run(go())
     assert results == [[(20, 1)], [(40, 2)], [(20, 3)], [(40, 4)]]
@@ -87,10 +91,8 @@ def test_joined_calls_stop_at_the_image_limit(worker):
 
     async def go():
         batcher = DetectionBatcher(worker, detector, max_images=4)
-        first = asyncio.ensure_future(batcher.detect(20, _images(1)))
-        await asyncio.sleep(0.05)
-        rest = [asyncio.ensure_future(batcher.detect(20, _images(10 + k, 20 + k))) for k in range(3)]
-        await asyncio.sleep(0.05)
+        first, rest = await _behind_a_busy_worker(batcher, lambda: [
+            asyncio.ensure_future(batcher.detect(20, _images(10 + k, 20 + k))) for k in range(3)])
         detector.release.set()
         await asyncio.gather(first, *rest)
 
@@ -103,10 +105,8 @@ def test_a_detector_failure_reaches_every_joined_caller_and_the_next_calls_still
 
     async def go():
         batcher = DetectionBatcher(worker, detector)
-        first = asyncio.ensure_future(batcher.detect(20, _images(1)))
-        await asyncio.sleep(0.05)
-        joined = [asyncio.ensure_future(batcher.detect(20, _images(v))) for v in (5, 255)]
-        await asyncio.sleep(0.05)
+        first, joined = await _behind_a_busy_worker(batcher, lambda: [
+            asyncio.ensure_future(batcher.detect(20, _images(v))) for v in (5, 255)])
         detector.release.set()
         await first
         outcomes = await asyncio.gather(*joined, return_exceptions=True)
@@ -122,11 +122,8 @@ def test_a_cancelled_callers_images_are_not_detected(worker):
 
     async def go():
         batcher = DetectionBatcher(worker, detector)
-        first = asyncio.ensure_future(batcher.detect(20, _images(1)))
-        await asyncio.sleep(0.05)
-        gone = asyncio.ensure_future(batcher.detect(20, _images(9)))
-        kept = asyncio.ensure_future(batcher.detect(20, _images(8)))
-        await asyncio.sleep(0.05)
+        first, (gone, kept) = await _behind_a_busy_worker(batcher, lambda: [
+            asyncio.ensure_future(batcher.detect(20, _images(v))) for v in (9, 8)])
         gone.cancel()
         detector.release.set()
         return await first, await kept
