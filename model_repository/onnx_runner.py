@@ -38,12 +38,11 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         threads = int(params.get("intra_op_threads", "0"))
-        self.run = None
-        if params.get("runtime", "onnxruntime") == "openvino":
-            self.run = _openvino_run(path, threads, self.input_name, self.output_names)
-        runtime = "openvino"
+        # OpenVINO when asked for and installed (_openvino_run says None otherwise), else ONNX Runtime.
+        self.run = _openvino_run(path, threads, self.input_name, self.output_names) \
+            if params.get("runtime") == "openvino" else None
+        runtime = "openvino" if self.run is not None else "onnxruntime"
         if self.run is None:
-            runtime = "onnxruntime"
             self.run = _ort_run(path, threads, params.get("allow_spinning", "1"), self.input_name, self.output_names)
         pb_utils.Logger.log_info(f"{args['model_name']} (instance {args['model_instance_name']}): {runtime}, "
                                  f"{threads or 'default'} threads")

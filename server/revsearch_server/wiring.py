@@ -187,8 +187,9 @@ def detector_factory(s: Settings, inference: FailoverBackend, triton_url: str | 
                      ) -> Callable[[int], FaceDetector]:
     """min_face_size -> face detector. MTCNN as ONNX (faces/onnx_mtcnn.py) when its three nets are in
     the model repository, run where the embedding models run (Triton while the inference backend is
-    Triton, else ONNX Runtime in-process); else facenet-pytorch's MTCNN when torch is installed;
-    else a detector whose every use answers FAILED_PRECONDITION saying what to build."""
+    Triton, else in-process in the runtime of --face-net-runtime); else facenet-pytorch's MTCNN when
+    torch is installed; else a detector whose every use answers FAILED_PRECONDITION saying what to
+    build. closers: gets what must be closed with the server (the nets' Triton client)."""
     import importlib.util
 
     from .embedding.base import BackendKind
