@@ -255,4 +255,12 @@ def from_args(args: argparse.Namespace) -> Settings:
 def parse(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="revsearch-server", description="revsearch gRPC server")
     add_arguments(parser)
-    return from_args(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    # argparse checks the choices of values given as flags only, not of defaults, which a
+    # REVSEARCH_* variable may have set: those are checked here, with the same kind of message.
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and value not in action.choices:
+            parser.error(f"argument {'/'.join(action.option_strings)}: invalid choice {value!r} from "
+                         f"REVSEARCH_{action.dest.upper()} (choose from {', '.join(map(str, action.choices))})")
+    return from_args(args)

@@ -142,3 +142,14 @@ def test_the_limits_come_from_flags_or_environment(monkeypatch):
     monkeypatch.setenv("REVSEARCH_HEALTH_INTERVAL_S", "0.5")
     s = parse(["--metrics-port", "-1", "--admission-wait-s", "3"])
     assert (s.max_inflight_images, s.health_interval_s, s.metrics_port, s.admission_wait_s) == (7, 0.5, -1, 3.0)
+
+
+def test_a_choice_set_by_environment_that_is_not_one_of_the_flags_choices_stops_with_the_choices(monkeypatch, capsys):
+    monkeypatch.setenv("REVSEARCH_FACE_NET_RUNTIME", "tensorrt")
+    with pytest.raises(SystemExit) as stopped:
+        parse([])
+    assert stopped.value.code == 2
+    assert "invalid choice 'tensorrt' from REVSEARCH_FACE_NET_RUNTIME (choose from auto, openvino, onnxruntime)" \
+        in capsys.readouterr().err
+    monkeypatch.setenv("REVSEARCH_FACE_NET_RUNTIME", "onnxruntime")
+    assert parse([]).face_net_runtime == "onnxruntime"
