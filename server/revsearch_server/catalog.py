@@ -33,6 +33,8 @@ MEANS_SUFFIX = "__means"
 # A copy-detection collection keeps its items' crop vectors (rows `<id>~k`, copies.VIEWS) in a second
 # index of this suffix, so the collection's own rows stay one global vector per item.
 VIEWS_SUFFIX = "__views"
+# CollectionSpec.copy_vectors of collections whose copy vectors come from one forward pass.
+COPY_VECTORS_REGIONS = "regions"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,12 @@ class CollectionSpec:
     # row. Settings written before it have neither (False, 0).
     copy_detection: bool = False
     copy_views: int = 0
+    # How the copy vectors are made: "" (collections created before one forward pass: every crop view
+    # embedded by its own model run, vectors of the model's dimension) or COPY_VECTORS_REGIONS
+    # (copy_vectors.py: the model's regional vectors, PCA-whitened; `dimension` is the whitened one).
+    copy_vectors: str = ""
+    # The collection's vectors are stored as float16 (Milvus Lite, servers from Milvus 2.4): half the bytes.
+    float16_vectors: bool = False
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -82,11 +90,23 @@ class CollectionSpec:
         return self.media_type is MediaType.VIDEO
 
     @property
+    def compact_copies(self) -> bool:
+        """Copy detection whose five vectors come from one forward pass (copy_vectors.py)."""
+        return self.copy_detection and self.copy_vectors == COPY_VECTORS_REGIONS
+
+    @property
     def copy_detection_detail(self) -> str:
-        """Why copy detection is on or off for this collection (DescribeCollection)."""
+        """Why copy detection is on or off for this collection, and its stored layout (DescribeCollection)."""
+        if self.compact_copies:
+            return (f"on: each item stores its whole-image vector and {self.copy_views} crop vectors from one forward "
+                    f"pass ({self.dimension}-d, PCA-whitened regional GeM, "
+                    f"{'float16' if self.float16_vectors else 'float32'}) and compact local features; image "
+                    "searches verify candidates by local features unless the request sets copy_detection false")
         if self.copy_detection:
-            return (f"on: each item stores its whole-image vector, {self.copy_views} crop vectors and local features; "
-                    "image searches re-rank by local features unless the request sets copy_detection false")
+            return (f"on (first layout, before one forward pass: re-index into a new collection for a 6x smaller one): "
+                    f"each item stores its whole-image vector, {self.copy_views} crop vectors ({self.dimension}-d "
+                    "float32, one model run each) and local features; image searches verify candidates by local "
+                    "features unless the request sets copy_detection false")
         if self.is_video or self.crops_faces:
             return "off: copy detection is for whole-image collections of images"
         if self.layout < CURRENT_LAYOUT:
@@ -144,16 +164,25 @@ class Catalog:
                      description: str, exist_ok: bool, face_options: FaceOptions = FaceOptions(),
                      media_type: MediaType = MediaType.IMAGE, video_sampling: SamplingOptions = SamplingOptions(),
                      copy_views: int = 0) -> tuple[CollectionSpec, bool]:
-        """copy_views > 0: a copy-detection collection with that many crop views per item."""
+        """copy_views > 0: a copy-detection collection with that many crop views per item; of the
+        compact kind (one forward pass, whitened vectors, float16 where the store has it) when the
+        model has a copy descriptor."""
         validate_name(name)
+        compact = copy_views > 0 and model.has_copy_descriptor
+        if compact and copy_views != model.copy_regions - 1:
+            raise InvalidArgument(f"model {model.name} gives {model.copy_regions - 1} crop views, not {copy_views}")
         if len(description) > MAX_DESCRIPTION:
             raise InvalidArgument(f"description is {len(description)} characters; the limit is {MAX_DESCRIPTION}")
         spec = CollectionSpec(name=name, model=model.name, model_version=model.version,
-                              dimension=model.dimension, crop_mode=crop_mode, index_kind=index_kind,
+                              dimension=model.copy_dimension if compact else model.dimension,
+                              crop_mode=crop_mode, index_kind=index_kind,
                               created_at_ms=int(time.time() * 1000), description=description,
                               model_trained=model.trained, face_options=face_options, media_type=media_type,
                               video_sampling=video_sampling, layout=CURRENT_LAYOUT,
-                              copy_detection=copy_views > 0, copy_views=copy_views)
+                              copy_detection=copy_views > 0, copy_views=copy_views,
+                              copy_vectors=COPY_VECTORS_REGIONS if compact else "",
+                              float16_vectors=compact and index_kind is not IndexKind.EXACT_KNN
+                              and await self._milvus.supports_float16())
         async with self._lock:
             self._specs.pop(name, None)
             existing = await self.find(name)
@@ -172,11 +201,12 @@ class Catalog:
             else:
                 if spec.copy_detection:  # created first, as the means below
                     await self._milvus.create(name + VIEWS_SUFFIX, spec.dimension, f"crop vectors of images in {name}",
-                                              spec.layout)
+                                              spec.layout, spec.float16_vectors)
                 if spec.is_video:  # created first: a collection is only listed once its spec exists
                     await self._milvus.create(name + MEANS_SUFFIX, spec.dimension, f"mean vectors of videos in {name}",
                                               spec.layout)
-                created = await self._milvus.create(name, spec.dimension, spec.to_json(), spec.layout)
+                created = await self._milvus.create(name, spec.dimension, spec.to_json(), spec.layout,
+                                                    spec.float16_vectors)
                 if not created:  # another server process created it between our check and now
                     existing = await self.find(name)
                     if existing is not None and exist_ok and existing.same_settings(spec):
@@ -203,7 +233,7 @@ class Catalog:
         spec = await self.find(name)
         if spec is None:
             raise NotFound(f"collection {name!r} does not exist; create it first (see ListCollections)")
-        return spec, self._milvus.index(name, spec.dimension, spec.layout)
+        return spec, self._milvus.index(name, spec.dimension, spec.layout, spec.float16_vectors)
 
     async def means(self, spec: CollectionSpec) -> VectorIndex:
         """A video collection's index of one mean vector per video (ids: the video ids)."""
@@ -228,7 +258,7 @@ class Catalog:
                 directory.mkdir(parents=True, exist_ok=True)
                 self._knn_means[key] = self._knn_index(directory, spec.dimension)
             return self._knn_means[key]
-        return self._milvus.index(spec.name + suffix, spec.dimension, spec.layout)
+        return self._milvus.index(spec.name + suffix, spec.dimension, spec.layout, spec.float16_vectors)
 
     async def list(self) -> list[CollectionSpec]:
         specs = [s for s, _ in self._knn.values()]

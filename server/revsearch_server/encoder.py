@@ -91,3 +91,8 @@ class Encoder:
     async def embed(self, model: ModelSpec, crops: list[FaceCrop]) -> np.ndarray:
         """L2-normalised float32 [len(crops), D]."""
         return await self._embedder.embed(model, np.stack([c.pixels for c in crops]))
+
+    async def embed_copy(self, model: ModelSpec, pixels: list[np.ndarray]) -> np.ndarray:
+        """Copy detection's vectors of whole-image model inputs: float32 [N, regions, copy_dimension]
+        (copy_vectors.py), the whole image's first."""
+        return await self._embedder.embed_copy(model, np.stack(pixels))

@@ -42,6 +42,22 @@ class ModelSpec:
     # The numbers the graph computes in: "fp32", "int8" (statically quantized from the fp32 model by
     # scripts/quantize_int8.py; build_info.json records its measured quality) or "bf16".
     precision: str = "fp32"
+    # Copy detection's descriptors (build record "copy_descriptor"; copy_vectors.py): the graph output
+    # with the GeM vectors of `copy_regions` regions ([N, regions, dimension], the whole image first)
+    # from the same forward pass, and the PCA-whitening file that takes them to copy_dimension. "" / 0
+    # / None: the model has none (then copy detection is off for it).
+    copy_output: str = ""
+    copy_regions: int = 0
+    copy_dimension: int = 0
+    copy_whitening: Path | None = None
+    copy_whitening_sha256: str = ""
+    # The side of copy detection's zoomed-out query input (0: none): the query shrunk to it gives a
+    # vector at the scale of a stored quadrant, which a crop of half a side finds (copies.py).
+    copy_query_side: int = 0
+
+    @property
+    def has_copy_descriptor(self) -> bool:
+        return bool(self.copy_output and self.copy_regions and self.copy_dimension and self.copy_whitening)
 
     @property
     def needs_face_crop(self) -> bool:
@@ -62,6 +78,7 @@ class ModelSpec:
     @classmethod
     def from_build_info(cls, model_dir: Path) -> "ModelSpec":
         info = json.loads((model_dir / BUILD_INFO).read_text())
+        head = info.get("copy_descriptor") or {}
         return cls(
             name=info["name"],
             version=str(info["version"]),
@@ -76,6 +93,12 @@ class ModelSpec:
             weights_sha256=info.get("weights_sha256", ""),
             preprocess=info.get("preprocess", "imagenet"),
             precision=info.get("precision", "fp32"),
+            copy_output=head.get("output", ""),
+            copy_regions=int(head.get("regions", 0)),
+            copy_dimension=int(head.get("dimension", 0)),
+            copy_whitening=model_dir / head["whitening"] if head.get("whitening") else None,
+            copy_whitening_sha256=head.get("whitening_sha256", ""),
+            copy_query_side=int(head.get("query_side", 0)),
         )
 
 

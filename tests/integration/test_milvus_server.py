@@ -70,3 +70,27 @@ def test_index_search_delete_and_restart_against_a_milvus_server(tmp_path, milvu
         client2.drop_collection("remote")
         with pytest.raises(NotFoundError):
             client.search("remote", image=files[11].read_bytes(), top_k=1)
+
+
+def test_a_compact_copy_detection_collection_on_a_milvus_2_3_server_stores_float32_and_finds_copies(
+        tmp_path, milvus_uri):
+    """Milvus 2.3 has no FLOAT16_VECTOR: the compact collection keeps its 128-d vectors as float32
+    there (and says so), and copy detection works the same."""
+    from pathlib import Path
+
+    from revsearch.copy_edits import edited_bytes
+    from revsearch_server.models import BUILD_INFO
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "model_repository" / "efficientnet_lite0" / BUILD_INFO).is_file():
+        pytest.skip("efficientnet_lite0 is not built (make models)")
+    photos = sorted((root.parent / "shared" / "data" / "photos").glob("*.jpg"))[::25][:8]
+    settings = base_settings(tmp_path, milvus_uri=milvus_uri)
+    with ServerThread(settings) as srv, SearchClient(srv.address, timeout=120) as client:
+        created = client.create_collection("remote_copies", model="efficientnet_lite0").collection
+        assert created.copy_detection and created.dimension == 128 and "float32" in created.copy_detection_detail
+        ids = [r.id for r in client.index_images("remote_copies", [ImageInput.from_path(p) for p in photos])]
+        for n in (1, 6):
+            hit = client.search("remote_copies", image=edited_bytes(photos[n].read_bytes(), "crop50"), top_k=3).hits[0]
+            assert hit.id == ids[n] and hit.uri == str(photos[n])
+        client.drop_collection("remote_copies")

@@ -13,6 +13,7 @@ from PIL import Image
 from revsearch import SearchClient
 from revsearch.client import ImageInput
 from revsearch.copy_edits import edited_bytes
+from revsearch_server import copies
 from revsearch_server.models import BUILD_INFO
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +46,9 @@ def test_auto_default_is_the_trained_general_image_model_and_says_why(indexed):
 def test_collection_has_copy_detection(indexed):
     client, collection, ids = indexed
     assert collection.copy_detection and collection.copy_detection_detail.startswith("on")
+    # Compact: five 128-d float16 vectors from one forward pass (Milvus Lite has float16).
+    assert collection.dimension == 128 and "one forward pass" in collection.copy_detection_detail
+    assert "float16" in collection.copy_detection_detail
     assert len(set(ids.values())) == 50
     described = client.describe_collection("copies")
     assert described.item_count == 50  # one global row per item; the crop vectors are apart
@@ -57,7 +61,7 @@ def test_finds_the_original_of_an_edited_copy(indexed, edit):
     for photo in list(ids)[:10]:
         resp = client.search("copies", image=edited_bytes(photo.read_bytes(), edit), top_k=5)
         found += resp.hits[0].id == ids[photo]
-        verified += resp.hits[0].id == ids[photo] and resp.hits[0].matched_keypoints >= 20
+        verified += resp.hits[0].id == ids[photo] and resp.hits[0].matched_keypoints >= copies.MIN_INLIERS
     assert found >= 9, f"{edit}: {found} of 10"
     assert verified >= (4 if edit == "crop50" else 7), f"{edit}: {verified} of 10 verified by local features"
 
@@ -96,5 +100,15 @@ def test_exact_knn_collections_have_copy_detection_too(indexed):
     assert created.collection.copy_detection
     knn_ids = [r.id for r in client.index_images("copies_knn", (ImageInput.from_path(p) for p in photos))]
     resp = client.search("copies_knn", image=edited_bytes(photos[2].read_bytes(), "rotate"), top_k=3)
-    assert resp.hits[0].id == knn_ids[2] and resp.hits[0].matched_keypoints >= 20
+    assert resp.hits[0].id == knn_ids[2] and resp.hits[0].matched_keypoints >= copies.MIN_INLIERS
     client.drop_collection("copies_knn")
+
+
+def test_a_stored_float16_vector_searches_by_item_id_and_embeds_at_the_collections_dimension(indexed):
+    client, _, ids = indexed
+    photo, item = next(iter(ids.items()))
+    hit = client.search("copies", item_id=item, top_k=1).hits[0]
+    assert hit.id == item and hit.score == pytest.approx(1.0, abs=2e-3)  # float16 storage: 1e-3 close
+    embedded = client.embed(photo.read_bytes(), collection="copies")
+    assert len(embedded.vector) == 128
+    assert client.search("copies", vector=list(embedded.vector), top_k=1).hits[0].id == item

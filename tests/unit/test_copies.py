@@ -76,60 +76,158 @@ def test_the_split_is_by_content_and_about_half():
 
 
 # -- local features -------------------------------------------------------------------------------
-def test_features_encode_compactly_and_round_trip():
-    f = _features(_texture(3), copies.STORED_FEATURES)
+def _stored(img: Image.Image) -> copies.LocalFeatures:
+    """An item's features as they come back from the store (format 2)."""
+    return copies.LocalFeatures.decode(copies.extract_stored(copies.feature_image(img)).encode())
+
+
+def test_stored_features_encode_compactly_and_round_trip():
+    f = copies.extract_stored(copies.feature_image(_texture(3)))
     assert 100 < len(f) <= copies.STORED_FEATURES
     text = f.encode()
-    assert len(text) <= 4 * (4 + 36 * len(f)) // 3 + 4  # base64 of 36 bytes per keypoint and a header
+    width = copies.STORED_DESCRIPTOR_BYTES
+    # "2:", then base85 (5 characters per 4 bytes) of a 4-byte header and 2 + width bytes per keypoint
+    assert text.startswith("2:") and len(text) <= 2 + -(-(4 + len(f) * (2 + width)) // 4) * 5
     back = copies.LocalFeatures.decode(text)
-    assert np.array_equal(back.descriptors, f.descriptors)
-    assert np.abs(back.points - f.points).max() <= 1 / 32
+    assert np.array_equal(back.descriptors, f.descriptors[:, :width])
+    assert np.abs(back.points - f.points).max() <= 0.5 * copies.FEATURE_SIDE / 256 + 1e-6
     assert len(copies.LocalFeatures.decode("")) == 0 and len(copies.LocalFeatures.decode(None)) == 0
+
+
+def test_format_1_rows_of_older_collections_still_decode():
+    f = _features(_texture(3), 300)
+    back = copies.LocalFeatures.decode(f.encode_v1())
+    assert np.array_equal(back.descriptors, f.descriptors) and np.abs(back.points - f.points).max() <= 1 / 32
+
+
+@pytest.mark.parametrize("text", ["2:", "2:!!!!!", "2:" + "0" * 40, "not base64 at all ###", "AAAA",
+                                  "AgAKAA==", "2:" + __import__("base64").b85encode(b"\x02\x10\x05\x00abc").decode()])
+def test_a_corrupt_feature_blob_decodes_to_no_features(text):
+    assert len(copies.LocalFeatures.decode(text)) == 0
+
+
+def test_stored_keypoints_cover_every_part_of_the_image():
+    grey = copies.feature_image(_texture(10))
+    f = copies.extract_stored(grey)
+    h, w = grey.shape
+    cells = {(int(y * copies.GRID / h), int(x * copies.GRID / w)) for x, y in f.points}
+    assert len(cells) == copies.GRID * copies.GRID
 
 
 def test_a_tiny_image_has_no_local_features():
     assert len(_features(Image.new("RGB", (16, 16), (10, 20, 30)), 300)) == 0
+    assert len(copies.extract_stored(copies.feature_image(Image.new("RGB", (16, 16))))) == 0
 
 
 @pytest.mark.parametrize("edit", ["crop50", "rotate", "caption", "scale25", "border"])
 def test_an_edited_copy_matches_its_original_and_not_another_image(edit):
-    original, other = _texture(4), _texture(5)
-    stored = copies.LocalFeatures.decode(_features(original, copies.STORED_FEATURES).encode())
-    unrelated = copies.LocalFeatures.decode(_features(other, copies.STORED_FEATURES).encode())
+    original, other = _texture(11), _texture(5)
     copy = copy_edits.apply(original, edit, "cd" * 32)
-    query = _features(copy, copies.QUERY_FEATURES)
-    assert copies.inliers(query, stored) >= copies.MIN_INLIERS
-    assert copies.inliers(query, unrelated) < copies.MIN_INLIERS
+    query = copies.extract_query(copies.feature_image(copy))
+    assert copies.inliers(query, _stored(original)) >= copies.MIN_INLIERS
+    assert copies.inliers(query, _stored(other)) < copies.MIN_INLIERS
 
 
 def _hit(i: str, score: float) -> Hit:
     return Hit(id=i, uri=i, score=score, sha256="", metadata={}, face_box=None)
 
 
+def _query(img: Image.Image) -> copies.QueryFeatures:
+    grey = copies.feature_image(img)
+    return copies.QueryFeatures(grey, copies.extract_query(grey))
+
+
 def test_rerank_puts_the_verified_original_first_and_keeps_the_rest_in_order():
     original, others = _texture(6), [_texture(7), _texture(8)]
-    stored = {"orig": _features(original, 300), "a": _features(others[0], 300), "b": _features(others[1], 300)}
-    grey = copies.feature_image(copy_edits.apply(original, "rotate", "ef" * 32))
-    query = copies.QueryFeatures(grey, copies.extract(grey, copies.QUERY_FEATURES))
+    stored = {"orig": _stored(original), "a": _stored(others[0]), "b": _stored(others[1])}
     hits = [_hit("a", 0.9), _hit("b", 0.8), _hit("orig", 0.7), _hit("none", 0.6)]
-    ranked = copies.rerank(query, hits, stored)
+    ranked = copies.rerank(_query(copy_edits.apply(original, "rotate", "ef" * 32)), hits, stored)
     assert [h.id for h in ranked] == ["orig", "a", "b", "none"]
     assert ranked[0].matched_keypoints >= copies.MIN_INLIERS and ranked[1].matched_keypoints < copies.MIN_INLIERS
 
 
+def test_verification_stops_patience_unverified_candidates_after_the_last_copy():
+    original = _texture(11)
+    others = {f"o{n}": _stored(_texture(20 + n)) for n in range(12)}
+    hits = [_hit("orig", 0.9)] + [_hit(i, 0.89 - n / 1000) for n, i in enumerate(others)]
+    verifier = copies.Verifier(_query(copy_edits.apply(original, "crop70", "ab" * 32)), hits)
+    verifier.feed({"orig": _stored(original), **others})
+    assert verifier.settled and len(verifier.counts) == 1 + copies.PATIENCE  # not all 13
+    assert verifier.ranked()[0].id == "orig"
+
+
+def test_every_copy_found_gives_the_candidates_after_it_more_patience():
+    original = _texture(11)
+    stored = {"orig": _stored(original), "copy": _stored(copy_edits.apply(original, "border", "12" * 32))}
+    stored.update({f"o{n}": _stored(_texture(40 + n)) for n in range(10)})
+    order = ["orig", "o0", "o1", "copy", "o2", "o3", "o4", "o5", "o6"]
+    hits = [_hit(i, 0.9 - n / 100) for n, i in enumerate(order)]
+    verifier = copies.Verifier(_query(copy_edits.apply(original, "crop70", "ab" * 32)), hits)
+    verifier.feed(stored)
+    assert len(verifier.counts) == 4 + copies.PATIENCE  # orig, 2 misses, copy, then PATIENCE misses
+    assert {h.id for h in verifier.ranked()[:2]} == {"orig", "copy"}
+
+
+def test_a_sure_first_candidate_that_does_not_verify_keeps_the_vector_answer_at_once():
+    hits = [_hit("first", 0.9), _hit("other", 0.5)]
+    verifier = copies.Verifier(_query(_texture(31)), hits, sure=True)
+    verifier.feed({"first": _stored(_texture(32))})
+    assert verifier.settled and len(verifier.counts) == 1 and verifier.ranked()[0].id == "first"
+
+
+def test_candidates_added_later_are_verified_in_vector_order():
+    original = _texture(15)
+    verifier = copies.Verifier(_query(copy_edits.apply(original, "crop50", "ab" * 32)), [_hit("a", 0.5)])
+    verifier.feed({"a": _stored(_texture(16))})
+    assert verifier.settled  # every candidate seen, none verified
+    verifier.add([_hit("a", 0.6), _hit("orig", 0.55), _hit("b", 0.4)])
+    assert not verifier.settled and verifier.wanted == ["orig", "b"]
+    verifier.feed({"orig": _stored(original), "b": _stored(_texture(17))})
+    assert verifier.ranked()[0].id == "orig"
+
+
+def test_base85_matches_the_standard_library():
+    import base64
+    import os
+
+    for n in range(0, 41):
+        raw = os.urandom(n)
+        assert copies.b85encode(raw) == base64.b85encode(raw).decode()
+        assert copies.b85decode(copies.b85encode(raw)) == raw
+    with pytest.raises(ValueError):
+        copies.b85decode("a\"b")
+
+
+def test_verification_waits_for_features_it_has_not_been_given():
+    original = _texture(12)
+    hits = [_hit("a", 0.9), _hit("orig", 0.8)]
+    verifier = copies.Verifier(_query(copy_edits.apply(original, "rotate", "cd" * 32)), hits)
+    verifier.feed({"a": _stored(_texture(13))})
+    assert not verifier.settled and verifier.wanted == ["orig"]
+    verifier.feed({"orig": _stored(original)})
+    assert verifier.settled and [h.id for h in verifier.ranked()] == ["orig", "a"]
+
+
+def test_a_corrupt_stored_blob_leaves_that_candidate_unverified():
+    original = _texture(14)
+    hits = [_hit("broken", 0.9), _hit("orig", 0.8)]
+    stored = {"broken": copies.LocalFeatures.decode("2:####"), "orig": _stored(original)}
+    ranked = copies.rerank(_query(copy_edits.apply(original, "crop70", "12" * 32)), hits, stored)
+    assert [h.id for h in ranked] == ["orig", "broken"] and ranked[1].matched_keypoints == 0
+
+
 def test_rerank_tries_the_mirror_image_when_nothing_matches():
     original = _texture(9)
-    grey = copies.feature_image(copy_edits.apply(original, "mirror", "01" * 32))
-    query = copies.QueryFeatures(grey, copies.extract(grey, copies.QUERY_FEATURES))
-    ranked = copies.rerank(query, [_hit("x", 0.9), _hit("orig", 0.5)], {"orig": _features(original, 300)})
+    ranked = copies.rerank(_query(copy_edits.apply(original, "mirror", "01" * 32)),
+                           [_hit("x", 0.9), _hit("orig", 0.5)], {"orig": _stored(original)})
     assert ranked[0].id == "orig"
 
 
 @pytest.mark.skipif(not PHOTO.is_file(), reason="../shared/data is missing")
 def test_a_real_photo_rotated_matches():
     img = Image.open(PHOTO).convert("RGB")
-    query = _features(copy_edits.apply(img, "rotate", "23" * 32), copies.QUERY_FEATURES)
-    assert copies.inliers(query, _features(img, copies.STORED_FEATURES)) >= copies.MIN_INLIERS
+    query = copies.extract_query(copies.feature_image(copy_edits.apply(img, "rotate", "23" * 32)))
+    assert copies.inliers(query, _stored(img)) >= copies.MIN_INLIERS
 
 
 # -- the default model ----------------------------------------------------------------------------

@@ -26,8 +26,9 @@ class InferenceBackend(Protocol):
     async def ping(self, timeout_s: float) -> bool:
         """Whether the backend answers within timeout_s (the health check; never raises)."""
 
-    async def embed(self, model: ModelSpec, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, S, S, 3] RGB images to float32 [N, D] raw (unnormalised) features.
+    async def embed(self, model: ModelSpec, images: np.ndarray, output: str = "") -> np.ndarray:
+        """uint8 [N, S, S, 3] RGB images to float32 [N, D] raw (unnormalised) features; with output
+        set to the model's copy_output, its regional vectors [N, copy_regions, D] instead.
 
         Raises errors.Unavailable when the backend cannot be reached in time.
         """

@@ -62,7 +62,7 @@ class FailoverBackend:
         else:
             self._use(None, "no inference backend configured")
 
-    async def embed(self, model: ModelSpec, images: np.ndarray) -> np.ndarray:
+    async def embed(self, model: ModelSpec, images: np.ndarray, output: str = "") -> np.ndarray:
         backend = self._active
         if backend is None:
             self._maybe_reprobe()
@@ -70,14 +70,14 @@ class FailoverBackend:
                               "start Triton or run the server with --fallback local")
         if backend is self._primary:
             try:
-                return await backend.embed(model, images)
+                return await _embed(backend, model, images, output)
             except Unavailable as exc:
                 if self._fallback is None:
                     raise
                 await self._fall_back(str(exc))
         else:
             self._maybe_reprobe()
-        return await self._fallback.embed(model, images)
+        return await _embed(self._fallback, model, images, output)
 
     async def _fall_back(self, reason: str) -> None:
         if self._fallback is None:
@@ -134,3 +134,9 @@ class FailoverBackend:
         for backend in (self._primary, self._fallback):
             if backend is not None:
                 await backend.close()
+
+
+async def _embed(backend: InferenceBackend, model: ModelSpec, images: np.ndarray, output: str) -> np.ndarray:
+    """The backend's embed, with `output` only when one is asked for (backends written before copy
+    detection's second output take (model, images))."""
+    return await (backend.embed(model, images, output) if output else backend.embed(model, images))

@@ -44,11 +44,12 @@ class LocalOnnxBackend:
                 self._sessions[spec.name] = await loop.run_in_executor(
                     self._runner, make_session, spec.onnx_path, self._threads, not spec.needs_face_crop)
 
-    async def embed(self, model: ModelSpec, images: np.ndarray) -> np.ndarray:
+    async def embed(self, model: ModelSpec, images: np.ndarray, output: str = "") -> np.ndarray:
         session = self._sessions[model.name]
         loop = asyncio.get_running_loop()
+        name = output or model.output_name
         out = await loop.run_in_executor(
-            self._runner, lambda: session.run([model.output_name], {model.input_name: images})[0])
+            self._runner, lambda: session.run([name], {model.input_name: images})[0])
         return np.asarray(out, dtype=np.float32)
 
     async def ping(self, timeout_s: float) -> bool:

@@ -62,25 +62,28 @@ class TritonBackend:
         except InferenceServerException:
             return False
 
-    async def embed(self, model: ModelSpec, images: np.ndarray) -> np.ndarray:
+    async def embed(self, model: ModelSpec, images: np.ndarray, output: str = "") -> np.ndarray:
         if len(images) > MAX_REQUEST_BATCH:
-            parts = [await self.embed(model, images[i:i + MAX_REQUEST_BATCH])
+            parts = [await self.embed(model, images[i:i + MAX_REQUEST_BATCH], output)
                      for i in range(0, len(images), MAX_REQUEST_BATCH)]
             return np.concatenate(parts)
         inp = triton_aio.InferInput(model.input_name, list(images.shape), "UINT8")
         inp.set_data_from_numpy(np.ascontiguousarray(images))
-        out = triton_aio.InferRequestedOutput(model.output_name)
+        name = output or model.output_name
+        out = triton_aio.InferRequestedOutput(name)
         try:
             result = await self._client.infer(
                 model.name, [inp], outputs=[out], model_version=model.version,
                 client_timeout=self._timeout_s)
         except InferenceServerException as exc:
             raise Unavailable(f"Triton at {self.url} failed: {_reason(exc)}") from exc
-        features = result.as_numpy(model.output_name)
-        if features is None or features.shape != (images.shape[0], model.dimension):
+        features = result.as_numpy(name)
+        expected = (images.shape[0], model.dimension) if not output else (images.shape[0], model.copy_regions,
+                                                                          model.dimension)
+        if features is None or features.shape != expected:
             # Seen with numpy 2 in the Python backend's environment: a status OK but empty tensor.
             shape = None if features is None else features.shape
-            raise Unavailable(f"Triton returned a malformed {model.output_name} tensor (shape {shape}); "
+            raise Unavailable(f"Triton returned a malformed {name} tensor (shape {shape}); "
                               "check the Python backend's numpy (<2)")
         return features.astype(np.float32, copy=False)
 

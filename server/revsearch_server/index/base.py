@@ -94,8 +94,12 @@ class VectorStore(Protocol):
     async def ping(self, timeout_s: float) -> bool:
         """Whether the store answers within timeout_s (the health check; never raises)."""
 
-    async def create(self, name: str, dimension: int, description: str, layout: int) -> bool:
-        """Creates a collection with the given stored-row layout; False when it exists already."""
+    async def create(self, name: str, dimension: int, description: str, layout: int, float16: bool = False) -> bool:
+        """Creates a collection with the given stored-row layout (float16: its vectors stored as
+        float16, where supports_float16 says the store can); False when it exists already."""
+
+    async def supports_float16(self) -> bool:
+        """Whether the store keeps and searches float16 vectors."""
 
     async def description(self, name: str) -> str | None:
         """The collection's description (revsearch keeps its settings there), None if absent."""
@@ -105,7 +109,7 @@ class VectorStore(Protocol):
 
     async def drop(self, name: str) -> None: ...
 
-    def index(self, name: str, dimension: int, layout: int) -> VectorIndex:
+    def index(self, name: str, dimension: int, layout: int, float16: bool = False) -> VectorIndex:
         """The collection's index (cheap: no call to the store)."""
 
     async def close(self) -> None: ...

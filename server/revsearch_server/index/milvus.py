@@ -19,8 +19,12 @@ Stored-row layouts (a collection records its layout in its settings, catalog.py)
      `timestamp_s` (DOUBLE, -1: none) are columns of their own. Milvus 2.3 servers have no
      nullable fields, hence the sentinels.
   3  layout 2 plus `local_features` (VARCHAR, "" for none): an item's compact local features for copy
-     detection (copies.py), base64 text of about 14 KB. Searches never return it; `get` does.
+     detection (copies.py; format 1, base64, about 14 KB; format 2, base85, about 3 KB). Searches never
+     return it; `get` does.
 Collections of any layout open, search, index and delete; new collections get layout 3.
+Independently of the layout, a collection's vector field is FLOAT16_VECTOR when its settings say so
+(copy-detection collections of the compact kind, where the store has float16: Milvus Lite 2.5 and
+servers from 2.4; catalog.py): vectors go in and come out as float16, queries are sent as float16.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import numpy as np
 
 from ..domain import FaceBox
 from ..errors import NotFound, Unavailable
+from ..shared_call import CallJoiner
 from .base import CURRENT_LAYOUT, LAYOUT_FACE_COLUMNS, LAYOUT_LOCAL_FEATURES, Hit, Record
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,7 @@ _MISSING_COLLECTION = re.compile(r"collection not found|can't find collection|Co
 _NO_FACE_COUNT, _NO_TIMESTAMP = 0, -1.0
 # Row keys: a 64-character item id plus "~<face>" in crop mode "all" (see rows.py).
 _ID_MAX, _URI_MAX = 80, 2048
-_FEATURES_MAX = 65535  # Milvus's longest VARCHAR; copies.py stores up to 300 keypoints (14.4 KB as base64)
+_FEATURES_MAX = 65535  # Milvus's longest VARCHAR; copies.py's format 1 took up to 14.4 KB, format 2 about 3 KB
 
 
 def milvus_name(name: str) -> str:
@@ -92,6 +97,9 @@ class MilvusStore:
         self._down: str | None = None
         self._probe_collection: str | None = None
         self._probe_task: asyncio.Task | None = None
+        # Concurrent writes and id lookups of one collection go to Milvus as one call while one runs:
+        # one-image IndexImages calls from 16 callers made four Milvus round trips each.
+        self.joined = CallJoiner()
 
     @property
     def is_lite(self) -> bool:
@@ -195,12 +203,21 @@ class MilvusStore:
             return False
         return True
 
-    async def create(self, name: str, dimension: int, description: str, layout: int = CURRENT_LAYOUT) -> bool:
+    async def supports_float16(self) -> bool:
+        """Milvus Lite 2.5 and Milvus servers from 2.4 store FLOAT16_VECTOR fields (2.3 has none)."""
+        if self.is_lite:
+            return True
+        version = str(await self.call("get_server_version"))
+        match = re.search(r"(\d+)\.(\d+)", version)
+        return bool(match) and (int(match.group(1)), int(match.group(2))) >= (2, 4)
+
+    async def create(self, name: str, dimension: int, description: str, layout: int = CURRENT_LAYOUT,
+                     float16: bool = False) -> bool:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_ID_MAX)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
+        schema.add_field("vector", DataType.FLOAT16_VECTOR if float16 else DataType.FLOAT_VECTOR, dim=dimension)
         schema.add_field("uri", DataType.VARCHAR, max_length=_URI_MAX)
         schema.add_field("sha256", DataType.VARCHAR, max_length=64)
         schema.add_field("model", DataType.VARCHAR, max_length=128)
@@ -236,8 +253,8 @@ class MilvusStore:
     async def drop(self, name: str) -> None:
         await self.call("drop_collection", milvus_name(name))
 
-    def index(self, name: str, dimension: int, layout: int = CURRENT_LAYOUT) -> "MilvusIndex":
-        return MilvusIndex(self, milvus_name(name), dimension, layout)
+    def index(self, name: str, dimension: int, layout: int = CURRENT_LAYOUT, float16: bool = False) -> "MilvusIndex":
+        return MilvusIndex(self, milvus_name(name), dimension, layout, float16)
 
     async def close(self) -> None:
         if self._probe_task is not None:
@@ -247,10 +264,12 @@ class MilvusStore:
 
 
 class MilvusIndex:
-    def __init__(self, store: MilvusStore, collection: str, dimension: int, layout: int = CURRENT_LAYOUT):
+    def __init__(self, store: MilvusStore, collection: str, dimension: int, layout: int = CURRENT_LAYOUT,
+                 float16: bool = False):
         self._store = store
         self._c = collection
         self._dim = dimension
+        self._float16 = float16
         self._columns = layout >= LAYOUT_FACE_COLUMNS
         self._features = layout >= LAYOUT_LOCAL_FEATURES
         self._output = ["uri", "sha256", "metadata", "face_box"] + (
@@ -265,15 +284,17 @@ class MilvusIndex:
         if not records:
             return
         rows = [{
-            "id": r.id, "vector": r.vector.tolist(), "uri": r.uri, "sha256": r.sha256, "model": r.model,
+            "id": r.id, "vector": self._vector_in(r.vector), "uri": r.uri, "sha256": r.sha256, "model": r.model,
             "model_version": r.model_version, "created_at_ms": r.created_at_ms, "metadata": r.metadata,
             **(_face_columns(r) if self._columns else {"face_box": _face_json_v1(r)}),
             **({"local_features": r.local_features or ""} if self._features else {}),
         } for r in records]
         try:
             # Upsert, not insert: Milvus keeps both rows of a repeated primary key, so a retried or
-            # racing write of the same content-derived id must replace, not add.
-            await self._store.call("upsert", self._c, data=rows)
+            # racing write of the same content-derived id must replace, not add. Joined with the
+            # concurrent writes of this collection (each caller's rows stay all or nothing: a failed
+            # joined write fails every caller, which removes its own rows below).
+            await self._store.joined.call(("upsert", self._c), rows, self._upsert)
         except Unavailable:
             # The insert may have reached Milvus before the failure: remove whatever did, so a
             # failed item is not left half-indexed. Best effort; the ids are unacknowledged.
@@ -283,9 +304,23 @@ class MilvusIndex:
                 log.error("could not clean up %d unacknowledged rows in %s", len(records), self._c)
             raise
 
+    async def _upsert(self, parts: list[list[dict]]) -> None:
+        rows = {row["id"]: row for part in parts for row in part}  # a key twice in one call: the last wins
+        await self._store.call("upsert", self._c, data=list(rows.values()))
+
+    async def _lookup(self, kind: str, values: list[str], output: list[str]) -> list[dict]:
+        """Rows whose `kind` field is among values, joined with concurrent lookups of this collection
+        (each caller gets the rows of every value asked for meanwhile: a superset of its own)."""
+        async def run(parts: list[list[str]]) -> list[dict]:
+            wanted = sorted({v for part in parts for v in part})
+            return await self._store.call("query", self._c, filter=f"{kind} in {_quote_list(wanted)}",
+                                          output_fields=output, consistency_level=self._store.consistency)
+
+        return await self._store.joined.call(("query", self._c, kind, tuple(output)), values, run)
+
     async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
         results = await self._store.call(
-            "search", self._c, data=[q.tolist() for q in queries], limit=top_k,
+            "search", self._c, data=[self._vector_in(q) for q in queries], limit=top_k,
             output_fields=self._output, search_params=self._search_params(top_k),
             consistency_level=self._store.consistency)
         return [[self._hit(h) for h in hits] for hits in results]
@@ -298,10 +333,9 @@ class MilvusIndex:
     async def ids_for_sha256(self, digests: list[str]) -> dict[str, str]:
         if not digests:
             return {}
-        rows = await self._store.call("query", self._c, filter=f"sha256 in {_quote_list(digests)}",
-                                      output_fields=["id", "sha256"],
-                                      consistency_level=self._store.consistency)
-        return {r["sha256"]: r["id"] for r in rows}
+        wanted = set(digests)
+        return {r["sha256"]: r["id"] for r in await self._lookup("sha256", digests, ["id", "sha256"])
+                if r["sha256"] in wanted}
 
     async def get(self, ids: list[str]) -> dict[str, Record]:
         if not ids:
@@ -313,9 +347,8 @@ class MilvusIndex:
     async def existing_ids(self, ids: list[str]) -> set[str]:
         if not ids:
             return set()
-        rows = await self._store.call("query", self._c, filter=f"id in {_quote_list(ids)}", output_fields=["id"],
-                                      consistency_level=self._store.consistency)
-        return {r["id"] for r in rows}
+        wanted = set(ids)
+        return {r["id"] for r in await self._lookup("id", ids, ["id"]) if r["id"] in wanted}
 
     async def delete(self, ids: list[str]) -> list[str]:
         unique = list(dict.fromkeys(ids))
@@ -347,6 +380,17 @@ class MilvusIndex:
         old = old if isinstance(old, dict) else {}
         return FaceBox.from_list(old.get("box")), old.get("faces"), old.get("t")
 
+    def _vector_in(self, vector: np.ndarray):
+        """A vector as pymilvus takes it for this collection's field: float16 array or list of floats."""
+        return np.asarray(vector, dtype=np.float16) if self._float16 else vector.tolist()
+
+    def _vector_out(self, value) -> np.ndarray:
+        """A fetched vector as float32 (a FLOAT16_VECTOR comes back as its bytes in a one-item list)."""
+        if self._float16:
+            raw = value[0] if isinstance(value, list) else value
+            return np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+        return np.asarray(value, dtype=np.float32)
+
     def _hit(self, h: dict) -> Hit:
         e = h.get("entity", {})
         box, _, t = self._faces(e)
@@ -355,7 +399,7 @@ class MilvusIndex:
 
     def _record(self, r: dict) -> Record:
         box, count, t = self._faces(r)
-        return Record(id=r["id"], vector=np.asarray(r["vector"], dtype=np.float32), uri=r["uri"],
+        return Record(id=r["id"], vector=self._vector_out(r["vector"]), uri=r["uri"],
                       sha256=r["sha256"], model=r["model"], model_version=r["model_version"],
                       created_at_ms=int(r["created_at_ms"]), metadata=r.get("metadata") or {},
                       face_box=box, face_count=count, timestamp_s=t, local_features=r.get("local_features") or None)

@@ -14,11 +14,12 @@ import numpy as np
 
 from ..admission import Admission
 from ..collection_service import Collection, Collections
-from ..copies import CANDIDATES, CopyDetector, QueryFeatures
+from ..copies import (CANDIDATES, FIRST_FETCH, PATIENCE, SURE_GAP, SURE_SCORE, ZOOM_CANDIDATES, CopyDetector,
+                      QueryFeatures, Verifier)
 from ..domain import CropMode, FaceBox, FaceOptions, ItemStatus, MediaType
 from ..embedding.base import BackendKind
 from ..encoder import Encoder
-from ..errors import AlreadyExists, InvalidArgument, NotFound, RevsearchError
+from ..errors import AlreadyExists, InvalidArgument, NotFound, RevsearchError, Unavailable
 from ..faces.cropper import FaceCrop, NoFace
 from ..imaging import sha256_hex
 from ..index.base import Hit, Record, VectorIndex, insert_or_undo
@@ -93,6 +94,10 @@ class ImageSearch:
             if collection:
                 c = await self._collections.open(collection)
                 model, faces = c.model, c.spec.crop_options
+                if c.spec.compact_copies:  # the collection's vectors are copy detection's (copy_vectors.py)
+                    pixels, _ = await self._copies_of(c).prepare_query(data, model, features=False)
+                    vectors = await self._encoder.embed_copy(model, [pixels])
+                    return Embedding(vectors[0, 0], model, self._encoder.backend)
             else:
                 model = self._collections.models.get(model_name)
                 faces = FaceOptions() if model.needs_face_crop else None  # a face model needs its face
@@ -122,11 +127,13 @@ class ImageSearch:
             except RevsearchError as exc:
                 outcomes[i] = IndexOutcome(item.id, item.uri, ItemStatus.FAILED, exc)
         todo = [i for i in range(len(items)) if outcomes[i] is None]
-        copy = c.spec.copy_detection and c.views is not None and self._copies is not None
+        copy = c.spec.copy_detection and c.views is not None
+        compact = copy and c.spec.compact_copies  # one forward pass gives all five vectors (copy_vectors.py)
         features: dict[int, str] = {}
-        if copy:  # the whole image and its crop views (views[0]: the whole image), and local features
+        if copy:  # the whole image (and, for the first kind of collection, its crop views), and local features
             prepared = {}
-            for i, r in zip(todo, await self._copies.prepare_index([items[i].image for i in todo], model)):
+            for i, r in zip(todo, await self._copies_of(c).prepare_index([items[i].image for i in todo], model,
+                                                                         crop_views=not compact)):
                 if isinstance(r, RevsearchError):
                     prepared[i] = r
                 else:
@@ -166,9 +173,14 @@ class ImageSearch:
         if not fresh:
             return outcomes  # type: ignore[return-value]
 
-        crops = [(i, k, crop) for i in fresh for k, crop in enumerate(prepared[i])]
         try:
-            vectors = await self._encoder.embed(model, [crop for _, _, crop in crops])
+            if compact:  # [item, 5 regions, D]: row 0 the item's row, rows 1-4 its crop views
+                regions = await self._encoder.embed_copy(model, [prepared[i][0].pixels for i in fresh])
+                crops = [(i, k, FaceCrop(prepared[i][0].pixels, None)) for i in fresh for k in range(regions.shape[1])]
+                vectors = regions.reshape(-1, regions.shape[-1])
+            else:
+                crops = [(i, k, crop) for i in fresh for k, crop in enumerate(prepared[i])]
+                vectors = await self._encoder.embed(model, [crop for _, _, crop in crops])
             now = int(time.time() * 1000)
             # One insert for the batch, whole or not at all: a request cancelled during it (client
             # gone, deadline passed) gets its rows deleted again once the write has finished.
@@ -177,6 +189,7 @@ class ImageSearch:
                               created_at_ms=now, metadata=items[i].metadata, face_box=crop.box,
                               face_count=len(prepared[i]) if multi else None,
                               local_features=features.get(i) if copy and k == 0 else None)
+                       if not (copy and k) else _view_record(row_id(ids[i], k), vectors[n], now)
                        for n, (i, k, crop) in enumerate(crops)]
             with self._metrics.stage("index"):
                 if copy:
@@ -226,11 +239,10 @@ class ImageSearch:
         local: dict[int, QueryFeatures] = {}  # copy detection: the image queries' local features
 
         images = [i for i, q in enumerate(queries) if q.image is not None]
-        copy = (c.spec.copy_detection and c.views is not None and self._copies is not None
-                and copy_detection is not False)
-        if images and copy:
-            prepared = await asyncio.gather(*(self._copies.prepare_query(queries[i].image, c.model) for i in images),
-                                            return_exceptions=True)
+        copy = c.spec.copy_detection and c.views is not None and copy_detection is not False
+        if images and (copy or c.spec.compact_copies):  # a compact collection's vectors are copy detection's
+            prepared = await asyncio.gather(*(self._copies_of(c).prepare_query(queries[i].image, c.model, copy)
+                                              for i in images), return_exceptions=True)
             ok = []
             for i, r in zip(images, prepared):
                 if isinstance(r, RevsearchError):
@@ -239,10 +251,12 @@ class ImageSearch:
                     raise r
                 else:
                     ok.append(i)
-                    local[i] = r[1]
+                    if copy:
+                        local[i] = r[1]
             if ok:
                 pixels = [prepared[images.index(i)][0] for i in ok]
-                embedded = await self._encoder.embed(c.model, [FaceCrop(p, None) for p in pixels])
+                embedded = ((await self._encoder.embed_copy(c.model, pixels))[:, 0] if c.spec.compact_copies
+                            else await self._encoder.embed(c.model, [FaceCrop(p, None) for p in pixels]))
                 for i, v in zip(ok, embedded):
                     vectors[i], boxes[i] = v, None
         elif images:
@@ -291,39 +305,127 @@ class ImageSearch:
                                       query_face_box=boxes.get(i))
         return out  # type: ignore[return-value]
 
+    def _copies_of(self, c: Collection) -> CopyDetector:
+        if self._copies is None:  # wiring always gives one; a server without it cannot serve these collections
+            raise Unavailable(f"collection {c.name!r} has copy detection, which this server was built without")
+        return self._copies
+
     async def _copy_rerank(self, c: Collection, order: list[int], matrix: np.ndarray, hits: list[list[Hit]],
                            local: dict[int, QueryFeatures], k: int) -> list[list[Hit]]:
         """Copy detection of the image queries among `order`: their items' crop vectors join the
-        candidates (an item at its best vector), and the CANDIDATES best are re-ranked by local
-        features (copies.py). Other queries' hits are cut to k."""
+        candidates (an item at its best vector), and up to CANDIDATES of them are verified by local
+        features in vector order until the answer is settled (copies.Verifier). The candidates' rows
+        (fields and features) are fetched in chunks (_chunk) for the queries still unsettled; a query
+        with nothing verified after its first chunk adds the candidates of its zoomed-out vector
+        (compact collections: a crop of half a side meets its original's quadrant at that scale).
+        Other queries' hits are cut to k."""
         rows = [n for n, i in enumerate(order) if i in local]
         with self._metrics.stage("search"):
             views = await search_items(self._searcher, c.views, matrix[rows], CANDIDATES)
         merged: dict[int, list[Hit]] = {}
         for n, view_hits in zip(rows, views):
-            best: dict[str, Hit] = {}
-            for h in hits[n] + view_hits:  # the row's fields (the same in both), the best score
-                if h.id not in best:
-                    best[h.id] = h
-                elif h.score > best[h.id].score:
-                    best[h.id] = replace(best[h.id], score=h.score)
-            merged[n] = sorted(best.values(), key=lambda h: -h.score)
-        wanted = sorted({h.id for n in rows for h in merged[n][:CANDIDATES]} | {h.id for v in views for h in v})
-        records = await c.index.get(wanted)
-        stored = {i: r.local_features for i, r in records.items() if r.local_features}
+            merged[n] = _merge(hits[n], view_hits)
+        verifiers = {n: Verifier(local[order[n]], merged[n][:CANDIDATES], _sure(hits[n], merged[n])) for n in rows}
+        main = {n: {h.id for h in hits[n]} for n in rows}
+        records: dict[str, Record] = {}
+        zoomed: set[int] = set()
+        first = True
+        while True:
+            if not first:  # still nothing verified among the first: the zoomed-out vector's candidates join
+                lost = [n for n in rows if n not in zoomed and not verifiers[n].settled and not verifiers[n].found]
+                zoomed.update(lost)
+                await self._add_zoomed_out(c, lost, order, local, verifiers)
+            # The next candidates of each unsettled query (the first only for a sure one), and at first
+            # the view-only items that may be shown (their fields). Fetched in chunks: a query settles
+            # after 4 verified candidates on most images, and a row's features are 4 KB.
+            todo = {n: verifiers[n].wanted[:_chunk(verifiers[n])] for n in rows if not verifiers[n].settled}
+            todo = {n: ids for n, ids in todo.items() if ids}
+            if not todo:
+                break
+            wanted = {i for ids in todo.values() for i in ids}
+            if first:
+                wanted |= {h.id for n in rows for h in merged[n][:k] if h.id not in main[n]}
+            wanted -= records.keys()
+            if wanted:
+                records.update(await c.index.get(sorted(wanted)))
+            await asyncio.gather(*(self._copies_of(c).verify(
+                verifiers[n], {i: records[i].local_features if i in records else None for i in ids}, False)
+                for n, ids in todo.items()))
+            first = False
+        # The mirrored query where nothing verified (its features need the first candidates' rows).
+        mirror = {n: verifiers[n].mirror_wanted for n in rows if verifiers[n].needs_mirror}
+        missing = {i for ids in mirror.values() for i in ids} - records.keys()
+        if missing:
+            records.update(await c.index.get(sorted(missing)))
+        await asyncio.gather(*(self._copies_of(c).verify(
+            verifiers[n], {i: records[i].local_features if i in records else None for i in ids}, True)
+            for n, ids in mirror.items()))
         out = [h[:k] for h in hits]
         for n in rows:
+            seen = {h.id for h in verifiers[n].candidates}
+            ranked = verifiers[n].ranked() + [h for h in merged[n][CANDIDATES:] if h.id not in seen]
             # An item whose crop vectors are written but whose row is not (yet, or any more) is left out.
-            main = {h.id for h in hits[n]}
-            merged[n] = [h for h in merged[n] if h.id in main or h.id in records]
-            candidates = merged[n][:CANDIDATES]
-            reranked = await self._copies.rerank(local[order[n]], candidates, stored)
-            out[n] = (reranked + merged[n][CANDIDATES:])[:k]
+            shown = []
+            for h in ranked:
+                if h.id in main[n]:
+                    shown.append(h)
+                elif h.id in records:
+                    r = records[h.id]
+                    shown.append(replace(h, uri=r.uri, sha256=r.sha256, metadata=r.metadata, face_box=r.face_box))
+                if len(shown) == k:
+                    break
+            out[n] = shown
         return out
+
+    async def _add_zoomed_out(self, c: Collection, rows: list[int], order: list[int], local: dict[int, QueryFeatures],
+                              verifiers: dict[int, Verifier]) -> None:
+        """The zoomed-out vectors of these queries (one model call) search the views; what they find
+        joins their candidates."""
+        rows = [n for n in rows if local[order[n]].zoomed_out is not None]
+        if not rows or not c.spec.compact_copies:
+            return
+        small = await self._encoder.embed_copy(c.model, [local[order[n]].zoomed_out for n in rows])
+        with self._metrics.stage("search"):
+            found = await search_items(self._searcher, c.views, np.ascontiguousarray(small[:, 0]), ZOOM_CANDIDATES)
+        for n, view_hits in zip(rows, found):
+            verifiers[n].add(view_hits)
 
     async def delete(self, collection: str, ids: list[str]) -> tuple[list[str], list[str]]:
         """(deleted, not found) item ids; works on image and video collections alike."""
         return await self._collections.delete_items(collection, ids)
+
+
+def _chunk(verifier: Verifier) -> int:
+    """How many more candidates' rows to fetch for a query: its first alone while only a sure answer is
+    at stake, PATIENCE once a copy is verified (at most that many more are needed), else FIRST_FETCH."""
+    if verifier.sure and not verifier.counts:
+        return 1
+    return PATIENCE if verifier.found else FIRST_FETCH
+
+
+def _sure(main: list[Hit], merged: list[Hit]) -> bool:
+    """Whether the rows' vector ranking is sure of its first item (copies.SURE_SCORE, SURE_GAP) and
+    that item leads the candidates too."""
+    if not main or not merged or merged[0].id != main[0].id:
+        return False
+    second = main[1].score if len(main) > 1 else -1.0
+    return main[0].score >= SURE_SCORE and main[0].score - second >= SURE_GAP
+
+
+def _merge(main: list[Hit], views: list[Hit]) -> list[Hit]:
+    """Item hits of the rows and of the crop views, each item once at its best score (best first);
+    an item's fields come from its row's hit where there is one (view rows carry only the vector)."""
+    best: dict[str, Hit] = {h.id: h for h in main}
+    for h in views:
+        if h.id not in best or h.score > best[h.id].score:
+            best[h.id] = replace(best.get(h.id, h), score=h.score)
+    return sorted(best.values(), key=lambda h: -h.score)
+
+
+def _view_record(row: str, vector: np.ndarray, now_ms: int) -> Record:
+    """A crop view's row: its vector and key only (an item's fields live on its own row: the views
+    index is searched for candidates, whose fields come from their rows)."""
+    return Record(id=row, vector=vector, uri="", sha256="", model="", model_version="", created_at_ms=now_ms)
 
 
 async def _insert_with_views(index: VectorIndex, views: VectorIndex, records: list[Record], view_records: list[Record]
