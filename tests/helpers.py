@@ -112,3 +112,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def write_old_collection(client, name: str, description: str, dimension: int, layout: int, rows: list[dict]) -> None:
+    """A Milvus collection as an earlier release wrote it, with pymilvus: stored-row layout 1 (one
+    JSON face column), 2 (face count and frame time columns too) or 3 (and local features), FLAT
+    index, the given rows."""
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=80)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
+    for field, length in (("uri", 2048), ("sha256", 64), ("model", 128), ("model_version", 64)):
+        schema.add_field(field, DataType.VARCHAR, max_length=length)
+    schema.add_field("created_at_ms", DataType.INT64)
+    schema.add_field("metadata", DataType.JSON)
+    schema.add_field("face_box", DataType.JSON)
+    if layout >= 2:
+        schema.add_field("face_count", DataType.INT64)
+        schema.add_field("timestamp_s", DataType.DOUBLE)
+    if layout >= 3:
+        schema.add_field("local_features", DataType.VARCHAR, max_length=65535)
+    index = MilvusClient.prepare_index_params()
+    index.add_index(field_name="vector", index_type="FLAT", metric_type="COSINE")
+    client.create_collection("revsearch_" + name, schema=schema, index_params=index, consistency_level="Session")
+    client.upsert("revsearch_" + name, data=rows)

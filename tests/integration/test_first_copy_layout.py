@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pymilvus import DataType, MilvusClient
+from pymilvus import MilvusClient
 
 from revsearch.client import ImageInput
 from revsearch.copy_edits import edited_bytes
 from revsearch.v1 import search_service_pb2 as pb
 from revsearch_server import copies
 from revsearch_server.models import BUILD_INFO, ModelSpec
+from tests.helpers import write_old_collection
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = ROOT / "model_repository" / "efficientnet_lite0"
@@ -44,24 +45,6 @@ def _spec() -> str:
                                         "whole_image_if_no_face": False, "max_faces": 16},
                        "media_type": "image", "video_sampling": {"frames": 5, "mode": "uniform", "seed": 0},
                        "layout": 3, "copy_detection": True, "copy_views": 4})
-
-
-def _create(client: MilvusClient, name: str, description: str, rows: list[dict]) -> None:
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
-    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=80)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
-    for field, length in (("uri", 2048), ("sha256", 64), ("model", 128), ("model_version", 64)):
-        schema.add_field(field, DataType.VARCHAR, max_length=length)
-    schema.add_field("created_at_ms", DataType.INT64)
-    schema.add_field("metadata", DataType.JSON)
-    schema.add_field("face_box", DataType.JSON)
-    schema.add_field("face_count", DataType.INT64)
-    schema.add_field("timestamp_s", DataType.DOUBLE)
-    schema.add_field("local_features", DataType.VARCHAR, max_length=65535)
-    index = MilvusClient.prepare_index_params()
-    index.add_index(field_name="vector", index_type="FLAT", metric_type="COSINE")
-    client.create_collection("revsearch_" + name, schema=schema, index_params=index, consistency_level="Session")
-    client.upsert("revsearch_" + name, data=rows)
 
 
 def _first_kind_rows(photos: list[Path]) -> tuple[list[dict], list[dict], dict[Path, str]]:
@@ -101,8 +84,8 @@ def first(start_server, tmp_path_factory):
     photos = sorted(PHOTOS.glob("*.jpg"))[::10][:16]
     rows, views, ids = _first_kind_rows(photos)
     client = MilvusClient(str(data / "milvus.db"))
-    _create(client, "firstcopies__views", "crop vectors of images in firstcopies", views)
-    _create(client, "firstcopies", _spec(), rows)
+    write_old_collection(client, "firstcopies__views", "crop vectors of images in firstcopies", DIM, 3, views)
+    write_old_collection(client, "firstcopies", _spec(), DIM, 3, rows)
     client.close()
     server = start_server(triton_url="off", default_model="auto", data_dir=data)
     from revsearch import SearchClient

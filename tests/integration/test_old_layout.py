@@ -11,11 +11,11 @@ import json
 
 import numpy as np
 import pytest
-from pymilvus import DataType, MilvusClient
+from pymilvus import MilvusClient
 
 from revsearch.client import ImageInput
 from revsearch.v1 import search_service_pb2 as pb
-from tests.helpers import encode, synthetic_image
+from tests.helpers import encode, synthetic_image, write_old_collection
 
 DIM = 128  # face_dlib's
 
@@ -27,21 +27,6 @@ def _old_spec(name: str, crop_mode: str, media_type: str) -> str:
                        "face_options": {"margin": 0.2, "min_face_size": 20, "min_confidence": 0.9,
                                         "whole_image_if_no_face": False, "max_faces": 16},
                        "media_type": media_type, "video_sampling": {"frames": 5, "mode": "uniform", "seed": 0}})
-
-
-def _old_collection(client: MilvusClient, name: str, description: str, rows: list[dict]) -> None:
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
-    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=80)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
-    for field, length in (("uri", 2048), ("sha256", 64), ("model", 128), ("model_version", 64)):
-        schema.add_field(field, DataType.VARCHAR, max_length=length)
-    schema.add_field("created_at_ms", DataType.INT64)
-    schema.add_field("metadata", DataType.JSON)
-    schema.add_field("face_box", DataType.JSON)
-    index = MilvusClient.prepare_index_params()
-    index.add_index(field_name="vector", index_type="FLAT", metric_type="COSINE")
-    client.create_collection("revsearch_" + name, schema=schema, index_params=index, consistency_level="Session")
-    client.upsert("revsearch_" + name, data=rows)
 
 
 def _row(id_: str, vector: np.ndarray, face_json: dict, sha: str) -> dict:
@@ -61,15 +46,15 @@ def old_server(start_server, tmp_path_factory):
     faces, frames, means = _unit(rng, 3), _unit(rng, 3), _unit(rng, 2)
     client = MilvusClient(str(data / "milvus.db"))
     box = [10.0, 20.0, 50.0, 70.0, 0.99]
-    _old_collection(client, "oldfaces", _old_spec("oldfaces", "all", "image"), [
+    write_old_collection(client, "oldfaces", _old_spec("oldfaces", "all", "image"), DIM, 1, [
         _row("crowd~0", faces[0], {"box": box, "faces": 2}, "a" * 64),
         _row("crowd~1", faces[1], {"box": [60.0, 20.0, 90.0, 60.0, 0.95]}, "a" * 64),
         _row("solo~0", faces[2], {"box": box, "faces": 1}, "b" * 64)])
-    _old_collection(client, "oldvideos", _old_spec("oldvideos", "all", "video"), [
+    write_old_collection(client, "oldvideos", _old_spec("oldvideos", "all", "video"), DIM, 1, [
         _row("clip~0", frames[0], {"box": box, "faces": 2, "t": 0.5}, "c" * 64),
         _row("clip~1", frames[1], {"box": box, "faces": 2, "t": 1.5}, "c" * 64),
         _row("other~0", frames[2], {"box": box, "faces": 1, "t": 2.0}, "d" * 64)])
-    _old_collection(client, "oldvideos__means", "mean vectors of videos in oldvideos", [
+    write_old_collection(client, "oldvideos__means", "mean vectors of videos in oldvideos", DIM, 1, [
         _row("clip", means[0], {"faces": 2}, "c" * 64), _row("other", means[1], {"faces": 1}, "d" * 64)])
     _layout2_photos(client, rng)
     client.close()
@@ -89,21 +74,8 @@ def _layout2_photos(client: MilvusClient, rng) -> None:
                                         "whole_image_if_no_face": False, "max_faces": 16},
                        "media_type": "image", "video_sampling": {"frames": 5, "mode": "uniform", "seed": 0},
                        "layout": 2})
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=spec)
-    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=80)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=PHOTO_DIM)
-    for field, length in (("uri", 2048), ("sha256", 64), ("model", 128), ("model_version", 64)):
-        schema.add_field(field, DataType.VARCHAR, max_length=length)
-    schema.add_field("created_at_ms", DataType.INT64)
-    schema.add_field("metadata", DataType.JSON)
-    schema.add_field("face_box", DataType.JSON)
-    schema.add_field("face_count", DataType.INT64)
-    schema.add_field("timestamp_s", DataType.DOUBLE)
-    index = MilvusClient.prepare_index_params()
-    index.add_index(field_name="vector", index_type="FLAT", metric_type="COSINE")
-    client.create_collection("revsearch_oldphotos", schema=schema, index_params=index, consistency_level="Session")
     vectors = rng.normal(size=(2, PHOTO_DIM)).astype(np.float32)
-    client.upsert("revsearch_oldphotos", data=[
+    write_old_collection(client, "oldphotos", spec, PHOTO_DIM, 2, [
         {"id": f"p{n}", "vector": (v / np.linalg.norm(v)).tolist(), "uri": f"old://p{n}", "sha256": f"{n:064x}",
          "model": "resnet50", "model_version": "1", "created_at_ms": 1, "metadata": {}, "face_box": {},
          "face_count": 0, "timestamp_s": -1.0} for n, v in enumerate(vectors)])
