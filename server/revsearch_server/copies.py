@@ -432,10 +432,20 @@ def _query_input(data: bytes, limits: ImageLimits, model: ModelSpec, features: b
     if not features:  # only the model input (EmbedImage of a compact collection)
         return model_input(img, model), QueryFeatures(np.zeros((0, 0), np.uint8), EMPTY)
     grey = feature_image(img)
+    pixels = model_input(img, model)
+    return pixels, QueryFeatures(grey, extract_query(grey), zoomed_out=_zoomed_out(img, pixels, model))
+
+
+def _zoomed_out(img: Image.Image, pixels: np.ndarray, model: ModelSpec) -> np.ndarray | None:
+    """The whole image at ModelSpec.copy_query_side square: box-reduced from the model input when that
+    is a whole-image square of a multiple of the side (0.02 ms instead of 0.9 ms resizing the image)."""
     side = model.copy_query_side
-    small = (np.asarray(img.convert("RGB").resize((side, side), Image.Resampling.BILINEAR), dtype=np.uint8)
-             if side else None)
-    return model_input(img, model), QueryFeatures(grey, extract_query(grey), zoomed_out=small)
+    if not side:
+        return None
+    h, w = pixels.shape[:2]
+    if model.whole_image and h == w and h % side == 0:
+        return np.asarray(Image.fromarray(pixels).reduce(h // side), dtype=np.uint8)
+    return np.asarray(img.convert("RGB").resize((side, side), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 class CopyDetector:

@@ -230,6 +230,25 @@ def test_a_real_photo_rotated_matches():
     assert copies.inliers(query, _stored(img)) >= copies.MIN_INLIERS
 
 
+def test_the_zoomed_out_query_is_the_model_input_box_reduced_and_close_to_resizing_the_image():
+    from dataclasses import replace
+
+    from revsearch_server.imaging import model_input
+
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 255, (30, 48, 3), dtype=np.uint8)).resize((960, 600))
+    spec = replace(_spec("efficientnet_lite0", True, "whole_image"), copy_query_side=112)
+    pixels = model_input(img, spec)
+    small = copies._zoomed_out(img, pixels, spec)
+    assert small.shape == (112, 112, 3) and small.dtype == np.uint8
+    assert np.array_equal(small, np.asarray(Image.fromarray(pixels).reduce(2)))
+    resized = np.asarray(img.resize((112, 112), Image.Resampling.BILINEAR), dtype=np.float32)
+    assert np.abs(small.astype(np.float32) - resized).mean() < 2  # the same picture
+    assert copies._zoomed_out(img, pixels, replace(spec, copy_query_side=0)) is None
+    odd = copies._zoomed_out(img, pixels, replace(spec, copy_query_side=100))  # not a divisor: resized
+    assert odd.shape == (100, 100, 3)
+
+
 # -- the default model ----------------------------------------------------------------------------
 def _spec(name: str, trained: bool, preprocess: str = "imagenet") -> ModelSpec:
     return ModelSpec(name=name, version="1", dimension=8, input_size=224, resize_to=256, input_name="images",

@@ -39,10 +39,11 @@ class LocalOnnxBackend:
         loop = asyncio.get_running_loop()
         for spec in models.values():
             if spec.name not in self._sessions:
-                # Face models do not spin: face detection shares the cores between their runs
-                # (as their Triton configs, which say what it measured).
+                # Face models and copy-detection models do not spin: face detection and local features
+                # share the cores between their runs (as their Triton configs, which say what it measured).
+                spinning = not spec.needs_face_crop and not spec.has_copy_descriptor
                 self._sessions[spec.name] = await loop.run_in_executor(
-                    self._runner, make_session, spec.onnx_path, self._threads, not spec.needs_face_crop)
+                    self._runner, make_session, spec.onnx_path, self._threads, spinning)
 
     async def embed(self, model: ModelSpec, images: np.ndarray, output: str = "") -> np.ndarray:
         session = self._sessions[model.name]
