@@ -12,12 +12,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; at run time __getattr__ below does the import
-    from .client import AsyncSearchClient, SearchClient, Security
+    from .client import AsyncSearchClient, ImageInput, SearchClient, Security, VectorInput
     from .errors import RevsearchClientError
 
 # Public name -> the submodule that defines it.
-_LAZY = {"SearchClient": "client", "AsyncSearchClient": "client", "Security": "client",
-         "RevsearchClientError": "errors"}
+_LAZY = {"SearchClient": "client", "AsyncSearchClient": "client", "Security": "client", "ImageInput": "client",
+         "VectorInput": "client", "RevsearchClientError": "errors"}
 
 __all__ = sorted(_LAZY)
 

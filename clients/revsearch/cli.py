@@ -1,5 +1,5 @@
-"""The `revsearch` command line: serve, index, search, index-videos, search-video, info, collections, drop,
-eval, loadtest.
+"""The `revsearch` command line: serve, index, import, search, index-videos, search-video, info, collections,
+drop, eval, loadtest.
 
 Every command but `serve` reaches the server through one Security (TLS, mutual TLS, API key) built from the
 global --tls* and --api-key flags, which default from the REVSEARCH_TLS* and REVSEARCH_API_KEY variables.
@@ -21,7 +21,8 @@ from rich.table import Column, Table
 from .client import (ENV_API_KEY, ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_SERVER_NAME, ImageInput,
                      SearchClient, Security, parse_flag, struct_to_dict)
 from .errors import NotFoundError, RevsearchClientError, UnauthenticatedError
-from .names import CROP_MODES, INDEX_BACKENDS, INFERENCE_BACKENDS, ITEM_STATUSES, MEDIA_TYPES, RANKINGS, SAMPLING_MODES
+from .names import (CROP_MODES, INDEX_BACKENDS, INFERENCE_BACKENDS, ITEM_STATUSES, MEDIA_TYPES, RANKINGS,
+                    SAMPLING_MODES, VECTOR_INDEX_TYPES)
 from .names import name_of
 from .v1 import search_service_pb2 as pb
 
@@ -50,13 +51,37 @@ def warn_untrained(model: str) -> None:
               "these results are not meaningful.[/]")
 
 
+def vector_index_from_args(args) -> dict | None:
+    """The --vector-index flags as create_collection's vector_index (None: the server's default)."""
+    options = {k: getattr(args, k) for k in ("hnsw_m", "hnsw_ef_construction", "ivf_nlist")
+               if getattr(args, k) is not None}
+    if args.default_search_breadth is not None:
+        options["search_breadth"] = args.default_search_breadth
+    if args.vector_index:
+        options["type"] = args.vector_index
+    return options or None
+
+
+def add_vector_index_flags(parser: argparse.ArgumentParser) -> None:
+    """The vector index of a collection the command creates (GetServerInfo lists what the store builds)."""
+    g = parser.add_argument_group("vector index of a new collection (default: the store's; `revsearch info`)")
+    g.add_argument("--vector-index", type=str.upper, choices=[t for t in VECTOR_INDEX_TYPES if t != "AUTOINDEX"],
+                   help="FLAT (exact), HNSW, IVF_FLAT, IVF_SQ8 or DISKANN (a Milvus server builds them all, Lite FLAT)")
+    g.add_argument("--hnsw-m", type=int, help="HNSW edges per node, 4..64 (16)")
+    g.add_argument("--hnsw-ef-construction", type=int, help="HNSW build breadth, 8..512 (200)")
+    g.add_argument("--ivf-nlist", type=int, help="IVF clusters, 1..65536 (1024)")
+    g.add_argument("--default-search-breadth", type=int,
+                   help="the collection's search breadth: HNSW ef (128), IVF nprobe (16), DISKANN search_list (100)")
+
+
 def cmd_index(client: SearchClient, args) -> int:
     files = find_images(args.paths, args.recursive, args.ext)
     if not files:
         err.print("no images found (check the paths, --recursive and --ext)")
         return 2
     created = client.create_collection(args.collection, model=args.model, crop_mode=args.crop,
-                                       index_backend=args.index, exist_ok=True)
+                                       index_backend=args.index, exist_ok=True,
+                                       vector_index=vector_index_from_args(args))
     coll = created.collection
     if created.created:
         err.print(f"created collection [bold]{coll.name}[/] (model {coll.model}, crop "
@@ -102,13 +127,67 @@ def cmd_index(client: SearchClient, args) -> int:
     return 1 if failures else 0
 
 
+def cmd_import(client: SearchClient, args) -> int:
+    """Vectors computed elsewhere (.npz or Parquet: revsearch/vector_files.py) into a collection."""
+    from .vector_files import open_vectors
+
+    if not 1 <= args.per_message <= 10_000:
+        err.print(f"[bold red]error:[/] --per-message is {args.per_message}; use 1..10000")
+        return 2
+    try:
+        source = open_vectors(args.file)
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    model, version = args.model or source.model, args.model_version or source.model_version
+    if args.create:
+        if not model:
+            err.print("[bold red]error:[/] --create needs the model: pass --model (the file does not say)")
+            return 2
+        created = client.create_collection(args.collection, model=model, exist_ok=True,
+                                           vector_index=vector_index_from_args(args))
+        if created.created:
+            err.print(f"created collection [bold]{args.collection}[/] (model {created.collection.model}, "
+                      f"{created.collection.dimension}-d, {created.collection.vector_index_detail})", highlight=False)
+    if not model or not version:
+        coll = client.describe_collection(args.collection)
+        err.print(f"[bold red]error:[/] {args.file} does not say which model computed its vectors: pass --model and "
+                  f"--model-version (collection {args.collection} holds {coll.model} version {coll.model_version}, "
+                  f"{coll.dimension}-d)", highlight=False)
+        return 2
+    with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                  disable=args.quiet) as progress:
+        task = progress.add_task("import", total=source.count)
+        resp = client.import_vectors(args.collection, source.items(), model=model, model_version=version,
+                                     per_message=args.per_message, on_sent=lambda n: progress.update(task, advance=n))
+    if resp.failures:
+        table = Table("item", "id", "reason", title="failures", title_justify="left")
+        for f in resp.failures[:50]:
+            table.add_row(str(f.item_index), f.id, f"{f.error.code_name}: {f.error.message}")
+        err.print(table)
+        if resp.failed > 50:
+            err.print(f"... and {resp.failed - 50} more")
+    if args.json:
+        print(json.dumps({"collection": args.collection, "received": resp.received, "imported": resp.imported,
+                          "existing": resp.existing, "failed": resp.failed, "note": resp.note,
+                          "failures": [{"item": f.item_index, "id": f.id, "code": f.error.code_name,
+                                        "message": f.error.message} for f in resp.failures]}))
+    else:
+        out.print(f"imported {resp.imported}, skipped {resp.existing} (already there), failed {resp.failed} of "
+                  f"{resp.received} into {args.collection}", highlight=False)
+        if resp.note:
+            err.print(f"note: {resp.note}", highlight=False)
+    return 1 if resp.failed else 0
+
+
 def cmd_search(client: SearchClient, args) -> int:
     query = Path(args.image).read_bytes()
     if client.describe_collection(args.collection).media_type == pb.MEDIA_TYPE_VIDEO:
         videos = client.search_videos(args.collection, image=query, top_k=args.top_k)
         return show_video_hits(args, args.image, videos, query_image=query)
     resp = client.search(args.collection, image=query, top_k=args.top_k,
-                         copy_detection=False if args.no_copy_detection else None)
+                         copy_detection=False if args.no_copy_detection else None,
+                         search_breadth=args.search_breadth)
     backend = name_of(INFERENCE_BACKENDS, resp.inference_backend)
     if not resp.model_trained:
         warn_untrained(resp.model)
@@ -308,7 +387,9 @@ def cmd_info(client: SearchClient, args) -> int:
         return 0
     out.print(f"revsearch {info.version} at {args.server}")
     out.print(f"inference backend: [bold]{backend}[/] ({info.inference_detail}); fallback: {info.fallback}")
-    out.print(f"vector store: {info.vector_store}")
+    out.print(f"vector store: {info.vector_store}; vector indexes: "
+              + ", ".join(name_of(VECTOR_INDEX_TYPES, t) for t in info.vector_index_types)
+              + f" (default {name_of(VECTOR_INDEX_TYPES, info.default_vector_index)})", highlight=False)
     out.print(f"default model: [bold]{info.default_model}[/]"
               + (f" ({info.default_model_reason})" if info.default_model_reason else ""), highlight=False)
     # The weights' sources go below the table: in one of its columns they squeezed the rest out of 80 columns.
@@ -332,16 +413,22 @@ def cmd_collections(client: SearchClient, args) -> int:
         print(json.dumps([{"name": c.name, "model": c.model, "dimension": c.dimension,
                            "crop_mode": name_of(CROP_MODES, c.crop_mode, "none"),
                            "index_backend": name_of(INDEX_BACKENDS, c.index_backend, "milvus"),
-                           "items": c.item_count, "model_trained": c.model_trained,
-                           "media_type": name_of(MEDIA_TYPES, c.media_type, "image")}
+                           "items": c.item_count, "imported_items": c.imported_item_count,
+                           "model_trained": c.model_trained,
+                           "media_type": name_of(MEDIA_TYPES, c.media_type, "image"),
+                           "vector_index": name_of(VECTOR_INDEX_TYPES, c.vector_index.type),
+                           "vector_index_detail": c.vector_index_detail}
                           for c in colls], indent=2))
         return 0
-    table = Table("name", "media", "model", "crop", "index", "items", "created")
+    # The index backend and its vector index in one column: eight columns squeezed the names out of 80.
+    table = Table(Column("name", no_wrap=True), "media", "model", "crop", "index", "items", "created")
     for c in colls:
         table.add_row(c.name, name_of(MEDIA_TYPES, c.media_type, "image"),
                       c.model + ("" if c.model_trained else " (UNTRAINED)"),
-                      name_of(CROP_MODES, c.crop_mode, "none"), name_of(INDEX_BACKENDS, c.index_backend, "milvus"),
-                      str(c.item_count), c.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M"))
+                      name_of(CROP_MODES, c.crop_mode, "none"),
+                      f"{name_of(INDEX_BACKENDS, c.index_backend, 'milvus')} "
+                      f"{name_of(VECTOR_INDEX_TYPES, c.vector_index.type, '')}".strip(), str(c.item_count),
+                      c.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M"))
     out.print(table)
     return 0
 
@@ -549,7 +636,8 @@ def _is_local(target: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revsearch", description="reverse image search over gRPC")
     parser.add_argument("--server", default=os.environ.get("REVSEARCH_SERVER", "localhost:50051"),
-                        help="server address host:port (REVSEARCH_SERVER)")
+                        help="server address host:port (REVSEARCH_SERVER); dns:///host:port spreads calls over "
+                             "every address of the name (replicas), round-robin")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
     add_security_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -571,10 +659,25 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--model", default="", help="model for a new collection (server default: resnet50)")
     index.add_argument("--crop", choices=list(CROP_MODES), default="none", help="crop mode for a new collection")
     index.add_argument("--index", choices=list(INDEX_BACKENDS), default="milvus",
-                       help="vector index for a new collection")
+                       help="index backend for a new collection")
     index.add_argument("--json", action="store_true", help="print the counts as JSON")
     index.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_vector_index_flags(index)
     index.set_defaults(func=cmd_index)
+
+    imp = sub.add_parser("import", help="import precomputed vectors (.npz: ids, vectors; Parquet: id, vector) "
+                                        "into a collection")
+    imp.add_argument("file", help=".npz with arrays ids and vectors (optional uris, metadata, model, model_version), "
+                                  "or .parquet with columns id and vector (optional uri, metadata)")
+    imp.add_argument("--collection", required=True)
+    imp.add_argument("--model", default="", help="the model the vectors come from (default: what the file says)")
+    imp.add_argument("--model-version", default="", help="its version (default: what the file says)")
+    imp.add_argument("--create", action="store_true", help="create the collection (of --model) when missing")
+    imp.add_argument("--per-message", type=int, default=1000, help="items per stream message (1..10000)")
+    imp.add_argument("--json", action="store_true", help="print the counts and failures as JSON")
+    imp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_vector_index_flags(imp)
+    imp.set_defaults(func=cmd_import)
 
     search = sub.add_parser("search", help="search a collection with a query image")
     search.add_argument("image")
@@ -585,6 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--no-copy-detection", action="store_true",
                         help="rank by the global vector only (copy-detection collections re-rank edited copies "
                              "of an image by local features by default)")
+    search.add_argument("--search-breadth", type=int,
+                        help="this search's index breadth (HNSW ef, IVF nprobe; default: the collection's)")
     search.set_defaults(func=cmd_search)
 
     index_videos = sub.add_parser("index-videos", help="index video files or folders into a video collection")

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import numpy as np
 from google.protobuf import struct_pb2
 
 from .errors import from_rpc_error
-from .names import CROP_MODES, INDEX_BACKENDS, MEDIA_TYPES, RANKINGS, SAMPLING_MODES
+from .names import CROP_MODES, INDEX_BACKENDS, MEDIA_TYPES, RANKINGS, SAMPLING_MODES, VECTOR_INDEX_TYPES
 from .v1 import search_service_pb2 as pb
 from .v1 import search_service_pb2_grpc as pb_grpc
 
@@ -144,9 +145,23 @@ class Security:
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
 
 
+# A `dns:///host:port` target names every replica behind one name (a Kubernetes headless Service, several
+# A records), an `ipv4:a:p,b:p` target lists them: calls go round-robin over all of them instead of
+# gRPC's default, the first address only.
+_ROUND_ROBIN = ("grpc.service_config", '{"loadBalancingConfig": [{"round_robin": {}}]}')
+_MANY_ADDRESSES = ("dns:", "ipv4:", "ipv6:")
+
+
+def channel_options(target: str, security: Security) -> list[tuple[str, str]]:
+    """The channel's options: message limits, TLS name override, round-robin for targets that name
+    several addresses (dns:, ipv4:, ipv6:)."""
+    return (_CHANNEL_OPTIONS + security.channel_options()
+            + ([_ROUND_ROBIN] if target.startswith(_MANY_ADDRESSES) else []))
+
+
 def _open_channel(target: str, security: Security, aio: bool):
     transport = grpc.aio if aio else grpc
-    options = _CHANNEL_OPTIONS + security.channel_options()
+    options = channel_options(target, security)
     if security.tls:
         return transport.secure_channel(target, security.channel_credentials(), options=options)
     return transport.insecure_channel(target, options=options)
@@ -205,9 +220,61 @@ class ImageInput:
         return item
 
 
+@dataclass
+class VectorInput:
+    """One item to import: its id, its vector (computed elsewhere with the collection's model), and
+    optionally its uri and metadata."""
+
+    id: str
+    vector: "np.ndarray | list[float]"
+    uri: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    def to_pb(self) -> pb.VectorItem:
+        values = self.vector.tolist() if isinstance(self.vector, np.ndarray) else [float(v) for v in self.vector]
+        item = pb.VectorItem(id=self.id, uri=self.uri, vector=pb.Vector(values=values))
+        if self.metadata:
+            item.metadata.update(self.metadata)
+        return item
+
+
+IMPORT_ITEMS_PER_MESSAGE = 1000
+
+
+def _import_requests(collection: str, model: str, model_version: str, items: Iterable[VectorInput],
+                     per_message: int, on_sent=None) -> Iterator[pb.ImportVectorsRequest]:
+    """The header with the first items, then per_message items a message; on_sent(n) after each."""
+    header = pb.ImportVectorsHeader(collection=collection, model=model, model_version=model_version)
+    batch: list[pb.VectorItem] = []
+    first = True
+    for item in items:
+        batch.append(item.to_pb())
+        if len(batch) >= per_message:
+            yield pb.ImportVectorsRequest(header=header if first else None, items=batch)
+            first = False
+            if on_sent:
+                on_sent(len(batch))
+            batch = []
+    if batch or first:
+        yield pb.ImportVectorsRequest(header=header if first else None, items=batch)
+        if on_sent and batch:
+            on_sent(len(batch))
+
+
+def _vector_index(options: dict) -> pb.VectorIndexOptions:
+    """{"type": "hnsw", "hnsw_m": 32, "search_breadth": 64, ...}: unset keys take the server's defaults."""
+    options = dict(options)
+    kind = str(options.pop("type", "") or "").upper()
+    if kind and kind not in VECTOR_INDEX_TYPES:
+        raise ValueError(f"vector index type {kind!r}: use one of {', '.join(VECTOR_INDEX_TYPES)}")
+    return pb.VectorIndexOptions(type=VECTOR_INDEX_TYPES[kind] if kind else pb.VECTOR_INDEX_TYPE_UNSPECIFIED,
+                                 **options)
+
+
 def _create_request(name, model, crop_mode, index_backend, description, exist_ok,
                     face_options: dict | None, media_type: str = "image",
-                    video_sampling: dict | None = None) -> pb.CreateCollectionRequest:
+                    video_sampling: dict | None = None, vector_index: dict | None = None
+                    ) -> pb.CreateCollectionRequest:
     req = pb.CreateCollectionRequest(
         name=name, model=model, crop_mode=CROP_MODES[crop_mode] if crop_mode else pb.CROP_MODE_UNSPECIFIED,
         index_backend=INDEX_BACKENDS[index_backend], description=description, exist_ok=exist_ok,
@@ -217,6 +284,8 @@ def _create_request(name, model, crop_mode, index_backend, description, exist_ok
                                               video_sampling.get("seed")))
     if face_options is not None:  # keys as in pb.FaceOptions, e.g. {"max_faces": 8, "min_face_size": 40}
         req.face_options.CopyFrom(pb.FaceOptions(**face_options))
+    if vector_index is not None:  # keys as in pb.VectorIndexOptions, type by name: {"type": "hnsw", "hnsw_m": 32}
+        req.vector_index.CopyFrom(_vector_index(vector_index))
     return req
 
 
@@ -244,9 +313,12 @@ def _video_size(source: str | Path | bytes) -> int:
     return len(source) if isinstance(source, (bytes, bytearray)) else Path(source).stat().st_size
 
 
-def _batch_request(collection: str, queries: Iterable, top_k: int | None) -> pb.BatchSearchImagesRequest:
+def _batch_request(collection: str, queries: Iterable, top_k: int | None, search_breadth: int | None = None
+                   ) -> pb.BatchSearchImagesRequest:
     """queries: image bytes, vectors (sequences of floats) or {"item_id": id} dicts, mixed freely."""
     req = pb.BatchSearchImagesRequest(collection=collection)
+    if search_breadth is not None:
+        req.search_breadth = search_breadth
     for q in queries:
         item = req.queries.add()
         if isinstance(q, (bytes, bytearray)):
@@ -260,10 +332,13 @@ def _batch_request(collection: str, queries: Iterable, top_k: int | None) -> pb.
     return req
 
 
-def _search_request(collection, image, vector, item_id, top_k, copy_detection: bool | None = None
-                    ) -> pb.SearchImagesRequest:
-    """copy_detection None: the collection's setting (on for copy-detection collections)."""
+def _search_request(collection, image, vector, item_id, top_k, copy_detection: bool | None = None,
+                    search_breadth: int | None = None) -> pb.SearchImagesRequest:
+    """copy_detection None: the collection's setting (on for copy-detection collections); search_breadth
+    None: the collection's (its vector index's ef / nprobe / search_list)."""
     req = pb.SearchImagesRequest(collection=collection)
+    if search_breadth is not None:
+        req.search_breadth = search_breadth
     if copy_detection is not None:
         req.copy_detection = copy_detection
     if image is not None:
@@ -322,12 +397,13 @@ class SearchClient:
     def create_collection(self, name: str, model: str = "", crop_mode: str | None = None,
                           index_backend: str = "milvus", description: str = "", exist_ok: bool = False,
                           face_options: dict | None = None, media_type: str = "image",
-                          video_sampling: dict | None = None, timeout: float | None = None
-                          ) -> pb.CreateCollectionResponse:
-        """crop_mode None: the server's default (whole image; every face for video collections)."""
+                          video_sampling: dict | None = None, timeout: float | None = None,
+                          vector_index: dict | None = None) -> pb.CreateCollectionResponse:
+        """crop_mode None: the server's default (whole image; every face for video collections).
+        vector_index: e.g. {"type": "hnsw", "hnsw_m": 32, "search_breadth": 64}; None: the store's default."""
         return self._stub.CreateCollection(
             _create_request(name, model, crop_mode, index_backend, description, exist_ok, face_options,
-                            media_type, video_sampling),
+                            media_type, video_sampling, vector_index),
             timeout=timeout or self.timeout)
 
     @_typed_errors
@@ -397,18 +473,31 @@ class SearchClient:
 
     @_typed_errors
     def search(self, collection: str, image: bytes | None = None, vector=None, item_id: str | None = None,
-               top_k: int | None = None, timeout: float | None = None, copy_detection: bool | None = None
-               ) -> pb.SearchImagesResponse:
-        return self._stub.SearchImages(_search_request(collection, image, vector, item_id, top_k, copy_detection),
+               top_k: int | None = None, timeout: float | None = None, copy_detection: bool | None = None,
+               search_breadth: int | None = None) -> pb.SearchImagesResponse:
+        return self._stub.SearchImages(_search_request(collection, image, vector, item_id, top_k, copy_detection,
+                                                       search_breadth),
                                        timeout=timeout or self.timeout)
 
     @_typed_errors
     def batch_search(self, collection: str, queries: Iterable, top_k: int | None = None,
-                     timeout: float | None = None) -> pb.BatchSearchImagesResponse:
+                     timeout: float | None = None, search_breadth: int | None = None
+                     ) -> pb.BatchSearchImagesResponse:
         """Many searches in one call; queries: image bytes, vectors or {"item_id": id}. Each result
         has its hits or its own error."""
-        return self._stub.BatchSearchImages(_batch_request(collection, queries, top_k),
+        return self._stub.BatchSearchImages(_batch_request(collection, queries, top_k, search_breadth),
                                             timeout=timeout or self.timeout)
+
+    @_typed_errors
+    def import_vectors(self, collection: str, items: Iterable[VectorInput], model: str, model_version: str,
+                       per_message: int = IMPORT_ITEMS_PER_MESSAGE, on_sent=None, timeout: float | None = None
+                       ) -> pb.ImportVectorsResponse:
+        """Imports precomputed vectors (ImportVectors): model and model_version are what the vectors were
+        computed with and must be the collection's. Items stream per_message at a time; on_sent(n) is
+        called after each message. Running the same import again stores only what is missing.
+        timeout: None waits as long as the import takes (not the client's per-call default)."""
+        return self._stub.ImportVectors(_import_requests(collection, model, model_version, items, per_message,
+                                                         on_sent), timeout=timeout)
 
     @_typed_errors
     def embed(self, image: bytes, model: str = "", collection: str = "",
@@ -461,11 +550,11 @@ class AsyncSearchClient:
     async def create_collection(self, name: str, model: str = "", crop_mode: str | None = None,
                                 index_backend: str = "milvus", description: str = "", exist_ok: bool = False,
                                 face_options: dict | None = None, media_type: str = "image",
-                                video_sampling: dict | None = None, timeout: float | None = None
-                                ) -> pb.CreateCollectionResponse:
+                                video_sampling: dict | None = None, timeout: float | None = None,
+                                vector_index: dict | None = None) -> pb.CreateCollectionResponse:
         return await self._stub.CreateCollection(
             _create_request(name, model, crop_mode, index_backend, description, exist_ok, face_options,
-                            media_type, video_sampling),
+                            media_type, video_sampling, vector_index),
             timeout=timeout or self.timeout)
 
     @_async_typed_errors
@@ -505,17 +594,26 @@ class AsyncSearchClient:
 
     @_async_typed_errors
     async def search(self, collection: str, image: bytes | None = None, vector=None, item_id: str | None = None,
-                     top_k: int | None = None, timeout: float | None = None, copy_detection: bool | None = None
-                     ) -> pb.SearchImagesResponse:
+                     top_k: int | None = None, timeout: float | None = None, copy_detection: bool | None = None,
+                     search_breadth: int | None = None) -> pb.SearchImagesResponse:
         return await self._stub.SearchImages(_search_request(collection, image, vector, item_id, top_k,
-                                                             copy_detection),
+                                                             copy_detection, search_breadth),
                                              timeout=timeout or self.timeout)
 
     @_async_typed_errors
     async def batch_search(self, collection: str, queries: Iterable, top_k: int | None = None,
-                           timeout: float | None = None) -> pb.BatchSearchImagesResponse:
-        return await self._stub.BatchSearchImages(_batch_request(collection, queries, top_k),
+                           timeout: float | None = None, search_breadth: int | None = None
+                           ) -> pb.BatchSearchImagesResponse:
+        return await self._stub.BatchSearchImages(_batch_request(collection, queries, top_k, search_breadth),
                                                   timeout=timeout or self.timeout)
+
+    @_async_typed_errors
+    async def import_vectors(self, collection: str, items: Iterable[VectorInput], model: str, model_version: str,
+                             per_message: int = IMPORT_ITEMS_PER_MESSAGE, on_sent=None,
+                             timeout: float | None = None) -> pb.ImportVectorsResponse:
+        """As SearchClient.import_vectors."""
+        return await self._stub.ImportVectors(_import_requests(collection, model, model_version, items,
+                                                               per_message, on_sent), timeout=timeout)
 
     @_async_typed_errors
     async def embed(self, image: bytes, model: str = "", collection: str = "",

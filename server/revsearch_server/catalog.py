@@ -21,6 +21,7 @@ from .domain import CropMode, FaceOptions, IndexKind, MediaType, SamplingMode
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .index.base import CURRENT_LAYOUT, LAYOUT_JSON_FACE_FIELDS, VectorIndex, VectorStore
 from .models import ModelSpec
+from .vector_index import IndexRequest, IndexType, VectorIndexSpec
 from .video.sampling import SamplingOptions
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
@@ -63,11 +64,15 @@ class CollectionSpec:
     copy_vectors: str = ""
     # The collection's vectors are stored as float16 (Milvus Lite, servers from Milvus 2.4): half the bytes.
     float16_vectors: bool = False
+    # Its vector index (vector_index.py); None: created before the index could be chosen (the store's
+    # choice then: FLAT on Lite, AUTOINDEX on a server).
+    vector_index: VectorIndexSpec | None = None
 
     def to_json(self) -> str:
         d = asdict(self)
         d["crop_mode"], d["index_kind"] = self.crop_mode.value, self.index_kind.value
         d["media_type"] = self.media_type.value
+        d["vector_index"] = self.vector_index.to_dict() if self.vector_index else None
         return json.dumps({"revsearch_collection": 1, **d})
 
     @classmethod
@@ -83,6 +88,8 @@ class CollectionSpec:
         d["media_type"] = MediaType(d.get("media_type", "image"))
         sampling = d.get("video_sampling", {})
         d["video_sampling"] = SamplingOptions(**sampling | {"mode": SamplingMode(sampling.get("mode", "uniform"))})
+        if d.get("vector_index"):
+            d["vector_index"] = VectorIndexSpec.from_dict(d["vector_index"])
         return cls(**d)
 
     @property
@@ -125,10 +132,14 @@ class CollectionSpec:
         """The face options to crop with, or None for whole-image collections."""
         return self.face_options if self.crops_faces else None
 
-    def same_settings(self, other: "CollectionSpec") -> bool:
-        return (self.model, self.crop_mode, self.index_kind, self.face_options, self.media_type,
-                self.video_sampling) == (other.model, other.crop_mode, other.index_kind, other.face_options,
-                                         other.media_type, other.video_sampling)
+    def same_settings(self, other: "CollectionSpec", index_asked: bool = False) -> bool:
+        """index_asked: the vector index was asked for (not left to the default), so it must match too."""
+        return ((self.model, self.crop_mode, self.index_kind, self.face_options, self.media_type,
+                 self.video_sampling) == (other.model, other.crop_mode, other.index_kind, other.face_options,
+                                          other.media_type, other.video_sampling)
+                and (not index_asked or self.vector_index == other.vector_index))
+
+
 
 
 def validate_name(name: str) -> str:
@@ -154,6 +165,9 @@ class Catalog:
         self._knn: dict[str, tuple[CollectionSpec, VectorIndex]] = {}
         self._knn_means: dict[str, VectorIndex] = {}
         self._lock = asyncio.Lock()
+        # A collection another server process dropped (and maybe re-created with other settings) is
+        # forgotten at the first NOT_FOUND from the store, not up to SPEC_CACHE_S later.
+        milvus.on_missing(lambda name: self._specs.pop(name.split("__")[0], None))
         knn_root.mkdir(parents=True, exist_ok=True)
         for spec_file in sorted(knn_root.glob("*/spec.json")):
             spec = CollectionSpec.from_json(spec_file.read_text())
@@ -163,11 +177,18 @@ class Catalog:
     async def create(self, name: str, model: ModelSpec, crop_mode: CropMode, index_kind: IndexKind,
                      description: str, exist_ok: bool, face_options: FaceOptions = FaceOptions(),
                      media_type: MediaType = MediaType.IMAGE, video_sampling: SamplingOptions = SamplingOptions(),
-                     copy_views: int = 0) -> tuple[CollectionSpec, bool]:
+                     copy_views: int = 0, vector_index: IndexRequest = IndexRequest()) -> tuple[CollectionSpec, bool]:
         """copy_views > 0: a copy-detection collection with that many crop views per item; of the
         compact kind (one forward pass, whitened vectors, float16 where the store has it) when the
-        model has a copy descriptor."""
+        model has a copy descriptor. vector_index: as asked, defaults filled in (INVALID_ARGUMENT for
+        an index the store does not build)."""
         validate_name(name)
+        if index_kind is IndexKind.EXACT_KNN:
+            index = VectorIndexSpec.resolve(vector_index, (IndexType.FLAT,), IndexType.FLAT, "the exact-KNN backend")
+        else:
+            index = VectorIndexSpec.resolve(vector_index, self._milvus.index_types(), self._milvus.default_index_type,
+                                            self._milvus.describe())
+        asked = vector_index != IndexRequest()
         compact = copy_views > 0 and model.has_copy_descriptor
         if compact and copy_views != model.copy_regions - 1:
             raise InvalidArgument(f"model {model.name} gives {model.copy_regions - 1} crop views, not {copy_views}")
@@ -182,17 +203,18 @@ class Catalog:
                               copy_detection=copy_views > 0, copy_views=copy_views,
                               copy_vectors=COPY_VECTORS_REGIONS if compact else "",
                               float16_vectors=compact and index_kind is not IndexKind.EXACT_KNN
-                              and await self._milvus.supports_float16())
+                              and await self._milvus.supports_float16(), vector_index=index)
         async with self._lock:
             self._specs.pop(name, None)
             existing = await self.find(name)
             if existing is not None:
-                if exist_ok and existing.same_settings(spec):
+                if exist_ok and existing.same_settings(spec, asked):
                     return existing, False
                 raise AlreadyExists(
                     f"collection {name!r} already exists with model {existing.model}, crop mode "
                     f"{existing.crop_mode.value}, index {existing.index_kind.value}, media "
-                    f"{existing.media_type.value}")
+                    f"{existing.media_type.value}, vector index "
+                    f"{existing.vector_index.type.value if existing.vector_index else 'chosen by the store'}")
             if index_kind is IndexKind.EXACT_KNN:
                 directory = self._knn_root / name
                 directory.mkdir(parents=True, exist_ok=True)
@@ -201,18 +223,26 @@ class Catalog:
             else:
                 if spec.copy_detection:  # created first, as the means below
                     await self._milvus.create(name + VIEWS_SUFFIX, spec.dimension, f"crop vectors of images in {name}",
-                                              spec.layout, spec.float16_vectors)
+                                              spec.layout, spec.float16_vectors, index)
                 if spec.is_video:  # created first: a collection is only listed once its spec exists
                     await self._milvus.create(name + MEANS_SUFFIX, spec.dimension, f"mean vectors of videos in {name}",
-                                              spec.layout)
+                                              spec.layout, vector_index=index)
                 created = await self._milvus.create(name, spec.dimension, spec.to_json(), spec.layout,
-                                                    spec.float16_vectors)
+                                                    spec.float16_vectors, index)
                 if not created:  # another server process created it between our check and now
                     existing = await self.find(name)
-                    if existing is not None and exist_ok and existing.same_settings(spec):
+                    if existing is not None and exist_ok and existing.same_settings(spec, asked):
                         return existing, False
                     raise AlreadyExists(f"collection {name!r} already exists")
         return spec, True
+
+    def vector_index(self, spec: CollectionSpec) -> tuple[VectorIndexSpec, str]:
+        """The index a collection searches with (its own, or for collections created before the
+        choice what the store built then) and that in words."""
+        if spec.index_kind is IndexKind.EXACT_KNN:
+            return VectorIndexSpec(), "exact KNN in the server process: every vector compared (no parameters)"
+        index = spec.vector_index or self._milvus.legacy_index()
+        return index, index.detail()
 
     async def find(self, name: str) -> CollectionSpec | None:
         if name in self._knn:
@@ -233,7 +263,7 @@ class Catalog:
         spec = await self.find(name)
         if spec is None:
             raise NotFound(f"collection {name!r} does not exist; create it first (see ListCollections)")
-        return spec, self._milvus.index(name, spec.dimension, spec.layout, spec.float16_vectors)
+        return spec, self._milvus.index(name, spec.dimension, spec.layout, spec.float16_vectors, spec.vector_index)
 
     async def means(self, spec: CollectionSpec) -> VectorIndex:
         """A video collection's index of one mean vector per video (ids: the video ids)."""
@@ -244,7 +274,8 @@ class Catalog:
                 directory.mkdir(parents=True, exist_ok=True)
                 self._knn_means[key] = self._knn_index(directory, spec.dimension)
             return self._knn_means[key]
-        return self._milvus.index(spec.name + MEANS_SUFFIX, spec.dimension, spec.layout)
+        return self._milvus.index(spec.name + MEANS_SUFFIX, spec.dimension, spec.layout,
+                                  vector_index=spec.vector_index)
 
     async def views(self, spec: CollectionSpec) -> VectorIndex:
         """A copy-detection collection's index of its items' crop vectors (rows `<id>~k`, k >= 1)."""
@@ -258,7 +289,8 @@ class Catalog:
                 directory.mkdir(parents=True, exist_ok=True)
                 self._knn_means[key] = self._knn_index(directory, spec.dimension)
             return self._knn_means[key]
-        return self._milvus.index(spec.name + suffix, spec.dimension, spec.layout, spec.float16_vectors)
+        return self._milvus.index(spec.name + suffix, spec.dimension, spec.layout, spec.float16_vectors,
+                                  spec.vector_index)
 
     async def list(self) -> list[CollectionSpec]:
         specs = [s for s, _ in self._knn.values()]

@@ -8,7 +8,7 @@ models. Both the image and the video use cases open collections here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .catalog import Catalog, CollectionSpec
 from .domain import CropMode, FaceOptions, IndexKind, MediaType
@@ -17,6 +17,7 @@ from .index.base import VectorIndex
 from .models import ModelSpec, ServedModels
 from .rows import item_of, row_id, rows_of
 from .validation import validate_delete_ids
+from .vector_index import IndexRequest, VectorIndexSpec
 from .video.sampling import SamplingOptions
 
 @dataclass(frozen=True)
@@ -31,6 +32,24 @@ class Collection:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def with_breadth(self, breadth: int | None) -> "Collection":
+        """The collection searched with a request's breadth (None: its own; INVALID_ARGUMENT out of
+        its index's range)."""
+        if breadth is None:
+            return self
+        return replace(self, index=self.index.with_breadth(breadth),
+                       views=self.views.with_breadth(breadth) if self.views is not None else None)
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """What DescribeCollection shows: the settings, the counts and the index in use."""
+    spec: CollectionSpec
+    item_count: int
+    imported_count: int
+    vector_index: VectorIndexSpec
+    vector_index_detail: str
 
 
 class Collections:
@@ -61,24 +80,31 @@ class Collections:
 
     async def create(self, name: str, model: ModelSpec, crop_mode: CropMode, index_kind: IndexKind,
                      description: str, exist_ok: bool, face_options: FaceOptions, media_type: MediaType,
-                     sampling: SamplingOptions, copy_views: int = 0) -> tuple[CollectionSpec, bool]:
-        """Creates it with settings already resolved (usecases/collections.py fills in defaults)."""
+                     sampling: SamplingOptions, copy_views: int = 0, vector_index: IndexRequest = IndexRequest()
+                     ) -> tuple[CollectionSpec, bool]:
+        """Creates it with settings already resolved (usecases/collections.py fills in defaults; the
+        catalog the vector index's)."""
         return await self._catalog.create(name, model, crop_mode, index_kind, description, exist_ok, face_options,
-                                          media_type, sampling, copy_views)
+                                          media_type, sampling, copy_views, vector_index)
 
-    async def describe(self, name: str) -> tuple[CollectionSpec, int]:
-        """Settings and stored vector count."""
+    async def describe(self, name: str) -> CollectionInfo:
+        """Settings, counts (two store calls) and the vector index in use."""
         spec, index = await self._catalog.get(name)
-        return spec, await index.count()
+        return await self._info(spec, index)
 
-    async def list(self, visible: Callable[[str], bool] = lambda name: True) -> list[tuple[CollectionSpec, int]]:
-        """The collections whose names `visible` accepts (counted: one store call each)."""
+    async def _info(self, spec: CollectionSpec, index: VectorIndex) -> CollectionInfo:
+        vector_index, detail = self._catalog.vector_index(spec)
+        imported = 0 if spec.is_video or spec.crop_mode is CropMode.ALL_FACES else await index.count_imported()
+        return CollectionInfo(spec, await index.count(), imported, vector_index, detail)
+
+    async def list(self, visible: Callable[[str], bool] = lambda name: True) -> list[CollectionInfo]:
+        """The collections whose names `visible` accepts (counted: two store calls each)."""
         out = []
         for spec in await self._catalog.list():
             if not visible(spec.name):
                 continue
             _, index = await self._catalog.get(spec.name)
-            out.append((spec, await index.count()))
+            out.append(await self._info(spec, index))
         return out
 
     async def drop(self, name: str) -> None:

@@ -152,7 +152,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--milvus-consistency", choices=["Session", "Bounded", "Eventually", "Strong"],
       default=_env("milvus_consistency", d.milvus_consistency), help="consistency level of searches")
     a("--milvus-search-ef", type=int, default=_env("milvus_search_ef", d.milvus_search_ef),
-      help="HNSW search breadth on a Milvus server (AUTOINDEX); higher: better recall, slower")
+      help="HNSW search breadth (ef) of collections created on a Milvus server before the vector index "
+           "could be chosen (AUTOINDEX); newer collections carry their own (CreateCollection.vector_index)")
     a("--triton-url", default=_env("triton_url", d.triton_url),
       help="Triton gRPC address host:port; empty: start a managed CPU Triton; 'off': no Triton")
     a("--triton-timeout", dest="triton_timeout_s", type=float,

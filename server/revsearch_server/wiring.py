@@ -50,6 +50,7 @@ from .transport.servicer import SearchServicer
 from .triton_managed import ManagedTriton
 from .usecases.collections import ManageCollections
 from .usecases.images import ImageSearch
+from .usecases.imports import ImportVectors
 from .usecases.server_info import DescribeServer
 from .usecases.videos import VideoSearch
 from .video.sampling import VideoLimits
@@ -138,6 +139,7 @@ class Dependencies:
     images: ImageSearch
     videos: VideoSearch
     server_info: DescribeServer
+    imports: ImportVectors
     security: Security = field(default_factory=Security)
     triton: ManagedTriton | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)  # e.g. the detector's Triton client
@@ -281,7 +283,7 @@ async def build_dependencies(settings: Settings, metrics: Metrics, overrides: Ov
                            CopyDetector(pools.decode, limits, metrics)),
         videos=VideoSearch(collections, encoder, admission, video_limits, s.video_frame_max_side, s.max_video_bytes,
                            s.max_top_k, pools.decode, metrics),
-        server_info=DescribeServer(s, inference, served, store.describe()))
+        server_info=DescribeServer(s, inference, served, store), imports=ImportVectors(collections))
 
 
 async def _inference(s: Settings, models: dict, pools: Pools, metrics: Metrics, only: InferenceBackend | None,
@@ -343,7 +345,8 @@ def build_grpc_server(settings: Settings, deps: Dependencies, health_servicer: h
         options += [("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
                     ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_s * 1000))]
     server = grpc.aio.server(options=options)
-    servicer = SearchServicer(deps.collections, deps.images, deps.videos, deps.server_info, s.index_batch_size)
+    servicer = SearchServicer(deps.collections, deps.images, deps.videos, deps.server_info, s.index_batch_size,
+                              deps.imports)
     guard = CallGuard(deps.metrics, deps.security.auth,
                       GuardLimits(stream_idle_timeout_s=s.stream_idle_timeout_s, max_concurrent_rpcs=s.max_concurrent_rpcs))
     server.add_generic_rpc_handlers((service_handler(SERVICE, pb, servicer, guard),))

@@ -94,3 +94,99 @@ def test_a_compact_copy_detection_collection_on_a_milvus_2_3_server_stores_float
             hit = client.search("remote_copies", image=edited_bytes(photos[n].read_bytes(), "crop50"), top_k=3).hits[0]
             assert hit.id == ids[n] and hit.uri == str(photos[n])
         client.drop_collection("remote_copies")
+
+
+def test_each_vector_index_type_reaches_the_milvus_server_with_its_parameters_and_finds_imported_vectors(
+        tmp_path, milvus_uri):
+    """HNSW, IVF_SQ8, IVF_FLAT, DISKANN and FLAT as asked: Milvus's own description of the index has the
+    parameters; imported vectors are found (also after a flush seals and indexes them); a request's breadth
+    out of the index's range is INVALID_ARGUMENT."""
+    import numpy as np
+    from pymilvus import MilvusClient
+
+    from revsearch.client import VectorInput
+    from revsearch.errors import InvalidArgumentError
+
+    asked = {"idx_hnsw": {"type": "hnsw", "hnsw_m": 8, "hnsw_ef_construction": 64, "search_breadth": 32},
+             "idx_ivf_sq8": {"type": "ivf_sq8", "ivf_nlist": 16, "search_breadth": 16},
+             "idx_ivf_flat": {"type": "ivf_flat", "ivf_nlist": 16},
+             "idx_diskann": {"type": "diskann"}, "idx_flat": {"type": "flat"}}
+    expected = {"idx_hnsw": ("HNSW", {"M": "8", "efConstruction": "64"}), "idx_ivf_sq8": ("IVF_SQ8", {"nlist": "16"}),
+                "idx_ivf_flat": ("IVF_FLAT", {"nlist": "16"}), "idx_diskann": ("DISKANN", {}), "idx_flat": ("FLAT", {})}
+    vectors = np.random.default_rng(4).standard_normal((3000, 2048)).astype(np.float32)
+    items = [VectorInput(id=f"i{n}", vector=v) for n, v in enumerate(vectors)]
+    milvus = MilvusClient(milvus_uri)
+    settings = base_settings(tmp_path, milvus_uri=milvus_uri)
+    with ServerThread(settings) as srv, SearchClient(srv.address, timeout=120) as client:
+        info = client.info()
+        assert list(info.vector_index_types) == [pb.VECTOR_INDEX_TYPE_FLAT, pb.VECTOR_INDEX_TYPE_HNSW,
+                                                 pb.VECTOR_INDEX_TYPE_IVF_FLAT, pb.VECTOR_INDEX_TYPE_IVF_SQ8,
+                                                 pb.VECTOR_INDEX_TYPE_DISKANN]
+        assert info.default_vector_index == pb.VECTOR_INDEX_TYPE_HNSW
+        default = client.create_collection("idx_default").collection
+        assert default.vector_index.type == pb.VECTOR_INDEX_TYPE_HNSW and default.vector_index.hnsw_m == 16
+        assert default.vector_index_detail == "HNSW (M 16, efConstruction 200), searched with ef 128"
+        for name, options in asked.items():
+            coll = client.create_collection(name, vector_index=options).collection
+            index_type, params = expected[name]
+            described = milvus.describe_index(f"revsearch_{name}", "vector")
+            assert described["index_type"] == index_type and described["metric_type"] == "COSINE"
+            assert {k: described[k] for k in params} == params
+            assert coll.vector_index_detail.startswith(index_type)
+            resp = client.import_vectors(name, items, model=coll.model, model_version=coll.model_version)
+            assert resp.imported == 3000
+            assert client.search(name, vector=vectors[2999], top_k=3).hits[0].id == "i2999"
+            milvus.flush(f"revsearch_{name}")
+            found = client.batch_search(name, [vectors[n] for n in (0, 1500, 2999)], top_k=5)
+            assert [r.hits[0].id for r in found.results] == ["i0", "i1500", "i2999"]
+        assert client.search("idx_hnsw", vector=vectors[5], top_k=10, search_breadth=200).hits[0].id == "i5"
+        with pytest.raises(InvalidArgumentError, match="at most its nlist 16"):
+            client.search("idx_ivf_sq8", vector=vectors[5], search_breadth=17)
+        with pytest.raises(InvalidArgumentError, match="ef of this HNSW index"):
+            client.search("idx_hnsw", vector=vectors[5], search_breadth=40000)
+        with pytest.raises(InvalidArgumentError, match="does not apply to a DISKANN index"):
+            client.create_collection("idx_bad", vector_index={"type": "diskann", "hnsw_m": 8})
+        for name in [*asked, "idx_default"]:
+            client.drop_collection(name)
+    milvus.close()
+
+
+def test_two_replicas_over_one_milvus_server_see_each_others_writes_deletes_and_drops(tmp_path, milvus_uri):
+    """What users of several replicas rely on: each reads its own writes; the same images indexed through
+    both at once are stored once; a delete through one and a drop and re-creation through one are seen
+    by the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = lfw_images(12)
+    one, two = base_settings(tmp_path / "one", milvus_uri=milvus_uri), base_settings(tmp_path / "two",
+                                                                                     milvus_uri=milvus_uri)
+    with ServerThread(one) as a, ServerThread(two) as b, SearchClient(a.address, timeout=120) as ca, \
+            SearchClient(b.address, timeout=120) as cb:
+        ca.create_collection("replicas")
+        assert cb.create_collection("replicas", exist_ok=True).created is False
+        # Read-your-writes through each replica.
+        first = list(ca.index_images("replicas", [ImageInput.from_path(files[0])]))[0]
+        assert ca.search("replicas", image=files[0].read_bytes(), top_k=1).hits[0].id == first.id
+        # The same images through both replicas at once: stored once each, under one id each.
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda c: list(c.index_images("replicas", [ImageInput.from_path(f)
+                                                                              for f in files[1:]])), (ca, cb)))
+        for r_a, r_b in zip(*results):
+            assert r_a.id == r_b.id and {r_a.status, r_b.status} <= {pb.ITEM_STATUS_INDEXED, pb.ITEM_STATUS_DUPLICATE}
+        assert ca.describe_collection("replicas").item_count == len(files)
+        assert cb.describe_collection("replicas").item_count == len(files)
+        # A delete through one replica: the other no longer finds the item.
+        victim = results[0][3].id
+        assert list(ca.delete("replicas", [victim]).deleted_ids) == [victim]
+        assert cb.search("replicas", image=files[4].read_bytes(), top_k=1).hits[0].id != victim
+        assert cb.describe_collection("replicas").item_count == len(files) - 1
+        # Dropped and re-created (another model, another dimension) through one: the other follows.
+        ca.drop_collection("replicas")
+        with pytest.raises(NotFoundError):
+            cb.search("replicas", image=files[0].read_bytes(), top_k=1)
+        again = ca.create_collection("replicas", model="resnet50_int8")
+        list(ca.index_images("replicas", [ImageInput.from_path(files[2])]))
+        # No wait: the other replica forgot the old settings when Milvus said the collection was gone.
+        hit = cb.search("replicas", image=files[2].read_bytes(), top_k=1).hits[0]
+        assert cb.describe_collection("replicas").model == again.collection.model and hit.score > 0.99
+        ca.drop_collection("replicas")

@@ -53,6 +53,10 @@ def _seeds() -> dict[str, list[list[bytes]]]:
         + one(pb.SearchVideosRequest(header=pb.SearchVideosHeader(collection="fuzzvideo")),
               pb.SearchVideosRequest(chunk=b"RIFF....AVI ")),
         "GetServerInfo": one(pb.GetServerInfoRequest()),
+        "ImportVectors": one(pb.ImportVectorsRequest(
+            header=pb.ImportVectorsHeader(collection="fuzz", model="resnet50", model_version="1"),
+            items=[pb.VectorItem(id="iv1", uri="u", metadata=meta, vector=pb.Vector(values=[0.5] * 8))]),
+            pb.ImportVectorsRequest(items=[pb.VectorItem(id="iv2", vector=pb.Vector(values=[float("nan")] * 8))])),
     }
 
 

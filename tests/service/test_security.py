@@ -28,7 +28,7 @@ KEYS = {"reader": "read-key-0123456789abcdef", "writer": "write-key-0123456789ab
         "photo_writer": "photo-writer-0123456789abcdef"}
 READ_RPCS = {"SearchImages", "BatchSearchImages", "SearchVideos", "EmbedImage", "ListCollections",
              "DescribeCollection", "GetServerInfo"}
-WRITE_RPCS = {"IndexImages", "IndexVideo", "DeleteImages"}
+WRITE_RPCS = {"IndexImages", "IndexVideo", "DeleteImages", "ImportVectors"}
 ADMIN_RPCS = {"CreateCollection", "DropCollection"}
 JPEG = encode(synthetic_image(1, (96, 80)), "JPEG", quality=90)
 
@@ -68,6 +68,8 @@ def requests(rpc: str, collection: str) -> list:
         "SearchVideos": [pb.SearchVideosRequest(header=pb.SearchVideosHeader(collection=collection + "_videos",
                                                                               image=JPEG))],
         "GetServerInfo": [pb.GetServerInfoRequest()],
+        "ImportVectors": [pb.ImportVectorsRequest(header=pb.ImportVectorsHeader(collection=collection, model="x",
+                                                                                model_version="1"))],
     }[rpc]
 
 

@@ -76,3 +76,41 @@ def test_the_example_key_file_is_a_valid_key_file():
     ring = load_key_file(ROOT / "deploy" / "api_keys.example.toml")
     assert {k.id: k.role for k in ring.keys} == {"search-frontend": Role.READ, "indexer": Role.WRITE,
                                                  "operator": Role.ADMIN}
+
+
+# -- the Kubernetes example (no cluster here: its structure and its flags are checked) ------------------
+def _kubernetes() -> dict:
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "revsearch.yaml").read_text()))
+    return {d["kind"]: d for d in docs}
+
+
+def test_the_kubernetes_example_runs_replicas_behind_a_headless_service_for_round_robin_clients():
+    k8s = _kubernetes()
+    deployment, service = k8s["Deployment"], k8s["Service"]
+    assert deployment["spec"]["replicas"] >= 2
+    assert service["spec"]["clusterIP"] == "None"  # DNS gives every pod: the client's round_robin spreads calls
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [50051]
+
+
+def test_the_kubernetes_servers_flags_are_real_and_point_at_a_milvus_cluster_and_triton():
+    container = _kubernetes()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser)
+    settings = from_args(parser.parse_args(container["args"]))
+    assert settings.milvus_uri.startswith("http://milvus.") and not settings.milvus_uri.endswith(".db")
+    assert settings.triton_url.startswith("triton.") and settings.port == 50051 and settings.metrics_port == 9464
+
+
+def test_the_kubernetes_pods_probe_grpc_health_and_take_tls_and_keys_from_secrets():
+    spec = _kubernetes()["Deployment"]["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"][-2:] == ["revsearch_server.healthcheck", "localhost:50051"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    assert secrets == {"tls": "revsearch-tls", "api-keys": "revsearch-api-keys"}
+    assert env["REVSEARCH_TLS_CERT"].startswith(mounts["tls"]) and env["REVSEARCH_TLS_KEY"].startswith(mounts["tls"])
+    assert env["REVSEARCH_API_KEYS"].startswith(mounts["api-keys"]) and env["REVSEARCH_TLS_CA"].startswith(mounts["tls"])
+    assert all(m["readOnly"] for m in container["volumeMounts"] if m["name"] in secrets)

@@ -43,6 +43,16 @@ class IndexBackend(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INDEX_BACKEND_MILVUS: _ClassVar[IndexBackend]
     INDEX_BACKEND_EXACT_KNN: _ClassVar[IndexBackend]
 
+class VectorIndexType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VECTOR_INDEX_TYPE_UNSPECIFIED: _ClassVar[VectorIndexType]
+    VECTOR_INDEX_TYPE_FLAT: _ClassVar[VectorIndexType]
+    VECTOR_INDEX_TYPE_HNSW: _ClassVar[VectorIndexType]
+    VECTOR_INDEX_TYPE_IVF_FLAT: _ClassVar[VectorIndexType]
+    VECTOR_INDEX_TYPE_IVF_SQ8: _ClassVar[VectorIndexType]
+    VECTOR_INDEX_TYPE_DISKANN: _ClassVar[VectorIndexType]
+    VECTOR_INDEX_TYPE_AUTOINDEX: _ClassVar[VectorIndexType]
+
 class InferenceBackend(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     INFERENCE_BACKEND_UNSPECIFIED: _ClassVar[InferenceBackend]
@@ -74,6 +84,13 @@ VIDEO_RANKING_MEAN_VECTOR: VideoRanking
 INDEX_BACKEND_UNSPECIFIED: IndexBackend
 INDEX_BACKEND_MILVUS: IndexBackend
 INDEX_BACKEND_EXACT_KNN: IndexBackend
+VECTOR_INDEX_TYPE_UNSPECIFIED: VectorIndexType
+VECTOR_INDEX_TYPE_FLAT: VectorIndexType
+VECTOR_INDEX_TYPE_HNSW: VectorIndexType
+VECTOR_INDEX_TYPE_IVF_FLAT: VectorIndexType
+VECTOR_INDEX_TYPE_IVF_SQ8: VectorIndexType
+VECTOR_INDEX_TYPE_DISKANN: VectorIndexType
+VECTOR_INDEX_TYPE_AUTOINDEX: VectorIndexType
 INFERENCE_BACKEND_UNSPECIFIED: InferenceBackend
 INFERENCE_BACKEND_TRITON: InferenceBackend
 INFERENCE_BACKEND_ONNXRUNTIME_LOCAL: InferenceBackend
@@ -94,6 +111,20 @@ class VideoSampling(_message.Message):
     seed: int
     def __init__(self, frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
+class VectorIndexOptions(_message.Message):
+    __slots__ = ("type", "hnsw_m", "hnsw_ef_construction", "ivf_nlist", "search_breadth")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    HNSW_M_FIELD_NUMBER: _ClassVar[int]
+    HNSW_EF_CONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    IVF_NLIST_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_BREADTH_FIELD_NUMBER: _ClassVar[int]
+    type: VectorIndexType
+    hnsw_m: int
+    hnsw_ef_construction: int
+    ivf_nlist: int
+    search_breadth: int
+    def __init__(self, type: _Optional[_Union[VectorIndexType, str]] = ..., hnsw_m: _Optional[int] = ..., hnsw_ef_construction: _Optional[int] = ..., ivf_nlist: _Optional[int] = ..., search_breadth: _Optional[int] = ...) -> None: ...
+
 class FaceOptions(_message.Message):
     __slots__ = ("margin", "min_face_size", "min_confidence", "whole_image_if_no_face", "max_faces")
     MARGIN_FIELD_NUMBER: _ClassVar[int]
@@ -109,7 +140,7 @@ class FaceOptions(_message.Message):
     def __init__(self, margin: _Optional[float] = ..., min_face_size: _Optional[int] = ..., min_confidence: _Optional[float] = ..., whole_image_if_no_face: _Optional[bool] = ..., max_faces: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "model", "model_version", "dimension", "crop_mode", "index_backend", "metric", "item_count", "created_at", "description", "model_trained", "face_options", "media_type", "video_sampling", "copy_detection", "copy_detection_detail")
+    __slots__ = ("name", "model", "model_version", "dimension", "crop_mode", "index_backend", "metric", "item_count", "created_at", "description", "model_trained", "face_options", "media_type", "video_sampling", "copy_detection", "copy_detection_detail", "vector_index", "vector_index_detail", "imported_item_count")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +157,9 @@ class Collection(_message.Message):
     VIDEO_SAMPLING_FIELD_NUMBER: _ClassVar[int]
     COPY_DETECTION_FIELD_NUMBER: _ClassVar[int]
     COPY_DETECTION_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_INDEX_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_INDEX_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    IMPORTED_ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_version: str
@@ -142,10 +176,13 @@ class Collection(_message.Message):
     video_sampling: VideoSampling
     copy_detection: bool
     copy_detection_detail: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., dimension: _Optional[int] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., metric: _Optional[str] = ..., item_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., description: _Optional[str] = ..., model_trained: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., video_sampling: _Optional[_Union[VideoSampling, _Mapping]] = ..., copy_detection: _Optional[bool] = ..., copy_detection_detail: _Optional[str] = ...) -> None: ...
+    vector_index: VectorIndexOptions
+    vector_index_detail: str
+    imported_item_count: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., dimension: _Optional[int] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., metric: _Optional[str] = ..., item_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., description: _Optional[str] = ..., model_trained: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., video_sampling: _Optional[_Union[VideoSampling, _Mapping]] = ..., copy_detection: _Optional[bool] = ..., copy_detection_detail: _Optional[str] = ..., vector_index: _Optional[_Union[VectorIndexOptions, _Mapping]] = ..., vector_index_detail: _Optional[str] = ..., imported_item_count: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "model", "crop_mode", "index_backend", "description", "exist_ok", "face_options", "media_type", "video_sampling")
+    __slots__ = ("name", "model", "crop_mode", "index_backend", "description", "exist_ok", "face_options", "media_type", "video_sampling", "vector_index")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CROP_MODE_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +192,7 @@ class CreateCollectionRequest(_message.Message):
     FACE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     VIDEO_SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_INDEX_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     crop_mode: CropMode
@@ -164,7 +202,8 @@ class CreateCollectionRequest(_message.Message):
     face_options: FaceOptions
     media_type: MediaType
     video_sampling: VideoSampling
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., description: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., video_sampling: _Optional[_Union[VideoSampling, _Mapping]] = ...) -> None: ...
+    vector_index: VectorIndexOptions
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., description: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., video_sampling: _Optional[_Union[VideoSampling, _Mapping]] = ..., vector_index: _Optional[_Union[VectorIndexOptions, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection", "created")
@@ -275,20 +314,22 @@ class FaceBox(_message.Message):
     def __init__(self, x_min: _Optional[float] = ..., y_min: _Optional[float] = ..., x_max: _Optional[float] = ..., y_max: _Optional[float] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class SearchImagesRequest(_message.Message):
-    __slots__ = ("collection", "image", "vector", "item_id", "top_k", "copy_detection")
+    __slots__ = ("collection", "image", "vector", "item_id", "top_k", "copy_detection", "search_breadth")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     COPY_DETECTION_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_BREADTH_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: bytes
     vector: Vector
     item_id: str
     top_k: int
     copy_detection: bool
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[str] = ..., top_k: _Optional[int] = ..., copy_detection: _Optional[bool] = ...) -> None: ...
+    search_breadth: int
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[str] = ..., top_k: _Optional[int] = ..., copy_detection: _Optional[bool] = ..., search_breadth: _Optional[int] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("rank", "id", "uri", "score", "face_box", "metadata", "sha256", "matched_keypoints")
@@ -335,16 +376,18 @@ class BatchQuery(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[str] = ...) -> None: ...
 
 class BatchSearchImagesRequest(_message.Message):
-    __slots__ = ("collection", "queries", "top_k", "copy_detection")
+    __slots__ = ("collection", "queries", "top_k", "copy_detection", "search_breadth")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     COPY_DETECTION_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_BREADTH_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[BatchQuery]
     top_k: int
     copy_detection: bool
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[BatchQuery, _Mapping]]] = ..., top_k: _Optional[int] = ..., copy_detection: _Optional[bool] = ...) -> None: ...
+    search_breadth: int
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[BatchQuery, _Mapping]]] = ..., top_k: _Optional[int] = ..., copy_detection: _Optional[bool] = ..., search_breadth: _Optional[int] = ...) -> None: ...
 
 class BatchSearchResult(_message.Message):
     __slots__ = ("hits", "error", "query_face_box")
@@ -433,7 +476,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dimension: _Optional[int] = ..., trained: _Optional[bool] = ..., input_size: _Optional[int] = ..., weights_sha256: _Optional[str] = ..., weights_source: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_image_bytes", "max_image_pixels", "max_top_k", "max_receive_message_bytes", "max_video_bytes", "max_video_duration_s", "max_video_width", "max_video_height", "max_video_frames", "max_batch_queries")
+    __slots__ = ("max_image_bytes", "max_image_pixels", "max_top_k", "max_receive_message_bytes", "max_video_bytes", "max_video_duration_s", "max_video_width", "max_video_height", "max_video_frames", "max_batch_queries", "max_import_items_per_message")
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -444,6 +487,7 @@ class Limits(_message.Message):
     MAX_VIDEO_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_VIDEO_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMPORT_ITEMS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     max_image_bytes: int
     max_image_pixels: int
     max_top_k: int
@@ -454,10 +498,11 @@ class Limits(_message.Message):
     max_video_height: int
     max_video_frames: int
     max_batch_queries: int
-    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., max_video_bytes: _Optional[int] = ..., max_video_duration_s: _Optional[float] = ..., max_video_width: _Optional[int] = ..., max_video_height: _Optional[int] = ..., max_video_frames: _Optional[int] = ..., max_batch_queries: _Optional[int] = ...) -> None: ...
+    max_import_items_per_message: int
+    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., max_video_bytes: _Optional[int] = ..., max_video_duration_s: _Optional[float] = ..., max_video_width: _Optional[int] = ..., max_video_height: _Optional[int] = ..., max_video_frames: _Optional[int] = ..., max_batch_queries: _Optional[int] = ..., max_import_items_per_message: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "inference_backend", "inference_detail", "fallback", "models", "vector_store", "limits", "default_model", "default_model_reason")
+    __slots__ = ("version", "inference_backend", "inference_detail", "fallback", "models", "vector_store", "limits", "default_model", "default_model_reason", "vector_index_types", "default_vector_index")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_BACKEND_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_DETAIL_FIELD_NUMBER: _ClassVar[int]
@@ -467,6 +512,8 @@ class GetServerInfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_REASON_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_INDEX_TYPES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_VECTOR_INDEX_FIELD_NUMBER: _ClassVar[int]
     version: str
     inference_backend: InferenceBackend
     inference_detail: str
@@ -476,7 +523,65 @@ class GetServerInfoResponse(_message.Message):
     limits: Limits
     default_model: str
     default_model_reason: str
-    def __init__(self, version: _Optional[str] = ..., inference_backend: _Optional[_Union[InferenceBackend, str]] = ..., inference_detail: _Optional[str] = ..., fallback: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., vector_store: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_model: _Optional[str] = ..., default_model_reason: _Optional[str] = ...) -> None: ...
+    vector_index_types: _containers.RepeatedScalarFieldContainer[VectorIndexType]
+    default_vector_index: VectorIndexType
+    def __init__(self, version: _Optional[str] = ..., inference_backend: _Optional[_Union[InferenceBackend, str]] = ..., inference_detail: _Optional[str] = ..., fallback: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., vector_store: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_model: _Optional[str] = ..., default_model_reason: _Optional[str] = ..., vector_index_types: _Optional[_Iterable[_Union[VectorIndexType, str]]] = ..., default_vector_index: _Optional[_Union[VectorIndexType, str]] = ...) -> None: ...
+
+class ImportVectorsHeader(_message.Message):
+    __slots__ = ("collection", "model", "model_version")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    model: str
+    model_version: str
+    def __init__(self, collection: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class VectorItem(_message.Message):
+    __slots__ = ("id", "uri", "metadata", "vector")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    uri: str
+    metadata: _struct_pb2.Struct
+    vector: Vector
+    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ...) -> None: ...
+
+class ImportVectorsRequest(_message.Message):
+    __slots__ = ("header", "items")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    header: ImportVectorsHeader
+    items: _containers.RepeatedCompositeFieldContainer[VectorItem]
+    def __init__(self, header: _Optional[_Union[ImportVectorsHeader, _Mapping]] = ..., items: _Optional[_Iterable[_Union[VectorItem, _Mapping]]] = ...) -> None: ...
+
+class ImportFailure(_message.Message):
+    __slots__ = ("item_index", "id", "error")
+    ITEM_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    item_index: int
+    id: str
+    error: ItemError
+    def __init__(self, item_index: _Optional[int] = ..., id: _Optional[str] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class ImportVectorsResponse(_message.Message):
+    __slots__ = ("received", "imported", "existing", "failed", "failures", "note")
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    IMPORTED_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    imported: int
+    existing: int
+    failed: int
+    failures: _containers.RepeatedCompositeFieldContainer[ImportFailure]
+    note: str
+    def __init__(self, received: _Optional[int] = ..., imported: _Optional[int] = ..., existing: _Optional[int] = ..., failed: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[ImportFailure, _Mapping]]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class VideoHeader(_message.Message):
     __slots__ = ("collection", "id", "uri", "metadata", "sampling", "size_bytes")

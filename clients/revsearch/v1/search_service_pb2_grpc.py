@@ -96,6 +96,11 @@ class SearchServiceStub:
                 request_serializer=revsearch_dot_v1_dot_search__service__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=revsearch_dot_v1_dot_search__service__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.ImportVectors = channel.stream_unary(
+                '/revsearch.v1.SearchService/ImportVectors',
+                request_serializer=revsearch_dot_v1_dot_search__service__pb2.ImportVectorsRequest.SerializeToString,
+                response_deserializer=revsearch_dot_v1_dot_search__service__pb2.ImportVectorsResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -217,6 +222,28 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportVectors(self, request_iterator, context):
+        """Imports vectors computed elsewhere (an archive embedded by a batch job) into an image
+        collection, over a client stream: the first message carries `header` (the collection, and the
+        model and model version the vectors come from, which must be the collection's); every message
+        may carry items (the first too). Items are stored as they arrive, a batch at a time, so when the
+        stream is cut off what was stored stays, and running the same import again stores the rest: an
+        item whose id is stored already is skipped and counted in `existing`, never stored twice.
+        Per item (the item is not stored, the rest goes on; ImportVectorsResponse.failures names its
+        position): INVALID_ARGUMENT (no id or a bad one, a vector of the wrong dimension, NaN or infinite
+        values, all zeros, metadata over 16 KiB), ALREADY_EXISTS (an id given twice in one import).
+        Errors (whole stream): INVALID_ARGUMENT (no header or a header after the first message, a model
+        or version that is not the collection's, a video collection, a collection of crop mode "all",
+        more than max_import_items_per_message items in one message), NOT_FOUND (collection),
+        UNAVAILABLE (vector store down: the batch being written is not stored; earlier batches stay).
+        Imported items have no image: on copy-detection collections they have no crop vectors or local
+        features, so copy detection finds them by their global vector only (never verified), and
+        Collection.imported_item_count counts them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -279,6 +306,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=revsearch_dot_v1_dot_search__service__pb2.GetServerInfoRequest.FromString,
                     response_serializer=revsearch_dot_v1_dot_search__service__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'ImportVectors': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportVectors,
+                    request_deserializer=revsearch_dot_v1_dot_search__service__pb2.ImportVectorsRequest.FromString,
+                    response_serializer=revsearch_dot_v1_dot_search__service__pb2.ImportVectorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -607,6 +639,33 @@ class SearchService:
             '/revsearch.v1.SearchService/GetServerInfo',
             revsearch_dot_v1_dot_search__service__pb2.GetServerInfoRequest.SerializeToString,
             revsearch_dot_v1_dot_search__service__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportVectors(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/revsearch.v1.SearchService/ImportVectors',
+            revsearch_dot_v1_dot_search__service__pb2.ImportVectorsRequest.SerializeToString,
+            revsearch_dot_v1_dot_search__service__pb2.ImportVectorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

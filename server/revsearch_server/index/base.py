@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from ..domain import FaceBox
+from ..vector_index import IndexType, VectorIndexSpec
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,12 @@ class VectorIndex(Protocol):
 
     @property
     def search_key(self) -> Hashable:
-        """Equal for index objects that search the same stored vectors (concurrent searches with
-        equal keys may share a call: index/coalescer.py)."""
+        """Equal for index objects that search the same stored vectors the same way (concurrent
+        searches with equal keys may share a call: index/coalescer.py)."""
+
+    def with_breadth(self, breadth: int | None) -> "VectorIndex":
+        """This index searched with a request's breadth (None: the collection's); INVALID_ARGUMENT
+        out of the index's range (vector_index.VectorIndexSpec.breadth). Exact indexes ignore it."""
 
     async def ids_for_sha256(self, digests: list[str]) -> dict[str, str]:
         """sha256 -> stored id, for the digests already in the collection."""
@@ -80,6 +85,9 @@ class VectorIndex(Protocol):
 
     async def count(self) -> int: ...
 
+    async def count_imported(self) -> int:
+        """Rows stored by ImportVectors (no image: their sha256 is empty)."""
+
 
 class VectorStore(Protocol):
     """Where collections live (Milvus Lite, a Milvus server): one object per server process,
@@ -88,15 +96,30 @@ class VectorStore(Protocol):
     def describe(self) -> str:
         """A line for logs and the info RPC, e.g. `milvus-lite:/path/milvus.db`."""
 
+    def on_missing(self, callback) -> None:
+        """Calls callback(collection name) when the store answers that a collection does not exist."""
+
     async def start(self) -> None:
         """Connects; raises errors.Unavailable when the store cannot be reached."""
 
     async def ping(self, timeout_s: float) -> bool:
         """Whether the store answers within timeout_s (the health check; never raises)."""
 
-    async def create(self, name: str, dimension: int, description: str, layout: int, float16: bool = False) -> bool:
+    async def create(self, name: str, dimension: int, description: str, layout: int, float16: bool = False,
+                     vector_index: VectorIndexSpec | None = None) -> bool:
         """Creates a collection with the given stored-row layout (float16: its vectors stored as
-        float16, where supports_float16 says the store can); False when it exists already."""
+        float16, where supports_float16 says the store can) and vector index (None: the store's
+        choice, as before the index could be chosen); False when it exists already."""
+
+    def index_types(self) -> tuple[IndexType, ...]:
+        """The vector indexes the store builds."""
+
+    def legacy_index(self) -> VectorIndexSpec:
+        """What collections created before the index could be chosen use."""
+
+    @property
+    def default_index_type(self) -> IndexType:
+        """The index of a collection created without one asked for."""
 
     async def supports_float16(self) -> bool:
         """Whether the store keeps and searches float16 vectors."""
@@ -109,7 +132,8 @@ class VectorStore(Protocol):
 
     async def drop(self, name: str) -> None: ...
 
-    def index(self, name: str, dimension: int, layout: int, float16: bool = False) -> VectorIndex:
+    def index(self, name: str, dimension: int, layout: int, float16: bool = False,
+              vector_index: VectorIndexSpec | None = None) -> VectorIndex:
         """The collection's index (cheap: no call to the store)."""
 
     async def close(self) -> None: ...

@@ -106,6 +106,10 @@ class ExactKnnIndex:
                             else np.zeros((0, self._dim), np.float32))
         return self._matrix, self._ids
 
+    def with_breadth(self, breadth: int | None) -> "ExactKnnIndex":
+        """Exact: no breadth to set (a request's is ignored)."""
+        return self
+
     async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
         matrix, ids = self._snapshot()
         records = self._records
@@ -134,6 +138,9 @@ class ExactKnnIndex:
 
     async def count(self) -> int:
         return len(self._records)
+
+    async def count_imported(self) -> int:
+        return sum(1 for r in self._records.values() if not r.sha256)
 
 
 def _knn(matrix: np.ndarray, ids: list[str], records: dict[str, Record], queries: np.ndarray,

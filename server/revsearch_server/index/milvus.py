@@ -22,7 +22,11 @@ Stored-row layouts (a collection records its layout in its settings, catalog.py)
      detection (copies.py; format 1, base64, about 14 KB; format 2, base85, about 3 KB). Searches never
      return it; `get` does.
 Collections of any layout open, search, index and delete; new collections get layout 3.
-Independently of the layout, a collection's vector field is FLOAT16_VECTOR when its settings say so
+The vector index (vector_index.py) is the collection's: FLAT on Milvus Lite (the only one it builds),
+on a server what CreateCollection chose (HNSW by default); collections created before the choice
+keep AUTOINDEX, searched with --milvus-search-ef. The index of a new collection is built as its
+segments seal; until then Milvus searches the growing segment exactly, so imported rows are
+searchable at once. Independently of the layout, a collection's vector field is FLOAT16_VECTOR when its settings say so
 (copy-detection collections of the compact kind, where the store has float16: Milvus Lite 2.5 and
 servers from 2.4; catalog.py): vectors go in and come out as float16, queries are sent as float16.
 """
@@ -30,6 +34,7 @@ servers from 2.4; catalog.py): vectors go in and come out as float16, queries ar
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -43,6 +48,7 @@ import numpy as np
 from ..domain import FaceBox
 from ..errors import NotFound, Unavailable
 from ..shared_call import CallJoiner
+from ..vector_index import CHOOSABLE, SERVER_DEFAULT, IndexType, VectorIndexSpec
 from .base import CURRENT_LAYOUT, LAYOUT_FACE_COLUMNS, LAYOUT_LOCAL_FEATURES, Hit, Record
 
 log = logging.getLogger(__name__)
@@ -84,12 +90,10 @@ class MilvusStore:
         self._token = token
         self._timeout_s = timeout_s
         self.consistency = consistency
-        # HNSW (a server's AUTOINDEX) with Milvus' default ef gave recall@20 of 0.14-0.32 on 10k-1M
-        # synthetic vectors (benchmarks/results/search_scaling.md); ef 256 gave 1.0 at 2k.
+        # The ef of collections created before the index could be chosen (AUTOINDEX, HNSW on a server):
+        # Milvus's default ef gave recall@20 of 0.14-0.32 on 10k-1M synthetic vectors
+        # (benchmarks/results/search_scaling.md); ef 256 gave 1.0 at 2k.
         self.search_ef = search_ef
-        # Milvus Lite: FLAT (exact; its AUTOINDEX drops raw vectors from growing segments, which
-        # breaks fetching a stored vector). A Milvus server: AUTOINDEX (HNSW there).
-        self.index_type = "FLAT" if self.is_lite else "AUTOINDEX"
         self._client = None
         self._client_lock = threading.Lock()
         self._pool = pool  # pymilvus is synchronous; its calls run here (sized in pools.py)
@@ -100,6 +104,12 @@ class MilvusStore:
         # Concurrent writes and id lookups of one collection go to Milvus as one call while one runs:
         # one-image IndexImages calls from 16 callers made four Milvus round trips each.
         self.joined = CallJoiner()
+        self._on_missing: list = []  # callbacks(name) for a collection Milvus says is gone
+
+    def on_missing(self, callback) -> None:
+        """callback(collection name) whenever Milvus answers that the collection does not exist (another
+        server process dropped it): the catalog forgets its cached settings."""
+        self._on_missing.append(callback)
 
     @property
     def is_lite(self) -> bool:
@@ -107,6 +117,21 @@ class MilvusStore:
 
     def describe(self) -> str:
         return f"milvus-lite:{self.uri}" if self.is_lite else f"milvus:{self.uri}"
+
+    def index_types(self) -> tuple[IndexType, ...]:
+        """Milvus Lite builds FLAT whatever it is asked (exact; its AUTOINDEX also dropped raw vectors
+        from growing segments, which broke fetching a stored vector); a server builds them all."""
+        return (IndexType.FLAT,) if self.is_lite else CHOOSABLE
+
+    @property
+    def default_index_type(self) -> IndexType:
+        return IndexType.FLAT if self.is_lite else SERVER_DEFAULT
+
+    def legacy_index(self) -> VectorIndexSpec:
+        """What collections created before the index could be chosen use: Lite's FLAT, a server's
+        AUTOINDEX searched with --milvus-search-ef."""
+        spec = VectorIndexSpec.legacy(self.is_lite)
+        return spec if self.is_lite else VectorIndexSpec(IndexType.AUTOINDEX, search_breadth=self.search_ef)
 
     def _connect(self):
         from pymilvus import MilvusClient
@@ -135,7 +160,10 @@ class MilvusStore:
             return await asyncio.get_running_loop().run_in_executor(self._pool, run)
         except Exception as exc:  # pymilvus raises many types; all but one mean the store failed us
             if _MISSING_COLLECTION.search(str(exc)):  # dropped by another server process meanwhile
-                raise NotFound(f"collection {args[0].removeprefix(PREFIX)!r} does not exist (dropped)") from exc
+                name = args[0].removeprefix(PREFIX)
+                for forget in self._on_missing:  # the catalog's cached settings of it are stale now
+                    forget(name)
+                raise NotFound(f"collection {name!r} does not exist (dropped)") from exc
             if self._down is None:
                 log.warning("milvus %s failed: %s", method, exc)
             self._mark_down(_short(exc), args[0] if args and isinstance(args[0], str) else None)
@@ -212,7 +240,8 @@ class MilvusStore:
         return bool(match) and (int(match.group(1)), int(match.group(2))) >= (2, 4)
 
     async def create(self, name: str, dimension: int, description: str, layout: int = CURRENT_LAYOUT,
-                     float16: bool = False) -> bool:
+                     float16: bool = False, vector_index: VectorIndexSpec | None = None) -> bool:
+        """vector_index None: as collections were made before the index could be chosen."""
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
@@ -231,7 +260,8 @@ class MilvusStore:
         if layout >= LAYOUT_LOCAL_FEATURES:
             schema.add_field("local_features", DataType.VARCHAR, max_length=_FEATURES_MAX)
         index_params = MilvusClient.prepare_index_params()
-        index_params.add_index(field_name="vector", index_type=self.index_type, metric_type="COSINE")
+        index_type, params = (vector_index or self.legacy_index()).milvus_index()
+        index_params.add_index(field_name="vector", index_type=index_type, metric_type="COSINE", params=params)
         if await self.call("has_collection", milvus_name(name)):
             return False
         await self.call("create_collection", milvus_name(name), schema=schema, index_params=index_params,
@@ -253,8 +283,9 @@ class MilvusStore:
     async def drop(self, name: str) -> None:
         await self.call("drop_collection", milvus_name(name))
 
-    def index(self, name: str, dimension: int, layout: int = CURRENT_LAYOUT, float16: bool = False) -> "MilvusIndex":
-        return MilvusIndex(self, milvus_name(name), dimension, layout, float16)
+    def index(self, name: str, dimension: int, layout: int = CURRENT_LAYOUT, float16: bool = False,
+              vector_index: VectorIndexSpec | None = None) -> "MilvusIndex":
+        return MilvusIndex(self, milvus_name(name), dimension, layout, float16, vector_index or self.legacy_index())
 
     async def close(self) -> None:
         if self._probe_task is not None:
@@ -265,8 +296,10 @@ class MilvusStore:
 
 class MilvusIndex:
     def __init__(self, store: MilvusStore, collection: str, dimension: int, layout: int = CURRENT_LAYOUT,
-                 float16: bool = False):
+                 float16: bool = False, vector_index: VectorIndexSpec = VectorIndexSpec(), breadth: int = 0):
         self._store = store
+        self.vector_index = vector_index
+        self._breadth = breadth  # a request's search breadth (0: the collection's)
         self._c = collection
         self._dim = dimension
         self._float16 = float16
@@ -277,8 +310,18 @@ class MilvusIndex:
 
     @property
     def search_key(self) -> tuple:
-        # The catalog makes a MilvusIndex per call; what they search is the named collection.
-        return ("milvus", self._c, self._dim)
+        # The catalog makes a MilvusIndex per call; what they search is the named collection (with one
+        # breadth: searches of another breadth go to the index separately).
+        return ("milvus", self._c, self._dim, self._breadth)
+
+    def with_breadth(self, breadth: int | None) -> "MilvusIndex":
+        """This index searched with another breadth (vector_index.VectorIndexSpec.breadth checks it)."""
+        b = self.vector_index.breadth(breadth)
+        if breadth is None or b == self._breadth:
+            return self
+        clone = copy.copy(self)
+        clone._breadth = b
+        return clone
 
     async def insert(self, records: list[Record]) -> None:
         if not records:
@@ -326,9 +369,9 @@ class MilvusIndex:
         return [[self._hit(h) for h in hits] for hits in results]
 
     def _search_params(self, top_k: int) -> dict:
-        if self._store.is_lite:  # FLAT: exact, no parameters
+        if self._store.is_lite:  # FLAT whatever the settings say: exact, no parameters
             return {"metric_type": "COSINE"}
-        return {"metric_type": "COSINE", "params": {"ef": max(self._store.search_ef, top_k)}}
+        return self.vector_index.milvus_search_params(top_k, self._breadth or None)
 
     async def ids_for_sha256(self, digests: list[str]) -> dict[str, str]:
         if not digests:
@@ -364,7 +407,13 @@ class MilvusIndex:
         return existing
 
     async def count(self) -> int:
-        rows = await self._store.call("query", self._c, filter="", output_fields=["count(*)"],
+        return await self._count("")
+
+    async def count_imported(self) -> int:
+        return await self._count('sha256 == ""')
+
+    async def _count(self, where: str) -> int:
+        rows = await self._store.call("query", self._c, filter=where, output_fields=["count(*)"],
                                       consistency_level=self._store.consistency)
         return int(rows[0]["count(*)"]) if rows else 0
 

@@ -92,8 +92,8 @@ def collection_of(message) -> str:
     """The collection a request names: `collection`, a header's `collection`, or the collection
     RPCs' `name`; "" when it names none."""
     fields = message.DESCRIPTOR.fields_by_name
-    if "header" in fields:
-        return message.header.collection if message.WhichOneof("part") == "header" else ""
+    if "header" in fields:  # a header in a oneof (uploads) or a field of its own (ImportVectors)
+        return message.header.collection if message.HasField("header") else ""
     if "collection" in fields:
         return message.collection
     if "name" in fields:

@@ -15,13 +15,16 @@ from revsearch import names
 from revsearch.v1 import search_service_pb2 as pb
 
 from ..catalog import CollectionSpec
+from ..collection_service import CollectionInfo
 from ..domain import CropMode, FaceBox, FaceOptions, IndexKind, ItemStatus, MediaType, SamplingMode, VideoRanking
 from ..embedding.base import BackendKind
 from ..errors import InvalidArgument
 from ..index.base import Hit
 from ..usecases.images import IndexInput, IndexOutcome, Query, SearchResult
+from ..usecases.imports import ImportHeader, ImportReport, VectorInput
 from ..usecases.server_info import ServerInfo
 from ..usecases.videos import FrameResult, SamplingOverrides, VideoOutcome, VideoQuery, VideoSearchResult, VideoUpload
+from ..vector_index import IndexRequest, IndexType, VectorIndexSpec
 from ..video.sampling import SamplingOptions
 from .status import to_status
 
@@ -37,6 +40,7 @@ SAMPLING_TO_PB = _to_pb(names.SAMPLING_MODES, SamplingMode)
 RANKING_TO_PB = _to_pb(names.RANKINGS, VideoRanking)
 STATUS_TO_PB = _to_pb(names.ITEM_STATUSES, ItemStatus)
 BACKEND_TO_PB = _to_pb(names.INFERENCE_BACKENDS, BackendKind)
+VECTOR_INDEX_TO_PB = _to_pb(names.VECTOR_INDEX_TYPES, IndexType)
 
 
 def _from_pb(to_pb: dict, unspecified):
@@ -49,6 +53,8 @@ MEDIA_FROM_PB = _from_pb(MEDIA_TO_PB, MediaType.IMAGE)
 INDEX_FROM_PB = _from_pb(INDEX_TO_PB, IndexKind.MILVUS)
 SAMPLING_FROM_PB = _from_pb(SAMPLING_TO_PB, None)  # None: the collection's mode
 RANKING_FROM_PB = _from_pb(RANKING_TO_PB, VideoRanking.FRAMES)
+# Unspecified: the store's default. AUTOINDEX is only ever reported, never asked for.
+VECTOR_INDEX_FROM_PB = {k: v for k, v in _from_pb(VECTOR_INDEX_TO_PB, None).items() if v is not IndexType.AUTOINDEX}
 
 
 def enum_from_pb(table: dict, value: int, field: str):
@@ -84,7 +90,8 @@ def item_error_pb(exc: BaseException) -> pb.ItemError:
 
 
 # -- collections -----------------------------------------------------------------------------
-def collection_pb(spec: CollectionSpec, count: int) -> pb.Collection:
+def collection_pb(info: CollectionInfo) -> pb.Collection:
+    spec, count = info.spec, info.item_count
     created = timestamp_pb2.Timestamp()
     created.FromMilliseconds(spec.created_at_ms)
     msg = pb.Collection(name=spec.name, model=spec.model, model_version=spec.model_version,
@@ -92,7 +99,9 @@ def collection_pb(spec: CollectionSpec, count: int) -> pb.Collection:
                         index_backend=INDEX_TO_PB[spec.index_kind], metric="COSINE", item_count=count,
                         created_at=created, description=spec.description, model_trained=spec.model_trained,
                         media_type=MEDIA_TO_PB[spec.media_type], copy_detection=spec.copy_detection,
-                        copy_detection_detail=spec.copy_detection_detail)
+                        copy_detection_detail=spec.copy_detection_detail,
+                        vector_index=vector_index_pb(info.vector_index), vector_index_detail=info.vector_index_detail,
+                        imported_item_count=info.imported_count)
     if spec.is_video:
         v = spec.video_sampling
         msg.video_sampling.CopyFrom(pb.VideoSampling(frames=v.frames, mode=SAMPLING_TO_PB[v.mode], seed=v.seed))
@@ -105,6 +114,23 @@ def collection_pb(spec: CollectionSpec, count: int) -> pb.Collection:
     return msg
 
 
+def vector_index_pb(spec: VectorIndexSpec) -> pb.VectorIndexOptions:
+    msg = pb.VectorIndexOptions(type=VECTOR_INDEX_TO_PB[spec.type])
+    for name in ("hnsw_m", "hnsw_ef_construction", "ivf_nlist", "search_breadth"):
+        if getattr(spec, name):
+            setattr(msg, name, getattr(spec, name))
+    return msg
+
+
+def vector_index_from_pb(request: pb.CreateCollectionRequest) -> IndexRequest:
+    if not request.HasField("vector_index"):
+        return IndexRequest()
+    v = request.vector_index
+    return IndexRequest(type=enum_from_pb(VECTOR_INDEX_FROM_PB, v.type, "vector_index.type"),
+                        **{name: getattr(v, name) if v.HasField(name) else None
+                           for name in ("hnsw_m", "hnsw_ef_construction", "ivf_nlist", "search_breadth")})
+
+
 def create_collection_args(request: pb.CreateCollectionRequest) -> dict:
     """ManageCollections.create's arguments."""
     return dict(name=request.name, model=request.model,
@@ -113,7 +139,7 @@ def create_collection_args(request: pb.CreateCollectionRequest) -> dict:
                 description=request.description, exist_ok=request.exist_ok,
                 face_options=face_options_from_pb(request),
                 media_type=enum_from_pb(MEDIA_FROM_PB, request.media_type, "media_type"),
-                video_sampling=video_sampling_from_pb(request))
+                video_sampling=video_sampling_from_pb(request), vector_index=vector_index_from_pb(request))
 
 
 def face_options_from_pb(request: pb.CreateCollectionRequest) -> FaceOptions | None:
@@ -146,6 +172,11 @@ def query_from_pb(message) -> Query:
 
 def top_k_from_pb(message) -> int | None:
     return message.top_k if message.HasField("top_k") else None
+
+
+def search_breadth_from_pb(message) -> int | None:
+    """SearchImagesRequest's / BatchSearchImagesRequest's breadth; None (unset): the collection's."""
+    return message.search_breadth if message.HasField("search_breadth") else None
 
 
 def copy_detection_from_pb(message) -> bool | None:
@@ -200,6 +231,25 @@ def batch_search_response_pb(results: list, fallback_spec: CollectionSpec | None
     response.model_trained = model.trained if model else fallback_spec.model_trained
     response.inference_backend = backend_pb(backend)
     return response
+
+
+# -- imports ---------------------------------------------------------------------------------
+def import_header_from_pb(header: pb.ImportVectorsHeader) -> ImportHeader:
+    return ImportHeader(collection=header.collection, model=header.model, model_version=header.model_version)
+
+
+def vector_inputs_from_pb(items, first_position: int) -> list[VectorInput]:
+    # MessageToDict only where there is metadata: it took 20 us even for an empty Struct.
+    return [VectorInput(position=first_position + n, id=item.id, uri=item.uri,
+                        metadata=struct_dict(item.metadata) if item.HasField("metadata") else {},
+                        vector=item.vector.values) for n, item in enumerate(items)]
+
+
+def import_response_pb(report: ImportReport) -> pb.ImportVectorsResponse:
+    return pb.ImportVectorsResponse(
+        received=report.received, imported=report.imported, existing=report.existing, failed=report.failed,
+        failures=[pb.ImportFailure(item_index=f.position, id=f.id, error=item_error_pb(f.error))
+                  for f in report.failures], note=report.note)
 
 
 # -- videos ----------------------------------------------------------------------------------
@@ -260,5 +310,8 @@ def server_info_pb(info: ServerInfo) -> pb.GetServerInfoResponse:
                          max_top_k=lim.max_top_k, max_receive_message_bytes=lim.max_receive_message_bytes,
                          max_video_bytes=lim.max_video_bytes, max_video_duration_s=lim.max_video_duration_s,
                          max_video_width=lim.max_video_width, max_video_height=lim.max_video_height,
-                         max_video_frames=lim.max_video_frames, max_batch_queries=lim.max_batch_queries),
-        default_model=info.default_model, default_model_reason=info.default_model_reason)
+                         max_video_frames=lim.max_video_frames, max_batch_queries=lim.max_batch_queries,
+                         max_import_items_per_message=lim.max_import_items_per_message),
+        default_model=info.default_model, default_model_reason=info.default_model_reason,
+        vector_index_types=[VECTOR_INDEX_TO_PB[t] for t in info.vector_index_types],
+        default_vector_index=VECTOR_INDEX_TO_PB[info.default_vector_index])

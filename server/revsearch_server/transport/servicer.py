@@ -10,8 +10,10 @@ from __future__ import annotations
 from revsearch.v1 import search_service_pb2 as pb
 
 from ..errors import InvalidArgument
+from ..validation import MAX_IMPORT_ITEMS_PER_MESSAGE
 from ..usecases.collections import ManageCollections
 from ..usecases.images import ImageSearch
+from ..usecases.imports import ImportVectors
 from ..usecases.server_info import DescribeServer
 from ..usecases.videos import VideoSearch
 from . import convert
@@ -24,9 +26,10 @@ class SearchServicer:
     """Implements revsearch.v1.SearchService (registered through calls.service_handler)."""
 
     def __init__(self, collections: ManageCollections, images: ImageSearch, videos: VideoSearch,
-                 server: DescribeServer, index_batch_size: int):
+                 server: DescribeServer, index_batch_size: int, imports: ImportVectors):
         self._collections = collections
         self._images = images
+        self._imports = imports
         self._videos = videos
         self._server = server
         self._index_batch = index_batch_size
@@ -34,17 +37,17 @@ class SearchServicer:
     # -- collections -----------------------------------------------------------------------
     async def CreateCollection(self, request, context):
         spec, created = await self._collections.create(**convert.create_collection_args(request))
-        count = 0 if created else (await self._collections.describe(spec.name))[1]
-        return pb.CreateCollectionResponse(collection=convert.collection_pb(spec, count), created=created)
+        info = await self._collections.describe(spec.name)
+        return pb.CreateCollectionResponse(collection=convert.collection_pb(info), created=created)
 
     async def ListCollections(self, request, context):
         # Only the collections the caller's key may use (every one without keys).
         listed = await self._collections.list(visible=CALLER.get().may_use)
-        return pb.ListCollectionsResponse(collections=[convert.collection_pb(s, n) for s, n in listed])
+        return pb.ListCollectionsResponse(collections=[convert.collection_pb(info) for info in listed])
 
     async def DescribeCollection(self, request, context):
-        spec, count = await self._collections.describe(request.name)
-        return pb.DescribeCollectionResponse(collection=convert.collection_pb(spec, count))
+        info = await self._collections.describe(request.name)
+        return pb.DescribeCollectionResponse(collection=convert.collection_pb(info))
 
     async def DropCollection(self, request, context):
         await self._collections.drop(request.name)
@@ -61,17 +64,19 @@ class SearchServicer:
 
     async def SearchImages(self, request, context):
         result = await self._images.search(request.collection, convert.query_from_pb(request),
-                                           convert.top_k_from_pb(request), convert.copy_detection_from_pb(request))
+                                           convert.top_k_from_pb(request), convert.copy_detection_from_pb(request),
+                                           convert.search_breadth_from_pb(request))
         return convert.search_response_pb(result)
 
     async def BatchSearchImages(self, request, context):
         results = await self._images.search_batch(request.collection, [convert.query_from_pb(q)
                                                                        for q in request.queries],
                                                   convert.top_k_from_pb(request),
-                                                  copy_detection=convert.copy_detection_from_pb(request))
+                                                  copy_detection=convert.copy_detection_from_pb(request),
+                                                  breadth=convert.search_breadth_from_pb(request))
         spec = None
         if all(isinstance(r, Exception) for r in results):  # the response still names the model
-            spec, _ = await self._collections.describe(request.collection)
+            spec = (await self._collections.describe(request.collection)).spec
         return convert.batch_search_response_pb(results, spec)
 
     async def EmbedImage(self, request, context):
@@ -82,6 +87,31 @@ class SearchServicer:
     async def DeleteImages(self, request, context):
         deleted, missing = await self._images.delete(request.collection, list(request.ids))
         return pb.DeleteImagesResponse(deleted_ids=deleted, not_found_ids=missing)
+
+    async def ImportVectors(self, requests, context):
+        """The header first, then items as they come (the first message may carry both)."""
+        messages = aiter(requests)
+        first = await anext(messages, None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgument("the first ImportVectorsRequest must carry the header (collection, model, "
+                                  "model_version)")
+
+        async def batches():
+            position, message = 0, first
+            while message is not None:
+                if message is not first and message.HasField("header"):
+                    raise InvalidArgument("only the first ImportVectorsRequest carries a header; one stream imports "
+                                          "into one collection")
+                if len(message.items) > MAX_IMPORT_ITEMS_PER_MESSAGE:
+                    raise InvalidArgument(f"an ImportVectorsRequest carries {len(message.items)} items; at most "
+                                          f"{MAX_IMPORT_ITEMS_PER_MESSAGE} per message (send more messages)")
+                if message.items:
+                    yield convert.vector_inputs_from_pb(message.items, position)
+                    position += len(message.items)
+                message = await anext(messages, None)
+
+        report = await self._imports.run(convert.import_header_from_pb(first.header), batches())
+        return convert.import_response_pb(report)
 
     # -- videos ----------------------------------------------------------------------------
     async def IndexVideo(self, requests, context):

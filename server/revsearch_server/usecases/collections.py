@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..catalog import CollectionSpec
-from ..collection_service import Collections
+from ..collection_service import CollectionInfo, Collections
 from ..copies import VIEWS
 from ..domain import CropMode, FaceOptions, IndexKind, MediaType
 from ..errors import InvalidArgument
 from ..models import ModelSpec
+from ..vector_index import IndexRequest
 from ..video.sampling import SamplingOptions, VideoLimits
 
 # Video collections with no model named take the face model: "which videos show this person".
@@ -35,8 +36,8 @@ class ManageCollections:
 
     async def create(self, name: str, model: str, crop_mode: CropMode | None, index_kind: IndexKind,
                      description: str, exist_ok: bool, face_options: FaceOptions | None = None,
-                     media_type: MediaType = MediaType.IMAGE, video_sampling: SamplingOptions | None = None
-                     ) -> tuple[CollectionSpec, bool]:
+                     media_type: MediaType = MediaType.IMAGE, video_sampling: SamplingOptions | None = None,
+                     vector_index: IndexRequest = IndexRequest()) -> tuple[CollectionSpec, bool]:
         """crop_mode None: unspecified. Video collections then default to the face pipeline (the
         face model, every face of every sampled frame); image collections to whole images."""
         models = self._collections.models
@@ -55,13 +56,13 @@ class ManageCollections:
         copies = (media_type is MediaType.IMAGE and crop_mode is CropMode.NONE and not spec.needs_face_crop
                   and spec.trained)
         return await self._collections.create(name, spec, crop_mode, index_kind, description, exist_ok, options,
-                                              media_type, sampling, len(VIEWS) if copies else 0)
+                                              media_type, sampling, len(VIEWS) if copies else 0, vector_index)
 
-    async def describe(self, name: str) -> tuple[CollectionSpec, int]:
-        """Settings and stored vector count."""
+    async def describe(self, name: str) -> CollectionInfo:
+        """Settings, stored vector count, imported items and the vector index in use."""
         return await self._collections.describe(name)
 
-    async def list(self, visible: Callable[[str], bool] = lambda name: True) -> list[tuple[CollectionSpec, int]]:
+    async def list(self, visible: Callable[[str], bool] = lambda name: True) -> list[CollectionInfo]:
         """The collections whose names `visible` accepts, with their counts."""
         return await self._collections.list(visible)
 

@@ -208,26 +208,28 @@ class ImageSearch:
 
     # -- search ------------------------------------------------------------------------------
     async def search(self, collection: str, query: Query, top_k: int | None = None,
-                     copy_detection: bool | None = None) -> SearchResult:
+                     copy_detection: bool | None = None, breadth: int | None = None) -> SearchResult:
         [result] = await self.search_batch(collection, [query], top_k, rpc="SearchImages",
-                                           copy_detection=copy_detection)
+                                           copy_detection=copy_detection, breadth=breadth)
         if isinstance(result, RevsearchError):
             raise result
         return result
 
     async def search_batch(self, collection: str, queries: list[Query], top_k: int | None = None,
-                           rpc: str = "BatchSearchImages", copy_detection: bool | None = None
-                           ) -> list[SearchResult | RevsearchError]:
+                           rpc: str = "BatchSearchImages", copy_detection: bool | None = None,
+                           breadth: int | None = None) -> list[SearchResult | RevsearchError]:
         """One result or error per query. Image queries are prepared and embedded as one batch,
         and all query vectors go to the index in one call. copy_detection: None follows the
-        collection (on where it has copy detection), False searches the global vectors only."""
+        collection (on where it has copy detection), False searches the global vectors only.
+        breadth: the index's search breadth for this call (None: the collection's; checked before
+        any image is decoded)."""
         k = resolve_top_k(top_k, self.max_top_k)
         if not queries:
             raise InvalidArgument("queries is empty; give 1 to 64 queries")
         if len(queries) > MAX_BATCH_QUERIES:
             raise InvalidArgument(f"{len(queries)} queries given; at most {MAX_BATCH_QUERIES} per call")
         async with self._admission.slots(sum(q.image is not None for q in queries), rpc):
-            c = await self._collections.open(collection, MediaType.IMAGE)
+            c = (await self._collections.open(collection, MediaType.IMAGE)).with_breadth(breadth)
             return await self._search(c, queries, k, copy_detection)
 
     async def _search(self, c: Collection, queries: list[Query], k: int, copy_detection: bool | None = None

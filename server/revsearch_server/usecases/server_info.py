@@ -8,7 +8,9 @@ from .. import __version__
 from ..config import Settings
 from ..embedding.base import BackendKind, InferenceBackend
 from ..models import ModelSpec, ServedModels
-from ..validation import MAX_BATCH_QUERIES
+from ..index.base import VectorStore
+from ..validation import MAX_BATCH_QUERIES, MAX_IMPORT_ITEMS_PER_MESSAGE
+from ..vector_index import IndexType
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Limits:
     max_video_height: int
     max_video_frames: int
     max_batch_queries: int
+    max_import_items_per_message: int = MAX_IMPORT_ITEMS_PER_MESSAGE
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,18 @@ class ServerInfo:
     limits: Limits
     # Why default_model (models.resolve_default), e.g. "auto: ...".
     default_model_reason: str = ""
+    # The vector indexes the store builds, and a new collection's when none is asked for.
+    vector_index_types: tuple[IndexType, ...] = (IndexType.FLAT,)
+    default_vector_index: IndexType = IndexType.FLAT
 
 
 class DescribeServer:
     """Reads the live state on each call (the active backend changes on failover)."""
 
-    def __init__(self, settings: Settings, backend: InferenceBackend, models: ServedModels, vector_store: str):
+    def __init__(self, settings: Settings, backend: InferenceBackend, models: ServedModels, store: VectorStore):
         self._backend = backend
         self._models = models
-        self._store = vector_store
+        self._store = store
         self._fallback = settings.fallback
         s = settings
         self._limits = Limits(
@@ -58,5 +64,7 @@ class DescribeServer:
     def info(self) -> ServerInfo:
         return ServerInfo(version=__version__, backend=self._backend.kind, backend_detail=self._backend.describe(),
                           fallback=self._fallback, models=list(self._models.values()),
-                          default_model=self._models.default, vector_store=self._store, limits=self._limits,
-                          default_model_reason=self._models.default_reason)
+                          default_model=self._models.default, vector_store=self._store.describe(),
+                          limits=self._limits, default_model_reason=self._models.default_reason,
+                          vector_index_types=self._store.index_types(),
+                          default_vector_index=self._store.default_index_type)

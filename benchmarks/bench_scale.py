@@ -1,0 +1,392 @@
+"""A collection at 100k and 1M items through the public API: ImportVectors, search by vector and by
+image, recall against exact search, memory. Milvus Lite at 100k; the Milvus server (the embedded 2.3
+standalone the tests use) at 100k and 1M, one collection grown from one size to the next.
+
+Vectors with the structure of real embeddings, made once and cached outside git
+($REVSEARCH_CACHE or ~/.cache/revsearch, `scale/`):
+
+  real     EmbedImage with a copy-detection collection of efficientnet_lite0 named (the served model,
+           managed Triton): the 128-d PCA-whitened vector such collections store, of every shared LFW
+           image and one edit of it, every shared photo and each of its 16 edits, and every 3rd frame
+           of the shared clips and one edit of it (copy_edits: crops, rotations, captions, borders,
+           recolourings, re-compression; each edit seeded by the image's content).
+  held out the images whose content hash starts with 0 (1/16 of them, with their edits) are never
+           stored: 200 of their vectors are the queries.
+  items    row n < R (R: the stored real vectors) is real vector n; row n >= R is
+           normalize(real[b] + s * delta[d]), b and d uniform, s uniform in [0.5, 1.0], seeded: a real
+           image moved by a real edit's displacement (delta = embedding(edit of X) - embedding(X)) of
+           another image, so every stored vector lies where edited real images lie.
+  gaussian a second, labelled row at 100k: isotropic Gaussian 128-d vectors, normalised.
+
+Per backend and size: ImportVectors rows/s (one client stream, 1,000 items a message); time until
+the last imported item is found; on the server, time until flushed, indexed (HNSW, the default) and
+loaded; recall@20 of the 200 queries against exact search (numpy over the same vectors, float16-
+rounded where the store keeps float16; a hit counts when it is in the true top 20 or ties the 20th
+within 1e-3); single-query p50 / p99 (300 sequential searches by vector, top 20); vector queries/s
+at concurrency 16, 32 and 64 (8 s each); RSS of the store's processes and of the revsearch server.
+At the server's largest size: SearchImages by image without copy detection against EmbedImage alone
+with the same model, 16 callers, interleaved rounds (Triton on the same two cores).
+Writes benchmarks/results/scale.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from common import (LFW, SHARED_DATA, VIDEO, ServerControl, log, machine, now_utc, process_tree, rss_kb,
+                    start_milvus_server, start_server, stop_milvus_server, stop_server, write_results)
+from revsearch.client import AsyncSearchClient, VectorInput
+from revsearch.copy_distractors import cache_dir
+from revsearch.copy_edits import ALL_EDITS, edited_bytes
+
+MODEL = "efficientnet_lite0"
+QUERIES = 200
+TOP_K = 20
+VERSION = 1
+
+
+# -- vectors ------------------------------------------------------------------------------------------
+def _frames(step: int = 3) -> list[bytes]:
+    import cv2
+
+    out = []
+    for clip in sorted(VIDEO.glob("*.mp4")):
+        cap = cv2.VideoCapture(str(clip))
+        n = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if n % step == 0:
+                ok, jpg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+                out.append(jpg.tobytes())
+            n += 1
+        cap.release()
+    return out
+
+
+def _images() -> list[tuple[str, bytes, int]]:
+    """(group digest, JPEG bytes, original's index or -1) of every real image and its edits, in a fixed order."""
+    out: list[tuple[str, bytes, int]] = []
+
+    def add(data: bytes, edits: list[str]) -> None:
+        digest = hashlib.sha256(data).hexdigest()
+        first = len(out)
+        out.append((digest, data, -1))
+        for e in edits:
+            out.append((digest, edited_bytes(data, e), first))
+
+    photos = sorted((SHARED_DATA / "photos").glob("*.jpg"))
+    for p in photos:
+        add(p.read_bytes(), [e for e in ALL_EDITS if e != "original"])
+    for p in sorted(LFW.rglob("*.jpg")):
+        data = p.read_bytes()
+        add(data, [ALL_EDITS[1 + int(hashlib.sha256(data).hexdigest()[:4], 16) % (len(ALL_EDITS) - 1)]])
+    for data in _frames():
+        add(data, [ALL_EDITS[1 + int(hashlib.sha256(data).hexdigest()[:4], 16) % (len(ALL_EDITS) - 1)]])
+    return out
+
+
+async def _embed_all(address: str, images: list[bytes], concurrency: int = 16) -> np.ndarray:
+    out = np.zeros((len(images), 128), np.float32)
+    async with AsyncSearchClient(address, timeout=300) as client:
+        await client.create_collection("scale_embedder", model=MODEL, exist_ok=True)
+        nxt = [0]
+
+        async def worker():
+            while nxt[0] < len(images):
+                i = nxt[0]
+                nxt[0] += 1
+                resp = await client.embed(images[i], collection="scale_embedder")
+                out[i] = resp.vector
+                if i % 2000 == 0:
+                    log(f"  embedded {i}/{len(images)}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return out
+
+
+def real_vectors(address: str) -> dict:
+    """The cached real vectors (made through `address` the first time)."""
+    path = cache_dir() / "scale" / f"real_v{VERSION}.npz"
+    if path.is_file():
+        data = np.load(path)
+        return {k: data[k] for k in data.files}
+    images = _images()
+    log(f"embedding {len(images)} real images (cached in {path})")
+    vectors = asyncio.run(_embed_all(address, [b for _, b, _ in images]))
+    held = np.array([d.startswith("0") for d, _, _ in images])
+    original = np.array([o for _, _, o in images])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, vectors=vectors, held_out=held, original=original)
+    return {"vectors": vectors, "held_out": held, "original": original}
+
+
+def build_items(real: dict, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(items [size, 128], queries [QUERIES, 128]) as the module docstring says."""
+    vectors, held, original = real["vectors"], real["held_out"], real["original"]
+    stored = vectors[~held]
+    edited = np.flatnonzero((original >= 0) & ~held)
+    deltas = vectors[edited] - vectors[original[edited]]
+    rng = np.random.default_rng(seed)
+    queries = vectors[rng.choice(np.flatnonzero(held), QUERIES, replace=False)]
+    if size <= len(stored):
+        return stored[:size].copy(), queries
+    extra = size - len(stored)
+    out = np.empty((size, vectors.shape[1]), np.float32)
+    out[:len(stored)] = stored
+    for start in range(0, extra, 100_000):
+        n = min(100_000, extra - start)
+        b = rng.integers(0, len(stored), n)
+        d = rng.integers(0, len(deltas), n)
+        s = rng.uniform(0.5, 1.0, n).astype(np.float32)[:, None]
+        v = stored[b] + s * deltas[d]
+        out[len(stored) + start:len(stored) + start + n] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out, queries
+
+
+def gaussian_items(size: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((size + QUERIES, 128)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v[:size], v[size:]
+
+
+def exact_top(items: np.ndarray, queries: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
+    scores = queries @ items.T
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1)
+    top = np.take_along_axis(top, order, 1)
+    return top, np.take_along_axis(scores, top, 1)
+
+
+# -- measurements ---------------------------------------------------------------------------------------
+def _id(n: int) -> str:
+    return f"s{n}"
+
+
+async def import_rows(client: AsyncSearchClient, collection: str, items: np.ndarray, start: int, model: str,
+                      version: str) -> dict:
+    t0 = time.perf_counter()
+    resp = await client.import_vectors(collection, (VectorInput(id=_id(start + n), vector=v) for n, v in
+                                                    enumerate(items)), model=model, model_version=version)
+    elapsed = time.perf_counter() - t0
+    assert resp.imported == len(items) and resp.failed == 0, (resp.imported, resp.failed, list(resp.failures)[:3])
+    t1 = time.perf_counter()
+    while (await client.search(collection, vector=items[-1], top_k=1)).hits[0].id != _id(start + len(items) - 1):
+        await asyncio.sleep(0.05)
+    return {"rows": len(items), "seconds": round(elapsed, 2), "rows_per_s": round(len(items) / elapsed),
+            "searchable_after_s": round(time.perf_counter() - t1, 3)}
+
+
+async def recall(client: AsyncSearchClient, collection: str, items: np.ndarray, queries: np.ndarray,
+                 float16: bool) -> dict:
+    ref = items.astype(np.float16).astype(np.float32) if float16 else items
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    top, scores = exact_top(ref, queries)
+    found = []
+    for q, t, s in zip(queries, top, scores):
+        hits = (await client.search(collection, vector=q, top_k=TOP_K)).hits
+        truth = {_id(int(i)) for i in t}
+        found.append(sum(1 for h in hits if h.id in truth or h.score >= s[-1] - 1e-3) / TOP_K)
+    return {"recall_at_20": round(float(np.mean(found)), 4), "queries": len(queries)}
+
+
+async def latency(client: AsyncSearchClient, collection: str, queries: np.ndarray, n: int = 300) -> dict:
+    for q in queries[:10]:
+        await client.search(collection, vector=q, top_k=TOP_K)
+    ms = []
+    for i in range(n):
+        t = time.perf_counter()
+        await client.search(collection, vector=queries[i % len(queries)], top_k=TOP_K)
+        ms.append((time.perf_counter() - t) * 1000)
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "queries": n}
+
+
+async def saturate(concurrency: int, seconds: float, call) -> dict:
+    done, errors = [0], [0]
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(w: int):
+        i = w
+        while time.perf_counter() < stop_at:
+            try:
+                await call(i)
+                done[0] += 1
+            except Exception:  # counted, never hidden
+                errors[0] += 1
+            i += concurrency
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return {"per_s": round(done[0] / (time.perf_counter() - t0), 1), "errors": errors[0]}
+
+
+async def throughput(address: str, collection: str, queries: np.ndarray, seconds: float) -> dict:
+    out = {}
+    async with AsyncSearchClient(address, timeout=120) as client:
+        for c in (16, 32, 64):
+            out[f"c{c}"] = await saturate(c, seconds, lambda i: client.search(
+                collection, vector=queries[i % len(queries)], top_k=TOP_K))
+    return out
+
+
+async def images_vs_embed(address: str, collection: str, images: list[bytes], rounds: int, seconds: float) -> dict:
+    async with AsyncSearchClient(address, timeout=120) as client:
+        for b in images[:16]:
+            await client.embed(b, collection=collection)
+            await client.search(collection, image=b, top_k=TOP_K, copy_detection=False)
+        per_round = []
+        for r in range(rounds):
+            row = {}
+            for w in (("embed", "search") if r % 2 == 0 else ("search", "embed")):
+                call = ((lambda i: client.embed(images[i % len(images)], collection=collection)) if w == "embed" else
+                        (lambda i: client.search(collection, image=images[i % len(images)], top_k=TOP_K,
+                                                 copy_detection=False)))
+                row[w] = await saturate(16, seconds, call)
+            row["ratio"] = round(row["search"]["per_s"] / row["embed"]["per_s"], 3)
+            per_round.append(row)
+            log(f"  images round {r + 1}: search {row['search']['per_s']}/s, embed {row['embed']['per_s']}/s")
+    return {"rounds": per_round, "ratio_median": statistics.median(r["ratio"] for r in per_round)}
+
+
+def server_rss_mb(pid: int) -> dict:
+    tree = process_tree(pid)
+    own = rss_kb(pid) / 1024
+    return {"server_mb": round(own), "server_children_mb": round(sum(rss_kb(p) for p in tree[1:]) / 1024)}
+
+
+def lite_rss_mb(data_dir: str) -> float:
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "milvus" in cmd and data_dir in cmd and "revsearch" not in cmd:
+                return round(rss_kb(int(p.name)) / 1024)
+    return 0.0
+
+
+# -- runs --------------------------------------------------------------------------------------------
+async def run_backend(address: str, name: str, sizes: list[int], real: dict, store_mb, float16: bool,
+                      control_uri: str | None, seconds: float, kind: str = "real") -> list[dict]:
+    rows = []
+    async with AsyncSearchClient(address, timeout=600) as client:
+        coll = (await client.create_collection(name, model=MODEL)).collection
+        log(f"{name}: {coll.vector_index_detail}")
+        have = 0
+        for size in sizes:
+            items, queries = build_items(real, size) if kind == "real" else gaussian_items(size)
+            row = {"collection": name, "vectors": kind, "size": size, "index": coll.vector_index_detail}
+            row["import"] = await import_rows(client, name, items[have:], have, coll.model, coll.model_version)
+            log(f"{name} {size}: imported {row['import']}")
+            have = size
+            if control_uri:
+                control = ServerControl(control_uri, f"revsearch_{name}")
+                row["index_build"] = await asyncio.to_thread(control.flush_and_wait, size)
+                control.close()
+                log(f"{name} {size}: {row['index_build']}")
+            row["recall"] = await recall(client, name, items, queries, float16)
+            row["latency"] = await latency(client, name, queries)
+            row["throughput"] = await throughput(address, name, queries, seconds)
+            row["memory"] = {"store_mb": store_mb()}
+            log(f"{name} {size}: {row['recall']} {row['latency']} {row['throughput']} {row['memory']}")
+            rows.append(row)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lite-sizes", default="100000")
+    parser.add_argument("--server-sizes", default="100000,1000000")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
+    parser.add_argument("--image-rounds", type=int, default=2)
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: lite, server, gaussian, images")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    load_before = os.getloadavg()
+    result = {"date": now_utc(), "machine": machine(), "load_avg_before": load_before, "model": MODEL,
+              "runs": [], "method": __doc__}
+    photos = [p.read_bytes() for p in sorted((SHARED_DATA / "photos").glob("*.jpg"))]
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        if "lite" not in skip:
+            proc, address = start_server([], f"{tmp}/lite", allow_untrained=False)
+            try:
+                real = real_vectors(address)
+                result["real_vectors"] = {"count": int(len(real["vectors"])), "held_out": int(real["held_out"].sum())}
+                sizes = [int(s) for s in args.lite_sizes.split(",") if s]
+                result["runs"] += asyncio.run(run_backend(address, "scale_lite", sizes, real,
+                                                          lambda: lite_rss_mb(f"{tmp}/lite"), True, None, args.seconds))
+                result["runs"][-1]["memory"].update(server_rss_mb(proc.pid))
+            finally:
+                stop_server(proc)
+        if "server" not in skip:
+            mproc, uri = start_milvus_server(Path(tmp) / "milvus-server")
+            try:
+                proc, address = start_server(["--milvus-uri", uri], f"{tmp}/server", allow_untrained=False)
+                try:
+                    real = real_vectors(address)
+                    sizes = [int(s) for s in args.server_sizes.split(",") if s]
+                    store_mb = lambda: round(sum(rss_kb(p) for p in process_tree(mproc.pid)) / 1024)  # noqa: E731
+                    runs = asyncio.run(run_backend(address, "scale_server", sizes, real, store_mb, False, uri,
+                                                   args.seconds))
+                    runs[-1]["memory"].update(server_rss_mb(proc.pid))
+                    if "images" not in skip:
+                        runs[-1]["images_vs_embed"] = asyncio.run(images_vs_embed(
+                            address, "scale_server", photos, args.image_rounds, 10.0))
+                    result["runs"] += runs
+                    if "gaussian" not in skip:
+                        result["runs"] += asyncio.run(run_backend(address, "scale_gaussian", [100_000], real, store_mb,
+                                                                  False, uri, args.seconds, kind="gaussian"))
+                finally:
+                    stop_server(proc)
+            finally:
+                stop_milvus_server(mproc)
+    result["load_avg_after"] = os.getloadavg()
+    write_results("scale", result, markdown(result))
+    print(markdown(result))
+    return 0
+
+
+def markdown(result: dict) -> str:
+    md = [f"# A collection at 100k and 1M items ({result['model']} vectors, 128-d)", "",
+          f"{result['date']}; load average {result['load_avg_before'][0]:.2f} before, "
+          f"{result['load_avg_after'][0]:.2f} after; 2 cores. Method: benchmarks/bench_scale.py's docstring.", "",
+          "| store | vectors | items | index | import rows/s | searchable after | indexed + loaded | recall@20 | "
+          "p50 / p99 ms | q/s c16 / c32 / c64 | store RSS MB |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["runs"]:
+        build = r.get("index_build", {})
+        t = r["throughput"]
+        md.append(f"| {'Milvus Lite' if 'lite' in r['collection'] else 'Milvus 2.3 server'} | {r['vectors']} | "
+                  f"{r['size']:,} | {r['index'].split(',')[0]} | {r['import']['rows_per_s']:,} | "
+                  f"{r['import']['searchable_after_s']} s | "
+                  f"{(str(build.get('indexed_and_loaded_s')) + ' s') if build else '-'} | "
+                  f"{r['recall']['recall_at_20']} | {r['latency']['p50_ms']} / {r['latency']['p99_ms']} | "
+                  f"{t['c16']['per_s']} / {t['c32']['per_s']} / {t['c64']['per_s']} | {r['memory']['store_mb']} |")
+    for r in result["runs"]:
+        if "images_vs_embed" in r:
+            iv = r["images_vs_embed"]
+            md += ["", f"Image queries (SearchImages by image, copy detection off) at {r['size']:,} items against "
+                       f"EmbedImage alone, 16 callers: ratio {iv['ratio_median']} (rounds: "
+                       + ", ".join(f"search {x['search']['per_s']}/s vs embed {x['embed']['per_s']}/s"
+                                   for x in iv["rounds"]) + ")."]
+    return "\n".join(md) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
