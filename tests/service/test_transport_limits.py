@@ -145,3 +145,22 @@ def test_calls_beyond_the_concurrency_cap_are_refused_with_a_retry_hint_not_queu
             h.close()
         time.sleep(0.2)
         assert _code(lambda: _info(channel)) == grpc.StatusCode.OK
+
+
+def test_one_client_with_128_concurrent_calls_gets_every_answer(fake_server):
+    """Busy clients share one connection: at the old limit of 100 streams, 128 callers on one channel got
+    thousands of UNAVAILABLE (REFUSED_STREAM) answers within seconds, though never 100 calls were open."""
+    import asyncio
+
+    from revsearch.client import AsyncSearchClient
+
+    async def run() -> list:
+        async with AsyncSearchClient(fake_server.address, timeout=60) as client:
+            async def caller():
+                return [await client.info() for _ in range(15)]
+
+            return await asyncio.gather(*(caller() for _ in range(128)), return_exceptions=True)
+
+    results = asyncio.run(run())
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not failures and sum(len(r) for r in results) == 128 * 15

@@ -77,8 +77,9 @@ class VectorIndex(Protocol):
     async def get(self, ids: list[str]) -> dict[str, Record]:
         """The stored records among ids (with vectors)."""
 
-    async def existing_ids(self, ids: list[str]) -> set[str]:
-        """The ids among ids that are stored (without fetching their rows)."""
+    async def existing_ids(self, ids: list[str], recent: bool = True) -> set[str]:
+        """The ids among ids that are stored (without fetching their rows). recent=False may miss rows
+        written in the last seconds, and answers without waiting for them (bulk imports)."""
 
     async def delete(self, ids: list[str]) -> list[str]:
         """Deletes; returns the ids that existed."""

@@ -122,7 +122,7 @@ class ExactKnnIndex:
     async def get(self, ids: list[str]) -> dict[str, Record]:
         return {i: self._records[i] for i in ids if i in self._records}
 
-    async def existing_ids(self, ids: list[str]) -> set[str]:
+    async def existing_ids(self, ids: list[str], recent: bool = True) -> set[str]:
         return {i for i in ids if i in self._records}
 
     async def delete(self, ids: list[str]) -> list[str]:
