@@ -405,7 +405,8 @@ def main() -> int:
 def markdown(result: dict) -> str:
     md = [f"# A collection at 100k and 1M items ({result['model']} vectors, 128-d)", "",
           f"{result['date']}; load average {result['load_avg_before'][0]:.2f} before, "
-          f"{result['load_avg_after'][0]:.2f} after; 2 cores. Method: benchmarks/bench_scale.py's docstring.", "",
+          f"{result['load_avg_after'][0]:.2f} after; 2 cores. Method: benchmarks/bench_scale.py's docstring."
+          + (f" {result['merged']}" if result.get("merged") else ""), "",
           "| store | vectors | items | index | import rows/s | searchable after | indexed + loaded | recall@20 | "
           "p50 / p99 ms | q/s c16 / c32 / c64 | store RSS MB |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -270,3 +270,12 @@ def test_auto_prefers_a_trained_resnet50_then_efficientnet():
     assert served.default_reason == "--default-model efficientnet_lite0"
     with pytest.raises(ModelsUnavailable, match="not servable"):
         resolve_default({"efficientnet_lite0": eff}, "resnet50")
+
+
+def test_the_longest_stored_feature_blob_fits_the_column_of_new_collections():
+    """index/milvus.py sizes new collections' local_features column for format 2 (the longest blob it writes)."""
+    from revsearch_server.index.milvus import _FEATURES_MAX
+
+    widest = copies.LocalFeatures(np.full((copies.STORED_FEATURES, 2), 319, np.float32),
+                                  np.full((copies.STORED_FEATURES, 32), 255, np.uint8))
+    assert len(widest.encode()) <= _FEATURES_MAX

@@ -59,7 +59,12 @@ _MISSING_COLLECTION = re.compile(r"collection not found|can't find collection|Co
 _NO_FACE_COUNT, _NO_TIMESTAMP = 0, -1.0
 # Row keys: a 64-character item id plus "~<face>" in crop mode "all" (see rows.py).
 _ID_MAX, _URI_MAX = 80, 2048
-_FEATURES_MAX = 65535  # Milvus's longest VARCHAR; copies.py's format 1 took up to 14.4 KB, format 2 about 3 KB
+# New collections' local_features: copies.py writes format 2 only, at most 4,207 characters (280
+# keypoints); format 1 (up to 14.4 KB) lives only in collections created before, which keep their schema
+# (65,535). A tighter limit can let Milvus seal larger segments (a bare three-field schema: 82-86k rows
+# a segment at 65,535, 165k at 8,192), but with the full schema an import still sealed segments of about
+# 54k rows (benchmarks/results/scale.md): the 17 segments of a million items come from elsewhere.
+_FEATURES_MAX = 8192
 
 
 def milvus_name(name: str) -> str:
