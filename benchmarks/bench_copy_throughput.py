@@ -35,38 +35,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import SHARED_DATA, log, machine, now_utc, start_server, stop_server, write_results
+from common import SHARED_DATA, log, machine, now_utc, saturate, start_server, stop_server, write_results
 from revsearch.client import AsyncSearchClient, ImageInput
 from revsearch.copy_edits import ALL_EDITS, edited_bytes
 from revsearch.loadtest import distinct_jpeg
 from revsearch_server import copies
 
 WORKLOADS = ("embed", "index", "index_stream", "search", "search_edited")
-
-
-async def _saturate(concurrency: int, seconds: float, call) -> dict:
-    """`concurrency` callers running call(n) back to back for `seconds`: requests/s and latencies."""
-    latencies: list[float] = []
-    errors: list[str] = []
-    counter = [0]
-    stop_at = time.perf_counter() + seconds
-
-    async def worker():
-        while time.perf_counter() < stop_at:
-            counter[0] += 1
-            t = time.perf_counter()
-            try:
-                await call(counter[0])
-                latencies.append(time.perf_counter() - t)
-            except Exception as exc:  # counted and reported, never hidden
-                errors.append(type(exc).__name__)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    lat = np.array(latencies or [0.0]) * 1000
-    return {"per_s": len(latencies) / elapsed, "requests": len(latencies), "errors": len(errors),
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 
 async def run_rounds(address: str, model: str, gallery: list[bytes], edited: list[bytes], rounds: int,
@@ -129,7 +104,7 @@ async def run_rounds(address: str, model: str, gallery: list[bytes], edited: lis
             row = {"round": r + 1, "order": list(order), "load_avg_before": os.getloadavg()[0]}
             for workload in order:
                 row[workload] = (await index_stream(seconds) if workload == "index_stream"
-                                 else await _saturate(concurrency, seconds, calls[workload]))
+                                 else await saturate(concurrency, seconds, calls[workload]))
                 log(f"round {r + 1} {workload:14s} {row[workload]['per_s']:6.1f}/s  p50 {row[workload]['p50_ms']:.0f} ms"
                     f"  errors {row[workload]['errors']}")
             await client.drop_collection(name)

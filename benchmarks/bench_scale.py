@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import (LFW, SHARED_DATA, VIDEO, ServerControl, log, machine, now_utc, process_tree, rss_kb,
+from common import (LFW, SHARED_DATA, VIDEO, ServerControl, log, machine, now_utc, process_tree, rss_kb, saturate,
                     start_milvus_server, start_server, stop_milvus_server, stop_server, write_results)
 from revsearch.client import AsyncSearchClient, ImageInput, VectorInput
 from revsearch.copy_distractors import cache_dir
@@ -223,28 +223,6 @@ async def latency(client: AsyncSearchClient, collection: str, queries: np.ndarra
             "queries": n}
 
 
-async def saturate(concurrency: int, seconds: float, call) -> dict:
-    done, errors = [0], [0]
-    kinds: dict[str, int] = {}
-    stop_at = time.perf_counter() + seconds
-
-    async def worker(w: int):
-        i = w
-        while time.perf_counter() < stop_at:
-            try:
-                await call(i)
-                done[0] += 1
-            except Exception as exc:  # counted and named, never hidden
-                errors[0] += 1
-                kind = f"{type(exc).__name__}: {str(getattr(exc, 'details', '') or exc)[:120]}"
-                kinds[kind] = kinds.get(kind, 0) + 1
-            i += concurrency
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return {"per_s": round(done[0] / (time.perf_counter() - t0), 1), "errors": errors[0], "error_kinds": kinds}
-
-
 async def throughput(address: str, collection: str, queries: np.ndarray, seconds: float) -> dict:
     out = {}
     async with AsyncSearchClient(address, timeout=120) as client:
@@ -289,7 +267,7 @@ async def images_vs_embed(address: str, collection: str, images: list[bytes], ro
                 row[w] = await saturate(16, seconds, call)
             row["ratio"] = round(row["search"]["per_s"] / row["embed"]["per_s"], 3)
             per_round.append(row)
-            log(f"  images round {r + 1}: search {row['search']['per_s']}/s, embed {row['embed']['per_s']}/s")
+            log(f"  images round {r + 1}: search {row['search']['per_s']:.1f}/s, embed {row['embed']['per_s']:.1f}/s")
     return {"rounds": per_round, "ratio_median": statistics.median(r["ratio"] for r in per_round)}
 
 
@@ -420,7 +398,7 @@ def markdown(result: dict) -> str:
                   f"{r['import']['searchable_after_s']} s | "
                   f"{(str(build.get('indexed_and_loaded_s')) + ' s') if build else '-'} | "
                   f"{r['recall']['recall_at_20']} | {r['latency']['p50_ms']} / {r['latency']['p99_ms']} | "
-                  f"{t['c16']['per_s']} / {t['c32']['per_s']} / {t['c64']['per_s']} | {r['memory']['store_mb']} |")
+                  f"{t['c16']['per_s']:.1f} / {t['c32']['per_s']:.1f} / {t['c64']['per_s']:.1f} | {r['memory']['store_mb']} |")
     for r in result["runs"]:
         if "copy_searches" in r:
             cs = r["copy_searches"]
@@ -432,7 +410,7 @@ def markdown(result: dict) -> str:
             iv = r["images_vs_embed"]
             md += ["", f"Image queries (SearchImages by image, copy detection off) at {r['size']:,} items against "
                        f"EmbedImage alone, 16 callers: ratio {iv['ratio_median']:.2f} (rounds: "
-                       + ", ".join(f"search {x['search']['per_s']}/s vs embed {x['embed']['per_s']}/s"
+                       + ", ".join(f"search {x['search']['per_s']:.1f}/s vs embed {x['embed']['per_s']:.1f}/s"
                                    for x in iv["rounds"]) + ")."]
     errors = {f"{r['collection']} {r['size']:,} {c}": t["error_kinds"] for r in result["runs"]
               for c, t in r["throughput"].items() if t.get("errors")}

@@ -180,6 +180,34 @@ def tree_rss_mb(pid: int) -> float:
     return sum(rss_kb(p) for p in process_tree(pid)) / 1024
 
 
+# -- callers at saturation -----------------------------------------------------------------------------
+async def saturate(concurrency: int, seconds: float, call) -> dict:
+    """`concurrency` callers running call(n) back to back for `seconds`, n unique per call: requests/s,
+    latency p50 / p99 (ms) of the answered calls, and the failed ones counted by kind (never hidden)."""
+    latencies: list[float] = []
+    kinds: dict[str, int] = {}
+    counter = [0]
+    stop_at = time.perf_counter() + seconds
+
+    async def worker():
+        while time.perf_counter() < stop_at:
+            counter[0] += 1
+            t = time.perf_counter()
+            try:
+                await call(counter[0])
+                latencies.append(time.perf_counter() - t)
+            except Exception as exc:  # counted and named
+                kind = f"{type(exc).__name__}: {str(getattr(exc, 'details', '') or exc)[:120]}"
+                kinds[kind] = kinds.get(kind, 0) + 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    lat = np.array(latencies or [0.0]) * 1000
+    return {"per_s": len(latencies) / elapsed, "requests": len(latencies), "errors": sum(kinds.values()),
+            "error_kinds": kinds, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
 # -- EmbedImage at saturation ------------------------------------------------------------------------
 async def embed_at_saturation(address: str, images: list[bytes], concurrency: int, seconds: float,
                               model: str = "") -> dict:

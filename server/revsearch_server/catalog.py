@@ -140,8 +140,6 @@ class CollectionSpec:
                 and (not index_asked or self.vector_index == other.vector_index))
 
 
-
-
 def validate_name(name: str) -> str:
     if not name:
         raise InvalidArgument("collection name is required")

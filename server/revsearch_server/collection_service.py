@@ -92,10 +92,13 @@ class Collections:
         spec, index = await self._catalog.get(name)
         return await self._info(spec, index)
 
+    def empty(self, spec: CollectionSpec) -> CollectionInfo:
+        """A collection just created: nothing stored, no store call needed."""
+        return CollectionInfo(spec, 0, 0, *self._catalog.vector_index(spec))
+
     async def _info(self, spec: CollectionSpec, index: VectorIndex) -> CollectionInfo:
-        vector_index, detail = self._catalog.vector_index(spec)
         imported = 0 if spec.is_video or spec.crop_mode is CropMode.ALL_FACES else await index.count_imported()
-        return CollectionInfo(spec, await index.count(), imported, vector_index, detail)
+        return CollectionInfo(spec, await index.count(), imported, *self._catalog.vector_index(spec))
 
     async def list(self, visible: Callable[[str], bool] = lambda name: True) -> list[CollectionInfo]:
         """The collections whose names `visible` accepts (counted: two store calls each)."""

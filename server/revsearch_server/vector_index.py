@@ -92,9 +92,10 @@ class VectorIndexSpec:
         return spec
 
     @classmethod
-    def legacy(cls, lite: bool) -> "VectorIndexSpec":
-        """What a collection created before the choice uses."""
-        return cls() if lite else cls(type=IndexType.AUTOINDEX, search_breadth=LEGACY_EF)
+    def legacy(cls, lite: bool, ef: int = LEGACY_EF) -> "VectorIndexSpec":
+        """What a collection created before the choice uses: Lite's FLAT, a server's AUTOINDEX searched
+        with ef (the server's --milvus-search-ef)."""
+        return cls() if lite else cls(type=IndexType.AUTOINDEX, search_breadth=ef)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"type": self.type.value}

@@ -136,8 +136,7 @@ class MilvusStore:
     def legacy_index(self) -> VectorIndexSpec:
         """What collections created before the index could be chosen use: Lite's FLAT, a server's
         AUTOINDEX searched with --milvus-search-ef."""
-        spec = VectorIndexSpec.legacy(self.is_lite)
-        return spec if self.is_lite else VectorIndexSpec(IndexType.AUTOINDEX, search_breadth=self.search_ef)
+        return VectorIndexSpec.legacy(self.is_lite, self.search_ef)
 
     def _connect(self):
         from pymilvus import MilvusClient

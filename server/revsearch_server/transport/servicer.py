@@ -37,7 +37,7 @@ class SearchServicer:
     # -- collections -----------------------------------------------------------------------
     async def CreateCollection(self, request, context):
         spec, created = await self._collections.create(**convert.create_collection_args(request))
-        info = await self._collections.describe(spec.name)
+        info = self._collections.empty(spec) if created else await self._collections.describe(spec.name)
         return pb.CreateCollectionResponse(collection=convert.collection_pb(info), created=created)
 
     async def ListCollections(self, request, context):

@@ -58,6 +58,10 @@ class ManageCollections:
         return await self._collections.create(name, spec, crop_mode, index_kind, description, exist_ok, options,
                                               media_type, sampling, len(VIEWS) if copies else 0, vector_index)
 
+    def empty(self, spec: CollectionSpec) -> CollectionInfo:
+        """What DescribeCollection shows of a collection just created (no store call)."""
+        return self._collections.empty(spec)
+
     async def describe(self, name: str) -> CollectionInfo:
         """Settings, stored vector count, imported items and the vector index in use."""
         return await self._collections.describe(name)
