@@ -1,5 +1,5 @@
-"""The `revsearch` command line: serve, index, import, search, index-videos, search-video, info, collections,
-drop, eval, loadtest.
+"""The `revsearch` command line: serve, index, import, search, get, ls, update, delete, embed, index-videos,
+search-video, info, collections, drop, eval, loadtest.
 
 Every command but `serve` reaches the server through one Security (TLS, mutual TLS, API key) built from the
 global --tls* and --api-key flags, which default from the REVSEARCH_TLS* and REVSEARCH_API_KEY variables.
@@ -60,6 +60,15 @@ def vector_index_from_args(args) -> dict | None:
     if args.vector_index:
         options["type"] = args.vector_index
     return options or None
+
+
+FILTER_HELP = ('only items that match, AIP-160 over metadata.<key>, uri, id, create_time: '
+               'e.g. \'metadata.tenant = "acme" AND metadata.year >= 2020\'')
+
+
+def add_filter_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--filter", default="", help=FILTER_HELP)
+    parser.add_argument("--min-score", type=float, help="leave out hits scoring below this cosine (-1..1)")
 
 
 def add_vector_index_flags(parser: argparse.ArgumentParser) -> None:
@@ -183,11 +192,12 @@ def cmd_import(client: SearchClient, args) -> int:
 def cmd_search(client: SearchClient, args) -> int:
     query = Path(args.image).read_bytes()
     if client.describe_collection(args.collection).media_type == pb.MEDIA_TYPE_VIDEO:
-        videos = client.search_videos(args.collection, image=query, top_k=args.top_k)
+        videos = client.search_videos(args.collection, image=query, top_k=args.top_k, filter=args.filter,
+                                      min_score=args.min_score)
         return show_video_hits(args, args.image, videos, query_image=query)
     resp = client.search(args.collection, image=query, top_k=args.top_k,
                          copy_detection=False if args.no_copy_detection else None,
-                         search_breadth=args.search_breadth)
+                         search_breadth=args.search_breadth, filter=args.filter, min_score=args.min_score)
     backend = name_of(INFERENCE_BACKENDS, resp.inference_backend)
     if not resp.model_trained:
         warn_untrained(resp.model)
@@ -228,11 +238,7 @@ def _video_collection(client: SearchClient, args) -> tuple[pb.Collection | None,
     """The video collection to index into (created with --create when missing), or None and the exit code."""
     try:
         coll = client.describe_collection(args.collection)
-    except NotFoundError:
-        if not args.create:
-            err.print(f"[bold red]error:[/] NOT_FOUND: collection {args.collection!r} does not exist; add --create "
-                      "to create it as a video collection")
-            return None, 3
+    except NotFoundError:  # created like `index` creates an image collection
         sampling = {k: v for k, v in (("frames", args.frames), ("mode", args.mode)) if v is not None}
         created = client.create_collection(args.collection, model=args.model, crop_mode=args.crop,
                                            media_type="video", video_sampling=sampling or None, exist_ok=True)
@@ -373,7 +379,7 @@ def cmd_search_video(client: SearchClient, args) -> int:
     if not clip.is_file():
         raise FileNotFoundError(f"no such file: {clip}")
     resp = client.search_videos(args.collection, clip=clip, top_k=args.top_k, ranking=args.ranking,
-                                frames=args.frames, mode=args.mode)
+                                frames=args.frames, mode=args.mode, filter=args.filter, min_score=args.min_score)
     return show_video_hits(args, args.clip, resp, query_clip=str(clip))
 
 
@@ -433,6 +439,120 @@ def cmd_collections(client: SearchClient, args) -> int:
     return 0
 
 
+def image_dict(image: pb.Image) -> dict:
+    """An item as `get` and `ls` print it."""
+    d = {"id": image.id, "uri": image.uri, "metadata": struct_to_dict(image.metadata), "sha256": image.sha256,
+         "create_time": image.create_time.ToJsonString(), "imported": image.imported}
+    if image.face_boxes:
+        d["face_boxes"] = [_box_dict(b) for b in image.face_boxes]
+    if image.HasField("vector"):
+        d["vector"] = [round(v, 6) for v in image.vector.values]
+    return d
+
+
+def _items_table(images: list[dict], title: str) -> Table:
+    table = Table("id", "uri", "metadata", "created", title=title)
+    for d in images:
+        table.add_row(d["id"], d["uri"], json.dumps(d["metadata"], ensure_ascii=False), d["create_time"])
+    return table
+
+
+def cmd_get(client: SearchClient, args) -> int:
+    resp = client.get_images(args.collection, args.ids, include_vectors=args.vectors)
+    images = [image_dict(i) for i in resp.images]
+    if args.json:
+        print(json.dumps({"images": images, "not_found_ids": list(resp.not_found_ids)}, indent=2, ensure_ascii=False))
+    else:
+        out.print(_items_table(images, f"{args.collection}: {len(images)} of {len(args.ids)}"))
+        for i in resp.not_found_ids:
+            err.print(f"[yellow]not found: {i}[/]")
+    return 0 if not resp.not_found_ids else 1
+
+
+def cmd_ls(client: SearchClient, args) -> int:
+    """Every matching item (or the first --limit), paging on its own; JSON Lines with --json."""
+    shown: list[dict] = []
+    for image in client.iter_images(args.collection, filter=args.filter, page_size=args.page_size,
+                                    include_vectors=args.vectors):
+        d = image_dict(image)
+        if args.json:
+            print(json.dumps(d, ensure_ascii=False))
+        else:
+            shown.append(d)
+        if args.limit and len(shown) >= args.limit:
+            break
+    if not args.json:
+        title = f"{args.collection}: {len(shown)} items" + (f" matching {args.filter}" if args.filter else "")
+        out.print(_items_table(shown, title))
+    return 0
+
+
+def _parse_value(text: str):
+    """--set key=value: JSON when it parses (numbers, true, lists, quoted strings), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def cmd_update(client: SearchClient, args) -> int:
+    """Sets and removes metadata keys of items (a merge: other keys stay), or replaces it with --replace."""
+    metadata, paths = {}, []
+    for assignment in args.set or []:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            err.print(f"[bold red]error:[/] --set takes key=value, got {assignment!r}")
+            return 2
+        node = metadata
+        for part in key.split(".")[:-1]:
+            node = node.setdefault(part, {})
+        node[key.split(".")[-1]] = _parse_value(value)
+        paths.append(f"metadata.{key}")
+    paths += [f"metadata.{key}" for key in args.unset or []]
+    if args.replace:
+        paths = ["metadata"]
+    if args.uri is not None:
+        paths.append("uri")
+    if not paths:
+        err.print("[bold red]error:[/] nothing to change: give --set, --unset, --replace or --uri")
+        return 2
+    resp = client.update_images(args.collection, [{"id": i, "metadata": metadata, "uri": args.uri or ""}
+                                                  for i in args.ids], paths)
+    results = [{"id": r.id, "status": pb.UpdateStatus.Name(r.status).removeprefix("UPDATE_STATUS_").lower(),
+                **({"error": {"code": r.error.code_name, "message": r.error.message}} if r.HasField("error") else {}),
+                **({"image": image_dict(r.image)} if r.HasField("image") else {})} for r in resp.results]
+    if args.json:
+        print(json.dumps({"results": results}, indent=2, ensure_ascii=False))
+    else:
+        for r in results:
+            detail = json.dumps(r["image"]["metadata"], ensure_ascii=False) if "image" in r else \
+                r.get("error", {}).get("message", "")
+            out.print(f"{r['status']:<9} {r['id']}  {detail}", highlight=False)
+    return 0 if all(r["status"] == "updated" for r in results) else 1
+
+
+def cmd_delete(client: SearchClient, args) -> int:
+    resp = client.delete(args.collection, args.ids)
+    if args.json:
+        print(json.dumps({"deleted_ids": list(resp.deleted_ids), "not_found_ids": list(resp.not_found_ids)}))
+    else:
+        for i in resp.deleted_ids:
+            out.print(f"deleted   {i}", highlight=False)
+        for i in resp.not_found_ids:
+            out.print(f"not found {i}", highlight=False)
+    return 0 if not resp.not_found_ids else 1
+
+
+def cmd_embed(client: SearchClient, args) -> int:
+    resp = client.embed(Path(args.image).read_bytes(), model=args.model, collection=args.collection)
+    if not resp.model_trained:
+        warn_untrained(resp.model)
+    print(json.dumps({"model": resp.model, "model_version": resp.model_version, "model_trained": resp.model_trained,
+                      "inference_backend": name_of(INFERENCE_BACKENDS, resp.inference_backend),
+                      "dimension": len(resp.vector), "vector": [round(v, 7) for v in resp.vector]}))
+    return 0
+
+
 def cmd_drop(client: SearchClient, args) -> int:
     client.drop_collection(args.collection)
     out.print(f"dropped {args.collection}")
@@ -467,7 +587,7 @@ def cmd_loadtest(client: SearchClient, args) -> int:
 
     report = asyncio.run(run(args.server, args.workload, args.collection, images, levels, duration, args.requests,
                              warmup_s=args.warmup, timeout_s=args.request_timeout, progress=progress,
-                             security=getattr(args, "security", None)))
+                             security=getattr(args, "security", None), model=args.model, filter=args.filter))
     for step in report["steps"]:
         errors = ", ".join(f"{k} {v}" for k, v in step["errors"].items()) or "0"
         table.add_row(str(step["concurrency"]), f"{step['throughput']:.1f}", f"{step['p50_ms']:.1f}",
@@ -690,13 +810,54 @@ def build_parser() -> argparse.ArgumentParser:
                              "of an image by local features by default)")
     search.add_argument("--search-breadth", type=int,
                         help="this search's index breadth (HNSW ef, IVF nprobe; default: the collection's)")
+    add_filter_flags(search)
     search.set_defaults(func=cmd_search)
+
+    get = sub.add_parser("get", help="show stored items by id")
+    get.add_argument("ids", nargs="+", metavar="ID")
+    get.add_argument("--collection", required=True)
+    get.add_argument("--vectors", action="store_true", help="include the stored vectors")
+    get.add_argument("--json", action="store_true")
+    get.set_defaults(func=cmd_get)
+
+    ls = sub.add_parser("ls", help="list a collection's items in id order (pages on its own)")
+    ls.add_argument("--collection", required=True)
+    ls.add_argument("--filter", default="", help=FILTER_HELP)
+    ls.add_argument("--limit", type=int, default=0, help="stop after N items (0: all)")
+    ls.add_argument("--page-size", type=int, default=1000, help="items per call (1..1000)")
+    ls.add_argument("--vectors", action="store_true", help="include the stored vectors")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=cmd_ls)
+
+    upd = sub.add_parser("update", help="change stored items' metadata (or uri) without re-indexing them")
+    upd.add_argument("ids", nargs="+", metavar="ID")
+    upd.add_argument("--collection", required=True)
+    upd.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="set a metadata key (nested with dots; VALUE as JSON when it parses, else text); repeatable")
+    upd.add_argument("--unset", action="append", metavar="KEY", help="remove a metadata key; repeatable")
+    upd.add_argument("--replace", action="store_true", help="replace the whole metadata with the --set keys")
+    upd.add_argument("--uri", help="a new uri")
+    upd.add_argument("--json", action="store_true")
+    upd.set_defaults(func=cmd_update)
+
+    dele = sub.add_parser("delete", help="delete items by id (videos with all their frames)")
+    dele.add_argument("ids", nargs="+", metavar="ID")
+    dele.add_argument("--collection", required=True)
+    dele.add_argument("--json", action="store_true")
+    dele.set_defaults(func=cmd_delete)
+
+    emb = sub.add_parser("embed", help="print an image's vector as JSON (nothing is stored)")
+    emb.add_argument("image")
+    emb.add_argument("--model", default="", help="model (default: the server's)")
+    emb.add_argument("--collection", default="", help="embed as this collection does (its model and crops)")
+    emb.set_defaults(func=cmd_embed)
 
     index_videos = sub.add_parser("index-videos", help="index video files or folders into a video collection")
     index_videos.add_argument("paths", nargs="+", help=f"video files, or folders searched recursively for "
                                                        f".{VIDEO_EXTS.replace(',', ' .')}")
     index_videos.add_argument("--collection", required=True)
-    index_videos.add_argument("--create", action="store_true", help="create the video collection when missing")
+    index_videos.add_argument("--create", action="store_true",
+                              help="(the default now) create the video collection when missing")
     index_videos.add_argument("--frames", type=int, help="frames sampled per video (collection default: 5)")
     index_videos.add_argument("--mode", choices=list(SAMPLING_MODES), help="frame sampling (collection default)")
     index_videos.add_argument("--crop", choices=list(CROP_MODES),
@@ -717,6 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_video.add_argument("--mode", choices=list(SAMPLING_MODES), help="clip sampling (collection default)")
     search_video.add_argument("--json", action="store_true", help="print machine-readable hits")
     search_video.add_argument("--out", help="write a PNG sheet of the query frames and each hit's matching frames")
+    add_filter_flags(search_video)
     search_video.set_defaults(func=cmd_search_video)
 
     info = sub.add_parser("info", help="server version, inference backend, models, limits")
@@ -795,6 +957,8 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--request-timeout", type=float, default=30.0, help="deadline of each request, seconds")
     lt.add_argument("--json", action="store_true", help="the report as JSON on stdout")
     lt.add_argument("--out", help="folder for loadtest.json and loadtest.png")
+    lt.add_argument("--model", default="", help="model of the collection when it is created (server default)")
+    lt.add_argument("--filter", default="", help="every search's filter (AIP-160), e.g. 'metadata.tenant = \"a\"'")
     lt.set_defaults(func=cmd_loadtest)
     return parser
 

@@ -313,18 +313,27 @@ def _video_size(source: str | Path | bytes) -> int:
     return len(source) if isinstance(source, (bytes, bytearray)) else Path(source).stat().st_size
 
 
-def _batch_request(collection: str, queries: Iterable, top_k: int | None, search_breadth: int | None = None
-                   ) -> pb.BatchSearchImagesRequest:
-    """queries: image bytes, vectors (sequences of floats) or {"item_id": id} dicts, mixed freely."""
-    req = pb.BatchSearchImagesRequest(collection=collection)
+def _batch_request(collection: str, queries: Iterable, top_k: int | None, search_breadth: int | None = None,
+                   filter: str = "", min_score: float | None = None) -> pb.BatchSearchImagesRequest:
+    """queries: image bytes, vectors (sequences of floats) or dicts with one of "image", "vector",
+    "item_id" and optionally their own "filter", mixed freely. filter: every other query's."""
+    req = pb.BatchSearchImagesRequest(collection=collection, filter=filter)
     if search_breadth is not None:
         req.search_breadth = search_breadth
+    if min_score is not None:
+        req.min_score = min_score
     for q in queries:
         item = req.queries.add()
-        if isinstance(q, (bytes, bytearray)):
+        if isinstance(q, dict):
+            item.filter = q.get("filter", "")
+            if "item_id" in q:
+                item.item_id = q["item_id"]
+            elif "image" in q:
+                item.image = bytes(q["image"])
+            else:
+                item.vector.values.extend(float(v) for v in q["vector"])
+        elif isinstance(q, (bytes, bytearray)):
             item.image = bytes(q)
-        elif isinstance(q, dict):
-            item.item_id = q["item_id"]
         else:
             item.vector.values.extend(float(v) for v in q)
     if top_k is not None:
@@ -333,10 +342,14 @@ def _batch_request(collection: str, queries: Iterable, top_k: int | None, search
 
 
 def _search_request(collection, image, vector, item_id, top_k, copy_detection: bool | None = None,
-                    search_breadth: int | None = None) -> pb.SearchImagesRequest:
+                    search_breadth: int | None = None, filter: str = "", min_score: float | None = None
+                    ) -> pb.SearchImagesRequest:
     """copy_detection None: the collection's setting (on for copy-detection collections); search_breadth
-    None: the collection's (its vector index's ef / nprobe / search_list)."""
-    req = pb.SearchImagesRequest(collection=collection)
+    None: the collection's (its vector index's ef / nprobe / search_list); filter: AIP-160 over
+    metadata.<key>, uri, id, create_time ("": every item); min_score: hits below it are left out."""
+    req = pb.SearchImagesRequest(collection=collection, filter=filter)
+    if min_score is not None:
+        req.min_score = min_score
     if search_breadth is not None:
         req.search_breadth = search_breadth
     if copy_detection is not None:
@@ -350,6 +363,24 @@ def _search_request(collection, image, vector, item_id, top_k, copy_detection: b
     if top_k is not None:
         req.top_k = top_k
     return req
+
+
+def _update_request(collection: str, updates: Iterable[dict], update_mask: Iterable[str] = ()
+                    ) -> pb.UpdateImagesRequest:
+    """updates: {"id": ..., "metadata": {...}, "uri": ...} each; update_mask: AIP-134 paths ("metadata",
+    "metadata.<key>", "uri"; empty: the metadata replaced, and the uri where one is given)."""
+    req = pb.UpdateImagesRequest(collection=collection)
+    for u in updates:
+        item = req.updates.add(id=u["id"], uri=u.get("uri", ""))
+        item.metadata.update(u.get("metadata") or {})
+    req.update_mask.paths.extend(update_mask)
+    return req
+
+
+def _list_request(collection: str, filter: str, page_size: int, page_token: str, include_vectors: bool
+                  ) -> pb.ListImagesRequest:
+    return pb.ListImagesRequest(collection=collection, filter=filter, page_size=page_size, page_token=page_token,
+                                include_vectors=include_vectors)
 
 
 def _index_requests(collection: str, items: Iterable[ImageInput]) -> Iterator[pb.IndexImagesRequest]:
@@ -443,12 +474,15 @@ class SearchClient:
     def search_videos(self, collection: str, clip: str | Path | bytes | None = None, image: bytes | None = None,
                       top_k: int | None = None, ranking: str = "frames", frames: int | None = None,
                       mode: str | None = None, seed: int | None = None, chunk_bytes: int = VIDEO_CHUNK_BYTES,
-                      timeout: float | None = None) -> pb.SearchVideosResponse:
+                      timeout: float | None = None, filter: str = "", min_score: float | None = None
+                      ) -> pb.SearchVideosResponse:
         """Searches a video collection with a query clip (path or bytes, uploaded in chunks) or an image."""
         if (clip is None) == (image is None):
             raise ValueError("give exactly one of clip or image")
         header = pb.SearchVideosHeader(collection=collection, ranking=RANKINGS[ranking],
-                                       sampling=_sampling(frames, mode, seed), image=image or b"")
+                                       sampling=_sampling(frames, mode, seed), image=image or b"", filter=filter)
+        if min_score is not None:
+            header.min_score = min_score
         if top_k is not None:
             header.top_k = top_k
 
@@ -474,19 +508,51 @@ class SearchClient:
     @_typed_errors
     def search(self, collection: str, image: bytes | None = None, vector=None, item_id: str | None = None,
                top_k: int | None = None, timeout: float | None = None, copy_detection: bool | None = None,
-               search_breadth: int | None = None) -> pb.SearchImagesResponse:
+               search_breadth: int | None = None, filter: str = "", min_score: float | None = None
+               ) -> pb.SearchImagesResponse:
         return self._stub.SearchImages(_search_request(collection, image, vector, item_id, top_k, copy_detection,
-                                                       search_breadth),
+                                                       search_breadth, filter, min_score),
                                        timeout=timeout or self.timeout)
 
     @_typed_errors
     def batch_search(self, collection: str, queries: Iterable, top_k: int | None = None,
-                     timeout: float | None = None, search_breadth: int | None = None
-                     ) -> pb.BatchSearchImagesResponse:
-        """Many searches in one call; queries: image bytes, vectors or {"item_id": id}. Each result
-        has its hits or its own error."""
-        return self._stub.BatchSearchImages(_batch_request(collection, queries, top_k, search_breadth),
-                                            timeout=timeout or self.timeout)
+                     timeout: float | None = None, search_breadth: int | None = None, filter: str = "",
+                     min_score: float | None = None) -> pb.BatchSearchImagesResponse:
+        """Many searches in one call; queries: image bytes, vectors or dicts ({"item_id": id}, with an
+        optional "filter" of their own). Each result has its hits or its own error."""
+        return self._stub.BatchSearchImages(_batch_request(collection, queries, top_k, search_breadth, filter,
+                                                           min_score), timeout=timeout or self.timeout)
+
+    @_typed_errors
+    def get_images(self, collection: str, ids: list[str], include_vectors: bool = False,
+                   timeout: float | None = None) -> pb.GetImagesResponse:
+        return self._stub.GetImages(pb.GetImagesRequest(collection=collection, ids=ids, include_vectors=include_vectors),
+                                    timeout=timeout or self.timeout)
+
+    @_typed_errors
+    def list_images(self, collection: str, filter: str = "", page_size: int = 0, page_token: str = "",
+                    include_vectors: bool = False, timeout: float | None = None) -> pb.ListImagesResponse:
+        """One page; pass next_page_token back as page_token (iter_images does it for you)."""
+        return self._stub.ListImages(_list_request(collection, filter, page_size, page_token, include_vectors),
+                                     timeout=timeout or self.timeout)
+
+    def iter_images(self, collection: str, filter: str = "", page_size: int = 1000, include_vectors: bool = False,
+                    timeout: float | None = None) -> Iterator[pb.Image]:
+        """Every item that matches, page after page, in id order."""
+        token = ""
+        while True:
+            page = self.list_images(collection, filter, page_size, token, include_vectors, timeout)
+            yield from page.images
+            token = page.next_page_token
+            if not token:
+                return
+
+    @_typed_errors
+    def update_images(self, collection: str, updates: Iterable[dict], update_mask: Iterable[str] = (),
+                      timeout: float | None = None) -> pb.UpdateImagesResponse:
+        """New metadata (and uri) for stored items without re-embedding: see _update_request."""
+        return self._stub.UpdateImages(_update_request(collection, updates, update_mask),
+                                       timeout=timeout or self.timeout)
 
     @_typed_errors
     def import_vectors(self, collection: str, items: Iterable[VectorInput], model: str, model_version: str,
@@ -595,17 +661,49 @@ class AsyncSearchClient:
     @_async_typed_errors
     async def search(self, collection: str, image: bytes | None = None, vector=None, item_id: str | None = None,
                      top_k: int | None = None, timeout: float | None = None, copy_detection: bool | None = None,
-                     search_breadth: int | None = None) -> pb.SearchImagesResponse:
+                     search_breadth: int | None = None, filter: str = "", min_score: float | None = None
+                     ) -> pb.SearchImagesResponse:
         return await self._stub.SearchImages(_search_request(collection, image, vector, item_id, top_k,
-                                                             copy_detection, search_breadth),
+                                                             copy_detection, search_breadth, filter, min_score),
                                              timeout=timeout or self.timeout)
 
     @_async_typed_errors
     async def batch_search(self, collection: str, queries: Iterable, top_k: int | None = None,
-                           timeout: float | None = None, search_breadth: int | None = None
-                           ) -> pb.BatchSearchImagesResponse:
-        return await self._stub.BatchSearchImages(_batch_request(collection, queries, top_k, search_breadth),
-                                                  timeout=timeout or self.timeout)
+                           timeout: float | None = None, search_breadth: int | None = None, filter: str = "",
+                           min_score: float | None = None) -> pb.BatchSearchImagesResponse:
+        return await self._stub.BatchSearchImages(_batch_request(collection, queries, top_k, search_breadth, filter,
+                                                                 min_score), timeout=timeout or self.timeout)
+
+    @_async_typed_errors
+    async def get_images(self, collection: str, ids: list[str], include_vectors: bool = False,
+                         timeout: float | None = None) -> pb.GetImagesResponse:
+        return await self._stub.GetImages(pb.GetImagesRequest(collection=collection, ids=ids,
+                                                              include_vectors=include_vectors),
+                                          timeout=timeout or self.timeout)
+
+    @_async_typed_errors
+    async def list_images(self, collection: str, filter: str = "", page_size: int = 0, page_token: str = "",
+                          include_vectors: bool = False, timeout: float | None = None) -> pb.ListImagesResponse:
+        return await self._stub.ListImages(_list_request(collection, filter, page_size, page_token, include_vectors),
+                                           timeout=timeout or self.timeout)
+
+    async def iter_images(self, collection: str, filter: str = "", page_size: int = 1000,
+                          include_vectors: bool = False, timeout: float | None = None):
+        """Async generator of every item that matches, in id order."""
+        token = ""
+        while True:
+            page = await self.list_images(collection, filter, page_size, token, include_vectors, timeout)
+            for image in page.images:
+                yield image
+            token = page.next_page_token
+            if not token:
+                return
+
+    @_async_typed_errors
+    async def update_images(self, collection: str, updates: Iterable[dict], update_mask: Iterable[str] = (),
+                            timeout: float | None = None) -> pb.UpdateImagesResponse:
+        return await self._stub.UpdateImages(_update_request(collection, updates, update_mask),
+                                             timeout=timeout or self.timeout)
 
     @_async_typed_errors
     async def import_vectors(self, collection: str, items: Iterable[VectorInput], model: str, model_version: str,

@@ -82,11 +82,13 @@ class StepResult:
 
 class LoadTest:
     def __init__(self, target: str, workload: str, collection: str, images: list[tuple[str, bytes]],
-                 timeout_s: float = 30.0, seed: int = 0):
+                 timeout_s: float = 30.0, seed: int = 0, model: str = "", filter: str = ""):
+        """model: of the collection when this creates it (server default: ""); filter: every search's."""
         if workload not in WORKLOADS:
             raise ValueError(f"unknown workload {workload!r}; use one of {', '.join(WORKLOADS)}")
         self.target, self.workload, self.collection = target, workload, collection
         self.images, self.timeout_s = images, timeout_s
+        self.model, self.filter = model, filter
         self._rng = random.Random(seed)
         self._counter = 0
 
@@ -97,7 +99,7 @@ class LoadTest:
         try:
             info = await client.describe_collection(self.collection)
         except NotFoundError:
-            await client.create_collection(self.collection)
+            await client.create_collection(self.collection, model=self.model)
             info = await client.describe_collection(self.collection)
         if info.item_count == 0 and self.workload in ("search", "mix"):
             items = [ImageInput(image=b, uri=p) for p, b in self.images[:index_first]]
@@ -105,7 +107,7 @@ class LoadTest:
                 pass
             info = await client.describe_collection(self.collection)
         return {"collection": self.collection, "items": info.item_count, "model": info.model,
-                "model_trained": info.model_trained}
+                "model_trained": info.model_trained, "filter": self.filter}
 
     def _pick(self) -> tuple[str, bytes]:
         self._counter += 1
@@ -118,7 +120,7 @@ class LoadTest:
             return
         _, data = self._pick()
         if kind == "search":
-            await client.search(self.collection, image=data, top_k=10, timeout=timeout)
+            await client.search(self.collection, image=data, top_k=10, timeout=timeout, filter=self.filter)
         elif kind == "embed":
             await client.embed(data, collection=self.collection, timeout=timeout)
         elif kind == "index":
@@ -186,9 +188,10 @@ def _cpu_seconds() -> float:
 async def run(target: str, workload: str, collection: str, images: list[tuple[str, bytes]],
               concurrencies: list[int], duration_s: float | None, requests: int | None,
               warmup_s: float = 2.0, timeout_s: float = 30.0, progress=None,
-              security: Security | None = None) -> dict:
-    """Runs the sweep; returns the report (JSON-ready). `security`: TLS and API key (None: plaintext)."""
-    test = LoadTest(target, workload, collection, images, timeout_s)
+              security: Security | None = None, model: str = "", filter: str = "") -> dict:
+    """Runs the sweep; returns the report (JSON-ready). `security`: TLS and API key (None: plaintext);
+    model: of a collection this creates; filter: every search's (AIP-160)."""
+    test = LoadTest(target, workload, collection, images, timeout_s, model=model, filter=filter)
     async with AsyncSearchClient(target, timeout=max(60.0, timeout_s), security=security) as client:
         info = await client.info()
         setup = await test.prepare(client)

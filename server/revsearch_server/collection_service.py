@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 from .catalog import Catalog, CollectionSpec
 from .domain import CropMode, FaceOptions, IndexKind, MediaType
 from .errors import InvalidArgument, NotFound
-from .index.base import VectorIndex
+from .filters import Filter
+from .index.base import RowFilter, VectorIndex
 from .models import ModelSpec, ServedModels
 from .rows import item_of, row_id, rows_of
 from .validation import validate_delete_ids
@@ -28,10 +29,28 @@ class Collection:
     model: ModelSpec
     # Copy detection: the index of the items' crop vectors (None without copy detection).
     views: VectorIndex | None = None
+    # A request's filter (with_filter): `index` searches only matching rows; the crop views carry no
+    # fields, so their candidates are kept only when their item's row matches (usecases/images.py).
+    where: RowFilter | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def multi_row(self) -> bool:
+        """Whether an item may have several rows (crop mode "all", videos: rows.py keys them)."""
+        return self.spec.crop_mode is CropMode.ALL_FACES or self.spec.is_video
+
+    def row_filter(self, f: Filter | None) -> RowFilter | None:
+        return None if f is None else RowFilter(f, self.multi_row)
+
+    def with_filter(self, f: Filter | None) -> "Collection":
+        """The collection searched for the items that match f only (None: every item)."""
+        if f is None:
+            return self
+        where = self.row_filter(f)
+        return replace(self, index=self.index.with_filter(where), where=where)
 
     def with_breadth(self, breadth: int | None) -> "Collection":
         """The collection searched with a request's breadth (None: its own; INVALID_ARGUMENT out of
@@ -119,7 +138,7 @@ class Collections:
         validate_delete_ids(ids)
         spec, index = await self._catalog.get(name)
         if spec.crop_mode is CropMode.ALL_FACES or spec.is_video:
-            firsts = await index.get([row_id(i, 0) for i in dict.fromkeys(ids)])
+            firsts = await index.get([row_id(i, 0) for i in dict.fromkeys(ids)], vectors=False)
             rows = [r for first in firsts.values() for r in rows_of(item_of(first.id), first.face_count or 1)]
             deleted = list(dict.fromkeys(item_of(r) for r in await index.delete(rows)))
             if spec.is_video:

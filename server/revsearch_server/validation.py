@@ -73,3 +73,9 @@ def validate_delete_ids(ids: list[str]) -> list[str]:
     for i in ids:
         validate_id(i)
     return ids
+
+
+def validate_min_score(min_score: float | None) -> None:
+    """A search's minimum cosine similarity: -1..1 (None: no minimum)."""
+    if min_score is not None and not (-1.0 <= min_score <= 1.0):  # NaN fails too
+        raise InvalidArgument(f"min_score must be between -1 and 1 (a cosine similarity), got {min_score}")

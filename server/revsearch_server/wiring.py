@@ -51,6 +51,7 @@ from .triton_managed import ManagedTriton
 from .usecases.collections import ManageCollections
 from .usecases.images import ImageSearch
 from .usecases.imports import ImportVectors
+from .usecases.items import ImageItems
 from .usecases.server_info import DescribeServer
 from .usecases.videos import VideoSearch
 from .video.sampling import VideoLimits
@@ -140,6 +141,7 @@ class Dependencies:
     videos: VideoSearch
     server_info: DescribeServer
     imports: ImportVectors
+    items: ImageItems
     security: Security = field(default_factory=Security)
     triton: ManagedTriton | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)  # e.g. the detector's Triton client
@@ -283,7 +285,8 @@ async def build_dependencies(settings: Settings, metrics: Metrics, overrides: Ov
                            CopyDetector(pools.decode, limits, metrics)),
         videos=VideoSearch(collections, encoder, admission, video_limits, s.video_frame_max_side, s.max_video_bytes,
                            s.max_top_k, pools.decode, metrics),
-        server_info=DescribeServer(s, inference, served, store), imports=ImportVectors(collections))
+        server_info=DescribeServer(s, inference, served, store), imports=ImportVectors(collections),
+        items=ImageItems(collections))
 
 
 async def _inference(s: Settings, models: dict, pools: Pools, metrics: Metrics, only: InferenceBackend | None,
@@ -347,7 +350,7 @@ def build_grpc_server(settings: Settings, deps: Dependencies, health_servicer: h
                     ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_s * 1000))]
     server = grpc.aio.server(options=options)
     servicer = SearchServicer(deps.collections, deps.images, deps.videos, deps.server_info, s.index_batch_size,
-                              deps.imports)
+                              deps.imports, deps.items)
     guard = CallGuard(deps.metrics, deps.security.auth,
                       GuardLimits(stream_idle_timeout_s=s.stream_idle_timeout_s, max_concurrent_rpcs=s.max_concurrent_rpcs))
     server.add_generic_rpc_handlers((service_handler(SERVICE, pb, servicer, guard),))

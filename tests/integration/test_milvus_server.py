@@ -190,3 +190,48 @@ def test_two_replicas_over_one_milvus_server_see_each_others_writes_deletes_and_
         hit = cb.search("replicas", image=files[2].read_bytes(), top_k=1).hits[0]
         assert cb.describe_collection("replicas").model == again.collection.model and hit.score > 0.99
         ca.drop_collection("replicas")
+
+
+def test_filters_paging_and_updates_behave_on_a_milvus_server_as_on_lite(tmp_path, milvus_uri):
+    """The Milvus 2.3 server evaluates the translated filters (HNSW, the server's default index), answers
+    queries with a limit in primary-key order (ListImages' paging relies on it), and an upsert leaves no
+    moment in which the updated item is missing from search."""
+    import threading
+
+    import numpy as np
+
+    from revsearch.client import VectorInput, struct_to_dict
+
+    with ServerThread(base_settings(tmp_path, milvus_uri=milvus_uri)) as srv, \
+            SearchClient(srv.address, timeout=120) as client:
+        c = client.create_collection("items_remote").collection
+        vectors = np.random.default_rng(9).standard_normal((300, c.dimension)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        order = np.random.default_rng(1).permutation(300)  # written out of id order
+        client.import_vectors("items_remote", [VectorInput(id=f"r{i:03d}", vector=vectors[i],
+                                                           metadata={"tenant": f"t{i % 4}", "n": int(i)})
+                                               for i in order], model=c.model, model_version=c.model_version)
+        hits = client.search("items_remote", vector=vectors[5], top_k=10, filter='metadata.tenant = "t1" AND metadata.n < 150').hits
+        keep = [i for i in range(300) if i % 4 == 1 and i < 150]
+        expected = [f"r{keep[j]:03d}" for j in np.argsort(-(vectors[keep] @ vectors[5]))[:10]]
+        assert [h.id for h in hits] == expected
+        assert [i.id for i in client.iter_images("items_remote", page_size=37)] == [f"r{i:03d}" for i in range(300)]
+        assert [i.id for i in client.iter_images("items_remote", filter='metadata.tenant = "t2"', page_size=9)] == \
+            [f"r{i:03d}" for i in range(2, 300, 4)]
+        stop, misses = threading.Event(), []
+
+        def search():
+            while not stop.is_set():
+                found = client.search("items_remote", vector=vectors[77], top_k=1).hits
+                if not found or found[0].id != "r077":
+                    misses.append(list(found))
+
+        t = threading.Thread(target=search)
+        t.start()
+        for n in range(20):
+            client.update_images("items_remote", [{"id": "r077", "metadata": {"v": n}}], ["metadata.v"])
+        stop.set()
+        t.join()
+        assert misses == []
+        assert struct_to_dict(client.get_images("items_remote", ["r077"]).images[0].metadata) == {
+            "tenant": "t1", "n": 77, "v": 19}

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -83,3 +84,39 @@ def test_errors_are_one_readable_line_with_the_status(server, folder):
     proc = revsearch(server, "search", str(next(folder.rglob("*.jpg"))), "--collection", "missing", check=False)
     assert proc.returncode == 3
     assert "NOT_FOUND" in proc.stderr and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ls_update_get_search_filter_and_delete_work_on_the_indexed_items(server, folder):
+    listed = [json.loads(line) for line in revsearch(server, "ls", "--collection", "cli_photos", "--json",
+                                                     "--page-size", "3").stdout.splitlines()]
+    assert len(listed) == 10 and [d["id"] for d in listed] == sorted(d["id"] for d in listed)
+    first = listed[0]
+    updated = json.loads(revsearch(server, "update", first["id"], "--collection", "cli_photos", "--set", "person=ann",
+                                   "--set", "year=2019", "--set", "album.name=trip", "--json").stdout)
+    assert updated["results"][0]["status"] == "updated"
+    assert updated["results"][0]["image"]["metadata"] == {"person": "ann", "year": 2019, "album": {"name": "trip"}}
+    got = json.loads(revsearch(server, "get", first["id"], "--collection", "cli_photos", "--json").stdout)
+    assert got["images"][0]["metadata"]["album"] == {"name": "trip"} and got["images"][0]["uri"] == first["uri"]
+    query = Path(first["uri"])
+    hits = json.loads(revsearch(server, "search", str(query), "--collection", "cli_photos", "--json",
+                                "--filter", 'metadata.year >= 2019 AND metadata.album.name = "trip"').stdout)["hits"]
+    assert [h["id"] for h in hits] == [first["id"]]
+    assert revsearch(server, "ls", "--collection", "cli_photos", "--filter", 'metadata.person = "ann"', "--json"
+                     ).stdout.count("\n") == 1
+    revsearch(server, "update", first["id"], "--collection", "cli_photos", "--unset", "person", "--unset", "album")
+    got = json.loads(revsearch(server, "get", first["id"], "--collection", "cli_photos", "--json").stdout)
+    assert got["images"][0]["metadata"] == {"year": 2019}
+    bad = revsearch(server, "search", str(query), "--collection", "cli_photos", "--filter", "metadata.year >=",
+                    check=False)
+    assert bad.returncode == 3 and "INVALID_ARGUMENT" in bad.stderr and "Traceback" not in bad.stderr
+    gone = revsearch(server, "delete", first["id"], "nothing", "--collection", "cli_photos", "--json", check=False)
+    assert gone.returncode == 1 and json.loads(gone.stdout) == {"deleted_ids": [first["id"]], "not_found_ids": ["nothing"]}
+    missing = revsearch(server, "get", first["id"], "--collection", "cli_photos", "--json", check=False)
+    assert missing.returncode == 1 and json.loads(missing.stdout)["not_found_ids"] == [first["id"]]
+
+
+def test_embed_prints_the_vector_as_json(server, folder):
+    result = json.loads(revsearch(server, "embed", str(next(folder.rglob("*_0001.jpg"))), "--model",
+                                  "efficientnet_lite0").stdout)
+    assert result["model"] == "efficientnet_lite0" and result["dimension"] == len(result["vector"]) == 1280
+    assert abs(sum(v * v for v in result["vector"]) - 1.0) < 1e-3

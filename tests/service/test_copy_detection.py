@@ -77,6 +77,20 @@ def test_switch_off_gives_the_global_ranking(indexed):
     assert all(h.matched_keypoints == 0 for h in off.hits)
 
 
+def test_a_filtered_copy_search_verifies_only_items_that_match_and_finds_the_original_among_them(indexed):
+    client, _, ids = indexed
+    photos = list(ids)[:20]
+    client.update_images("copies", [{"id": ids[p], "metadata": {"half": n % 2}} for n, p in enumerate(photos)])
+    for n, photo in enumerate(photos[:6]):
+        query = edited_bytes(photo.read_bytes(), "crop50")
+        same = client.search("copies", image=query, top_k=5, filter=f"metadata.half = {n % 2}")
+        assert same.hits[0].id == ids[photo]
+        assert all(h.metadata["half"] == n % 2 for h in same.hits)
+        other = client.search("copies", image=query, top_k=5, filter=f"metadata.half = {1 - n % 2}")
+        assert ids[photo] not in [h.id for h in other.hits]  # the crop views found it; its row does not match
+        assert all(h.metadata["half"] == 1 - n % 2 for h in other.hits) and len(other.hits) == 5
+
+
 def test_tiny_query_gets_a_global_answer(indexed):
     client, _, _ = indexed
     buffer = io.BytesIO()

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 
 from revsearch.client import ImageInput
 from revsearch.v1 import search_service_pb2 as pb
@@ -57,6 +57,11 @@ def _seeds() -> dict[str, list[list[bytes]]]:
             header=pb.ImportVectorsHeader(collection="fuzz", model="resnet50", model_version="1"),
             items=[pb.VectorItem(id="iv1", uri="u", metadata=meta, vector=pb.Vector(values=[0.5] * 8))]),
             pb.ImportVectorsRequest(items=[pb.VectorItem(id="iv2", vector=pb.Vector(values=[float("nan")] * 8))])),
+        "GetImages": one(pb.GetImagesRequest(collection="fuzz", ids=["a", "iv1"], include_vectors=True)),
+        "ListImages": one(pb.ListImagesRequest(collection="fuzz", filter='metadata.k = "v" OR id > "a"', page_size=2,
+                                               page_token="eyJ2IjoxfQ")),
+        "UpdateImages": one(pb.UpdateImagesRequest(collection="fuzz", updates=[pb.ImageUpdate(id="a", metadata=meta)],
+                                                   update_mask=field_mask_pb2.FieldMask(paths=["metadata.k"]))),
     }
 
 

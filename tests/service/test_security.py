@@ -27,8 +27,8 @@ KEYS = {"reader": "read-key-0123456789abcdef", "writer": "write-key-0123456789ab
         "admin": "admin-key-0123456789abcdef", "slow": "slow-key-0123456789abcdef",
         "photo_writer": "photo-writer-0123456789abcdef"}
 READ_RPCS = {"SearchImages", "BatchSearchImages", "SearchVideos", "EmbedImage", "ListCollections",
-             "DescribeCollection", "GetServerInfo"}
-WRITE_RPCS = {"IndexImages", "IndexVideo", "DeleteImages", "ImportVectors"}
+             "DescribeCollection", "GetServerInfo", "GetImages", "ListImages"}
+WRITE_RPCS = {"IndexImages", "IndexVideo", "DeleteImages", "ImportVectors", "UpdateImages"}
 ADMIN_RPCS = {"CreateCollection", "DropCollection"}
 JPEG = encode(synthetic_image(1, (96, 80)), "JPEG", quality=90)
 
@@ -70,6 +70,9 @@ def requests(rpc: str, collection: str) -> list:
         "GetServerInfo": [pb.GetServerInfoRequest()],
         "ImportVectors": [pb.ImportVectorsRequest(header=pb.ImportVectorsHeader(collection=collection, model="x",
                                                                                 model_version="1"))],
+        "GetImages": [pb.GetImagesRequest(collection=collection, ids=["nothing"])],
+        "ListImages": [pb.ListImagesRequest(collection=collection, filter='metadata.tenant = "a"')],
+        "UpdateImages": [pb.UpdateImagesRequest(collection=collection, updates=[pb.ImageUpdate(id="nothing")])],
     }[rpc]
 
 

@@ -78,10 +78,27 @@ def test_index_videos_again_prints_a_line_per_video_and_counts_duplicates(server
     assert "indexed 0, skipped 2 (already indexed), failed 0 into clips" in proc.stdout
 
 
-def test_index_videos_into_a_missing_collection_without_create_says_to_add_create(server, folder):
-    proc = revsearch(server, "index-videos", str(folder), "--collection", "nowhere", check=False)
-    assert proc.returncode == 3
-    assert "NOT_FOUND" in proc.stderr and "--create" in proc.stderr and "Traceback" not in proc.stderr
+def test_index_videos_into_a_missing_collection_creates_it_as_a_video_collection_like_index_does(server, folder):
+    proc = revsearch(server, "index-videos", str(folder / HAMILTON), "--collection", "made_on_the_way", "--frames", "1",
+                     "--json", "--quiet")
+    assert json.loads(proc.stdout)["counts"]["indexed"] == 1
+    assert "created video collection" in proc.stderr and "Traceback" not in proc.stderr
+    listed = json.loads(revsearch(server, "collections", "--json").stdout)
+    assert {c["name"]: c["media_type"] for c in listed}["made_on_the_way"] == "video"
+
+
+def test_a_filtered_video_search_ranks_only_the_matching_videos_under_both_rankings(server, indexed):
+    talking = [v["uri"] for v in json.loads(indexed.stdout)["videos"] if os.path.basename(v["uri"]) in TALKING]
+    for ranking in ("frames", "mean_vector"):
+        for text in (f"uri = {json.dumps(talking[0])}", f"uri != {json.dumps(talking[0])}"):
+            proc = revsearch(server, "search", str(PHOTO), "--collection", "clips", "--top-k", "3", "--json",
+                             "--filter", text) if ranking == "frames" else \
+                revsearch(server, "search-video", str(VIDEO / HAMILTON), "--collection", "clips", "--top-k", "3",
+                          "--json", "--ranking", ranking, "--frames", "2", "--filter", text)
+            uris = [h["uri"] for h in json.loads(proc.stdout)["hits"]]
+            assert (uris == [talking[0]]) if "!=" not in text else (talking[0] not in uris and len(uris) == 2)
+    proc = revsearch(server, "search", str(PHOTO), "--collection", "clips", "--json", "--min-score", "0.99")
+    assert all(h["score"] >= 0.99 for h in json.loads(proc.stdout)["hits"])
 
 
 def test_search_with_a_photo_on_a_video_collection_ranks_the_clip_the_person_appears_in_first(server, indexed):

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -67,6 +68,13 @@ class ItemStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ITEM_STATUS_DUPLICATE: _ClassVar[ItemStatus]
     ITEM_STATUS_FAILED: _ClassVar[ItemStatus]
     ITEM_STATUS_NO_FACE: _ClassVar[ItemStatus]
+
+class UpdateStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPDATE_STATUS_UNSPECIFIED: _ClassVar[UpdateStatus]
+    UPDATE_STATUS_UPDATED: _ClassVar[UpdateStatus]
+    UPDATE_STATUS_NOT_FOUND: _ClassVar[UpdateStatus]
+    UPDATE_STATUS_FAILED: _ClassVar[UpdateStatus]
 CROP_MODE_UNSPECIFIED: CropMode
 CROP_MODE_NONE: CropMode
 CROP_MODE_LARGEST_FACE: CropMode
@@ -100,6 +108,10 @@ ITEM_STATUS_INDEXED: ItemStatus
 ITEM_STATUS_DUPLICATE: ItemStatus
 ITEM_STATUS_FAILED: ItemStatus
 ITEM_STATUS_NO_FACE: ItemStatus
+UPDATE_STATUS_UNSPECIFIED: UpdateStatus
+UPDATE_STATUS_UPDATED: UpdateStatus
+UPDATE_STATUS_NOT_FOUND: UpdateStatus
+UPDATE_STATUS_FAILED: UpdateStatus
 
 class VideoSampling(_message.Message):
     __slots__ = ("frames", "mode", "seed")
@@ -314,7 +326,7 @@ class FaceBox(_message.Message):
     def __init__(self, x_min: _Optional[float] = ..., y_min: _Optional[float] = ..., x_max: _Optional[float] = ..., y_max: _Optional[float] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class SearchImagesRequest(_message.Message):
-    __slots__ = ("collection", "image", "vector", "item_id", "top_k", "copy_detection", "search_breadth")
+    __slots__ = ("collection", "image", "vector", "item_id", "top_k", "copy_detection", "search_breadth", "filter", "min_score")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +334,8 @@ class SearchImagesRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     COPY_DETECTION_FIELD_NUMBER: _ClassVar[int]
     SEARCH_BREADTH_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: bytes
     vector: Vector
@@ -329,7 +343,9 @@ class SearchImagesRequest(_message.Message):
     top_k: int
     copy_detection: bool
     search_breadth: int
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[str] = ..., top_k: _Optional[int] = ..., copy_detection: _Optional[bool] = ..., search_breadth: _Optional[int] = ...) -> None: ...
+    filter: str
+    min_score: float
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[str] = ..., top_k: _Optional[int] = ..., copy_detection: _Optional[bool] = ..., search_breadth: _Optional[int] = ..., filter: _Optional[str] = ..., min_score: _Optional[float] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("rank", "id", "uri", "score", "face_box", "metadata", "sha256", "matched_keypoints")
@@ -366,28 +382,34 @@ class SearchImagesResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., model: _Optional[str] = ..., model_trained: _Optional[bool] = ..., inference_backend: _Optional[_Union[InferenceBackend, str]] = ..., query_face_box: _Optional[_Union[FaceBox, _Mapping]] = ...) -> None: ...
 
 class BatchQuery(_message.Message):
-    __slots__ = ("image", "vector", "item_id")
+    __slots__ = ("image", "vector", "item_id", "filter")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     vector: Vector
     item_id: str
-    def __init__(self, image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[str] = ...) -> None: ...
+    filter: str
+    def __init__(self, image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class BatchSearchImagesRequest(_message.Message):
-    __slots__ = ("collection", "queries", "top_k", "copy_detection", "search_breadth")
+    __slots__ = ("collection", "queries", "top_k", "copy_detection", "search_breadth", "filter", "min_score")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     COPY_DETECTION_FIELD_NUMBER: _ClassVar[int]
     SEARCH_BREADTH_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[BatchQuery]
     top_k: int
     copy_detection: bool
     search_breadth: int
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[BatchQuery, _Mapping]]] = ..., top_k: _Optional[int] = ..., copy_detection: _Optional[bool] = ..., search_breadth: _Optional[int] = ...) -> None: ...
+    filter: str
+    min_score: float
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[BatchQuery, _Mapping]]] = ..., top_k: _Optional[int] = ..., copy_detection: _Optional[bool] = ..., search_breadth: _Optional[int] = ..., filter: _Optional[str] = ..., min_score: _Optional[float] = ...) -> None: ...
 
 class BatchSearchResult(_message.Message):
     __slots__ = ("hits", "error", "query_face_box")
@@ -476,7 +498,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., dimension: _Optional[int] = ..., trained: _Optional[bool] = ..., input_size: _Optional[int] = ..., weights_sha256: _Optional[str] = ..., weights_source: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_image_bytes", "max_image_pixels", "max_top_k", "max_receive_message_bytes", "max_video_bytes", "max_video_duration_s", "max_video_width", "max_video_height", "max_video_frames", "max_batch_queries", "max_import_items_per_message")
+    __slots__ = ("max_image_bytes", "max_image_pixels", "max_top_k", "max_receive_message_bytes", "max_video_bytes", "max_video_duration_s", "max_video_width", "max_video_height", "max_video_frames", "max_batch_queries", "max_import_items_per_message", "max_get_ids", "max_page_size", "max_filter_bytes")
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -488,6 +510,9 @@ class Limits(_message.Message):
     MAX_VIDEO_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_QUERIES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMPORT_ITEMS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MAX_GET_IDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FILTER_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_image_bytes: int
     max_image_pixels: int
     max_top_k: int
@@ -499,7 +524,10 @@ class Limits(_message.Message):
     max_video_frames: int
     max_batch_queries: int
     max_import_items_per_message: int
-    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., max_video_bytes: _Optional[int] = ..., max_video_duration_s: _Optional[float] = ..., max_video_width: _Optional[int] = ..., max_video_height: _Optional[int] = ..., max_video_frames: _Optional[int] = ..., max_batch_queries: _Optional[int] = ..., max_import_items_per_message: _Optional[int] = ...) -> None: ...
+    max_get_ids: int
+    max_page_size: int
+    max_filter_bytes: int
+    def __init__(self, max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., max_video_bytes: _Optional[int] = ..., max_video_duration_s: _Optional[float] = ..., max_video_width: _Optional[int] = ..., max_video_height: _Optional[int] = ..., max_video_frames: _Optional[int] = ..., max_batch_queries: _Optional[int] = ..., max_import_items_per_message: _Optional[int] = ..., max_get_ids: _Optional[int] = ..., max_page_size: _Optional[int] = ..., max_filter_bytes: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
     __slots__ = ("version", "inference_backend", "inference_detail", "fallback", "models", "vector_store", "limits", "default_model", "default_model_reason", "vector_index_types", "default_vector_index")
@@ -638,18 +666,22 @@ class IndexVideoResponse(_message.Message):
     def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., status: _Optional[_Union[ItemStatus, str]] = ..., duration_s: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[_Iterable[_Union[VideoFrame, _Mapping]]] = ..., vector_count: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class SearchVideosHeader(_message.Message):
-    __slots__ = ("collection", "top_k", "ranking", "sampling", "image")
+    __slots__ = ("collection", "top_k", "ranking", "sampling", "image", "filter", "min_score")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     RANKING_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     top_k: int
     ranking: VideoRanking
     sampling: VideoSampling
     image: bytes
-    def __init__(self, collection: _Optional[str] = ..., top_k: _Optional[int] = ..., ranking: _Optional[_Union[VideoRanking, str]] = ..., sampling: _Optional[_Union[VideoSampling, _Mapping]] = ..., image: _Optional[bytes] = ...) -> None: ...
+    filter: str
+    min_score: float
+    def __init__(self, collection: _Optional[str] = ..., top_k: _Optional[int] = ..., ranking: _Optional[_Union[VideoRanking, str]] = ..., sampling: _Optional[_Union[VideoSampling, _Mapping]] = ..., image: _Optional[bytes] = ..., filter: _Optional[str] = ..., min_score: _Optional[float] = ...) -> None: ...
 
 class SearchVideosRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -704,3 +736,103 @@ class SearchVideosResponse(_message.Message):
     query_frames: _containers.RepeatedCompositeFieldContainer[VideoFrame]
     inference_backend: InferenceBackend
     def __init__(self, hits: _Optional[_Iterable[_Union[VideoHit, _Mapping]]] = ..., model: _Optional[str] = ..., model_trained: _Optional[bool] = ..., ranking: _Optional[_Union[VideoRanking, str]] = ..., query_frames: _Optional[_Iterable[_Union[VideoFrame, _Mapping]]] = ..., inference_backend: _Optional[_Union[InferenceBackend, str]] = ...) -> None: ...
+
+class Image(_message.Message):
+    __slots__ = ("id", "uri", "metadata", "sha256", "create_time", "face_boxes", "vector", "imported")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FACE_BOXES_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    IMPORTED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    uri: str
+    metadata: _struct_pb2.Struct
+    sha256: str
+    create_time: _timestamp_pb2.Timestamp
+    face_boxes: _containers.RepeatedCompositeFieldContainer[FaceBox]
+    vector: Vector
+    imported: bool
+    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., face_boxes: _Optional[_Iterable[_Union[FaceBox, _Mapping]]] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., imported: _Optional[bool] = ...) -> None: ...
+
+class GetImagesRequest(_message.Message):
+    __slots__ = ("collection", "ids", "include_vectors")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    include_vectors: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
+
+class GetImagesResponse(_message.Message):
+    __slots__ = ("images", "not_found_ids")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_IDS_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    not_found_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., not_found_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListImagesRequest(_message.Message):
+    __slots__ = ("collection", "filter", "page_size", "page_token", "include_vectors")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    filter: str
+    page_size: int
+    page_token: str
+    include_vectors: bool
+    def __init__(self, collection: _Optional[str] = ..., filter: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
+
+class ListImagesResponse(_message.Message):
+    __slots__ = ("images", "next_page_token", "page_size")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    next_page_token: str
+    page_size: int
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ImageUpdate(_message.Message):
+    __slots__ = ("id", "metadata", "uri")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    metadata: _struct_pb2.Struct
+    uri: str
+    def __init__(self, id: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., uri: _Optional[str] = ...) -> None: ...
+
+class UpdateImagesRequest(_message.Message):
+    __slots__ = ("collection", "updates", "update_mask")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    updates: _containers.RepeatedCompositeFieldContainer[ImageUpdate]
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, collection: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[ImageUpdate, _Mapping]]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class UpdateResult(_message.Message):
+    __slots__ = ("id", "status", "error", "image")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    status: UpdateStatus
+    error: ItemError
+    image: Image
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[UpdateStatus, str]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+
+class UpdateImagesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[UpdateResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[UpdateResult, _Mapping]]] = ...) -> None: ...

@@ -101,6 +101,21 @@ class SearchServiceStub:
                 request_serializer=revsearch_dot_v1_dot_search__service__pb2.ImportVectorsRequest.SerializeToString,
                 response_deserializer=revsearch_dot_v1_dot_search__service__pb2.ImportVectorsResponse.FromString,
                 _registered_method=True)
+        self.GetImages = channel.unary_unary(
+                '/revsearch.v1.SearchService/GetImages',
+                request_serializer=revsearch_dot_v1_dot_search__service__pb2.GetImagesRequest.SerializeToString,
+                response_deserializer=revsearch_dot_v1_dot_search__service__pb2.GetImagesResponse.FromString,
+                _registered_method=True)
+        self.ListImages = channel.unary_unary(
+                '/revsearch.v1.SearchService/ListImages',
+                request_serializer=revsearch_dot_v1_dot_search__service__pb2.ListImagesRequest.SerializeToString,
+                response_deserializer=revsearch_dot_v1_dot_search__service__pb2.ListImagesResponse.FromString,
+                _registered_method=True)
+        self.UpdateImages = channel.unary_unary(
+                '/revsearch.v1.SearchService/UpdateImages',
+                request_serializer=revsearch_dot_v1_dot_search__service__pb2.UpdateImagesRequest.SerializeToString,
+                response_deserializer=revsearch_dot_v1_dot_search__service__pb2.UpdateImagesResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -244,6 +259,39 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetImages(self, request, context):
+        """Reads items of an image collection by id (1..max_get_ids), with their vectors when asked. Ids
+        that are not stored are listed in not_found_ids, not treated as errors.
+        Errors: NOT_FOUND (collection), INVALID_ARGUMENT (no ids, too many, a malformed id, a video
+        collection), UNAVAILABLE (vector store down).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListImages(self, request, context):
+        """Pages through the items of an image collection in id order, optionally filtered (AIP-158 paging:
+        pass next_page_token back as page_token until it comes back empty). Paging while items are added
+        or deleted returns each item that existed at the start and was not deleted exactly once.
+        Errors: NOT_FOUND (collection), INVALID_ARGUMENT (a bad filter; a page_token from another
+        collection or another filter, or a tampered one; a video collection), UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateImages(self, request, context):
+        """Changes the metadata (and uri) of stored images without re-embedding them, by update_mask
+        (AIP-134). The item stays searchable throughout: its stored row is replaced in one write. Each id
+        gets its own answer (UPDATED, NOT_FOUND, or FAILED with the error, e.g. metadata over 16 KiB).
+        Errors (whole call): NOT_FOUND (collection), INVALID_ARGUMENT (no updates, more than
+        max_get_ids, an id twice, a mask path other than "uri", "metadata" or "metadata.<key>", a video
+        collection), UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -311,6 +359,21 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.ImportVectors,
                     request_deserializer=revsearch_dot_v1_dot_search__service__pb2.ImportVectorsRequest.FromString,
                     response_serializer=revsearch_dot_v1_dot_search__service__pb2.ImportVectorsResponse.SerializeToString,
+            ),
+            'GetImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImages,
+                    request_deserializer=revsearch_dot_v1_dot_search__service__pb2.GetImagesRequest.FromString,
+                    response_serializer=revsearch_dot_v1_dot_search__service__pb2.GetImagesResponse.SerializeToString,
+            ),
+            'ListImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImages,
+                    request_deserializer=revsearch_dot_v1_dot_search__service__pb2.ListImagesRequest.FromString,
+                    response_serializer=revsearch_dot_v1_dot_search__service__pb2.ListImagesResponse.SerializeToString,
+            ),
+            'UpdateImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateImages,
+                    request_deserializer=revsearch_dot_v1_dot_search__service__pb2.UpdateImagesRequest.FromString,
+                    response_serializer=revsearch_dot_v1_dot_search__service__pb2.UpdateImagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -666,6 +729,87 @@ class SearchService:
             '/revsearch.v1.SearchService/ImportVectors',
             revsearch_dot_v1_dot_search__service__pb2.ImportVectorsRequest.SerializeToString,
             revsearch_dot_v1_dot_search__service__pb2.ImportVectorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/revsearch.v1.SearchService/GetImages',
+            revsearch_dot_v1_dot_search__service__pb2.GetImagesRequest.SerializeToString,
+            revsearch_dot_v1_dot_search__service__pb2.GetImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/revsearch.v1.SearchService/ListImages',
+            revsearch_dot_v1_dot_search__service__pb2.ListImagesRequest.SerializeToString,
+            revsearch_dot_v1_dot_search__service__pb2.ListImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/revsearch.v1.SearchService/UpdateImages',
+            revsearch_dot_v1_dot_search__service__pb2.UpdateImagesRequest.SerializeToString,
+            revsearch_dot_v1_dot_search__service__pb2.UpdateImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from ..domain import FaceBox
+from ..filters import Filter, FilterFields
 from ..vector_index import IndexType, VectorIndexSpec
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,41 @@ class Hit:
     matched_keypoints: int = 0
 
 
+# Rows of items with several vectors are keyed `<item id>~<k>` (rows.py, which builds on this module).
+_ROW_SEPARATOR = "~"
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """A request's filter (filters.py) bound to how a collection keys its rows: in collections with
+    several rows per item (crop mode "all", video frames) `id` means the item's id, not the row's."""
+    filter: Filter
+    multi_row: bool = False
+
+    def milvus(self, lite: bool = False) -> str:
+        """The Milvus expression (lite: FilterError for what Milvus Lite cannot evaluate, filters.py)."""
+        return self.filter.to_milvus(self.multi_row, lite=lite)
+
+    @property
+    def key(self) -> tuple[str, bool]:
+        return self.filter.digest, self.multi_row
+
+    def matches(self, record: "Record | Hit", created_at_ms: int | None = None) -> bool:
+        item = record.id.split(_ROW_SEPARATOR, 1)[0] if self.multi_row else record.id
+        when = created_at_ms if created_at_ms is not None else getattr(record, "created_at_ms", 0)
+        return self.filter.matches(FilterFields(id=item, uri=record.uri, created_at_ms=when,
+                                                metadata=record.metadata or {}))
+
+
 class VectorIndex(Protocol):
     """One collection's vectors. Every method may raise errors.Unavailable."""
 
     async def insert(self, records: list[Record]) -> None:
         """Stores all records or none of them."""
+
+    async def replace(self, records: list[Record]) -> None:
+        """Rewrites stored rows (new field values, same keys) in one write: each row is searchable
+        throughout, with its old values or its new ones. On failure nothing is removed (unlike insert)."""
 
     async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
         """queries: float32 [Q, D], L2-normalised; best hit first."""
@@ -71,11 +102,21 @@ class VectorIndex(Protocol):
         """This index searched with a request's breadth (None: the collection's); INVALID_ARGUMENT
         out of the index's range (vector_index.VectorIndexSpec.breadth). Exact indexes ignore it."""
 
+    def with_filter(self, where: RowFilter | None) -> "VectorIndex":
+        """This index with its searches restricted to the rows that match (None: every row). The
+        store filters while it searches, so k hits come back whenever k rows match."""
+
     async def ids_for_sha256(self, digests: list[str]) -> dict[str, str]:
         """sha256 -> stored id, for the digests already in the collection."""
 
-    async def get(self, ids: list[str]) -> dict[str, Record]:
-        """The stored records among ids (with vectors)."""
+    async def get(self, ids: list[str], vectors: bool = True) -> dict[str, Record]:
+        """The stored records among ids (with vectors and local features; vectors=False: without
+        either, their vector an empty array)."""
+
+    async def list_rows(self, after: str, limit: int, where: RowFilter | None = None,
+                        vectors: bool = False) -> list[Record]:
+        """Up to limit rows with a key greater than `after` ("" for the first), in key order, that
+        match where; vectors as in get."""
 
     async def existing_ids(self, ids: list[str], recent: bool = True) -> set[str]:
         """The ids among ids that are stored (without fetching their rows). recent=False may miss rows

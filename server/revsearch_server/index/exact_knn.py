@@ -9,6 +9,7 @@ so a crash never leaves half a batch. One server process owns a directory.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import os
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..domain import FaceBox
-from .base import Hit, Record
+from .base import Hit, Record, RowFilter
 
 _RECORD_FIELDS = ("id", "uri", "sha256", "model", "model_version", "created_at_ms", "metadata", "face_box",
                   "face_count", "timestamp_s", "local_features")  # segments written before local_features lack it
@@ -45,6 +46,7 @@ class ExactKnnIndex:
         self._matrix: np.ndarray | None = None
         self._ids: list[str] = []
         self._tombstones: set[str] = set()
+        self._sorted: list[str] | None = None  # the ids in order, for list_rows (None: to be rebuilt)
         self._load()
 
     @property
@@ -97,7 +99,11 @@ class ExactKnnIndex:
                 await self._run(self._write_tombstones)
             for r in records:
                 self._records[r.id] = r
-            self._matrix = None
+            self._matrix = self._sorted = None
+
+    async def replace(self, records: list[Record]) -> None:
+        """A new segment with the rows' new values (the latest segment wins on load), swapped in at once."""
+        await self.insert(records)
 
     def _snapshot(self) -> tuple[np.ndarray, list[str]]:
         if self._matrix is None:
@@ -110,16 +116,43 @@ class ExactKnnIndex:
         """Exact: no breadth to set (a request's is ignored)."""
         return self
 
+    def with_filter(self, where: RowFilter | None) -> "ExactKnnIndex | FilteredExactKnn":
+        return self if where is None else FilteredExactKnn(self, where)
+
     async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
         matrix, ids = self._snapshot()
         records = self._records
         return await self._run(_knn, matrix, ids, records, queries, top_k)
 
+    async def search_where(self, queries: np.ndarray, top_k: int, where: RowFilter) -> list[list[Hit]]:
+        """Exact search of the rows that match (the baseline filtered searches are measured against)."""
+        matrix, ids = self._snapshot()
+        records = self._records
+
+        def run():
+            keep = [j for j, i in enumerate(ids) if i in records and where.matches(records[i])]
+            return _knn(matrix[keep], [ids[j] for j in keep], records, queries, top_k)
+
+        return await self._run(run)
+
+    async def list_rows(self, after: str, limit: int, where: RowFilter | None = None,
+                        vectors: bool = False) -> list[Record]:
+        if self._sorted is None:
+            self._sorted = sorted(self._records)
+        ordered, records, out = self._sorted, self._records, []
+        for i in ordered[bisect.bisect_right(ordered, after):]:
+            r = records.get(i)
+            if r is not None and (where is None or where.matches(r)):
+                out.append(r)
+                if len(out) == limit:
+                    break
+        return out
+
     async def ids_for_sha256(self, digests: list[str]) -> dict[str, str]:
         wanted = set(digests)
         return {r.sha256: r.id for r in self._records.values() if r.sha256 in wanted}
 
-    async def get(self, ids: list[str]) -> dict[str, Record]:
+    async def get(self, ids: list[str], vectors: bool = True) -> dict[str, Record]:
         return {i: self._records[i] for i in ids if i in self._records}
 
     async def existing_ids(self, ids: list[str], recent: bool = True) -> set[str]:
@@ -133,7 +166,7 @@ class ExactKnnIndex:
                 await self._run(self._write_tombstones)
                 for i in existing:
                     del self._records[i]
-                self._matrix = None
+                self._matrix = self._sorted = None
             return existing
 
     async def count(self) -> int:
@@ -141,6 +174,29 @@ class ExactKnnIndex:
 
     async def count_imported(self) -> int:
         return sum(1 for r in self._records.values() if not r.sha256)
+
+
+class FilteredExactKnn:
+    """An ExactKnnIndex whose searches see only the rows that match a filter (with_filter)."""
+
+    def __init__(self, base: ExactKnnIndex, where: RowFilter):
+        self._base, self._where = base, where
+
+    def __getattr__(self, name):  # every other method is the collection's own
+        return getattr(self._base, name)
+
+    @property
+    def search_key(self) -> tuple:
+        return (self._base.search_key, self._where.key)
+
+    def with_filter(self, where: RowFilter | None):
+        return self._base.with_filter(where)
+
+    def with_breadth(self, breadth: int | None) -> "FilteredExactKnn":
+        return self
+
+    async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
+        return await self._base.search_where(queries, top_k, self._where)
 
 
 def _knn(matrix: np.ndarray, ids: list[str], records: dict[str, Record], queries: np.ndarray,

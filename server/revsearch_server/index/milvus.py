@@ -40,22 +40,26 @@ import logging
 import math
 import re
 import threading
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from concurrent.futures import Executor
 
 import numpy as np
 
 from ..domain import FaceBox
-from ..errors import NotFound, Unavailable
+from ..errors import InvalidArgument, NotFound, Unavailable
 from ..shared_call import CallJoiner
 from ..vector_index import CHOOSABLE, SERVER_DEFAULT, IndexType, VectorIndexSpec
-from .base import CURRENT_LAYOUT, LAYOUT_FACE_COLUMNS, LAYOUT_LOCAL_FEATURES, Hit, Record
+from .base import CURRENT_LAYOUT, LAYOUT_FACE_COLUMNS, LAYOUT_LOCAL_FEATURES, Hit, Record, RowFilter
 
 log = logging.getLogger(__name__)
 
 PREFIX = "revsearch_"
 PROBE_EVERY_S = 1.0
 _MISSING_COLLECTION = re.compile(r"collection not found|can't find collection|CollectionNotExists", re.I)
+# Milvus refusing a filter expression (filters.py should never make one it refuses): the request's fault,
+# not the store's, so it must not open the circuit.
+_BAD_EXPRESSION = re.compile(r"invalid expr|cannot parse expression|unsupported expr|expr type check failed", re.I)
 _NO_FACE_COUNT, _NO_TIMESTAMP = 0, -1.0
 # Row keys: a 64-character item id plus "~<face>" in crop mode "all" (see rows.py).
 _ID_MAX, _URI_MAX = 80, 2048
@@ -86,6 +90,55 @@ def _quote_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
+class RewriteGate:
+    """Milvus Lite only: reads of a collection (searches, gets, listings) wait while one of its rows is
+    rewritten (UpdateImages), and a rewrite waits for the reads in flight.
+
+    Lite's upsert deletes the old row and then inserts the new one: a search between the two missed the
+    item (tests/service/test_item_api.py caught 6 of about 60 concurrent searches missing it while it was
+    updated 30 times). A Lite file belongs to one server process, so a lock in that process closes the
+    window; the Milvus server applies an upsert at one timestamp and needs none."""
+
+    def __init__(self):
+        self._cond = asyncio.Condition()
+        self._readers = 0
+        self._writing = False
+        self._waiting_writers = 0
+
+    @asynccontextmanager
+    async def read(self):
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writing and not self._waiting_writers)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @asynccontextmanager
+    async def write(self):
+        async with self._cond:
+            self._waiting_writers += 1
+            try:
+                await self._cond.wait_for(lambda: not self._writing and not self._readers)
+            finally:
+                self._waiting_writers -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+@asynccontextmanager
+async def _ungated():
+    yield
+
+
 class MilvusStore:
     """Owns the connection; hands out per-collection indexes."""
 
@@ -111,6 +164,20 @@ class MilvusStore:
         # one-image IndexImages calls from 16 callers made four Milvus round trips each.
         self.joined = CallJoiner()
         self._on_missing: list = []  # callbacks(name) for a collection Milvus says is gone
+        self._gates: dict[str, RewriteGate] = {}  # Lite: per collection (RewriteGate)
+
+    def reading(self, collection: str):
+        """The context a read of the collection runs in (Lite: RewriteGate.read; a server: nothing)."""
+        return self._gate(collection).read() if self.is_lite else _ungated()
+
+    def rewriting(self, collection: str):
+        return self._gate(collection).write() if self.is_lite else _ungated()
+
+    def _gate(self, collection: str) -> RewriteGate:
+        gate = self._gates.get(collection)
+        if gate is None:
+            gate = self._gates[collection] = RewriteGate()
+        return gate
 
     def on_missing(self, callback) -> None:
         """callback(collection name) whenever Milvus answers that the collection does not exist (another
@@ -169,6 +236,10 @@ class MilvusStore:
                 for forget in self._on_missing:  # the catalog's cached settings of it are stale now
                     forget(name)
                 raise NotFound(f"collection {name!r} does not exist (dropped)") from exc
+            if _BAD_EXPRESSION.search(str(exc)):
+                log.warning("milvus refused an expression during %s: %s", method, _short(exc))
+                raise InvalidArgument("the vector store could not evaluate this filter; simplify it (the store said: "
+                                      f"{_short(exc)[:200]})") from exc
             if self._down is None:
                 log.warning("milvus %s failed: %s", method, exc)
             self._mark_down(_short(exc), args[0] if args and isinstance(args[0], str) else None)
@@ -308,6 +379,7 @@ class MilvusIndex:
         self._store = store
         self.vector_index = vector_index
         self._breadth = breadth  # a request's search breadth (0: the collection's)
+        self._where = ""  # a request's filter as a Milvus expression ("": every row)
         self._c = collection
         self._dim = dimension
         self._float16 = float16
@@ -320,7 +392,7 @@ class MilvusIndex:
     def search_key(self) -> tuple:
         # The catalog makes a MilvusIndex per call; what they search is the named collection (with one
         # breadth: searches of another breadth go to the index separately).
-        return ("milvus", self._c, self._dim, self._breadth)
+        return ("milvus", self._c, self._dim, self._breadth, self._where)
 
     def with_breadth(self, breadth: int | None) -> "MilvusIndex":
         """This index searched with another breadth (vector_index.VectorIndexSpec.breadth checks it)."""
@@ -331,15 +403,20 @@ class MilvusIndex:
         clone._breadth = b
         return clone
 
+    def with_filter(self, where: RowFilter | None) -> "MilvusIndex":
+        """This index with its searches filtered by Milvus itself (a pre-filter: its FLAT and graph
+        searches skip rows that do not match, so top_k is the true top_k among those that do)."""
+        expr = where.milvus(self._store.is_lite) if where is not None else ""
+        if expr == self._where:
+            return self
+        clone = copy.copy(self)
+        clone._where = expr
+        return clone
+
     async def insert(self, records: list[Record]) -> None:
         if not records:
             return
-        rows = [{
-            "id": r.id, "vector": self._vector_in(r.vector), "uri": r.uri, "sha256": r.sha256, "model": r.model,
-            "model_version": r.model_version, "created_at_ms": r.created_at_ms, "metadata": r.metadata,
-            **(_face_columns(r) if self._columns else {"face_box": _face_json_v1(r)}),
-            **({"local_features": r.local_features or ""} if self._features else {}),
-        } for r in records]
+        rows = self._rows(records)
         try:
             # Upsert, not insert: Milvus keeps both rows of a repeated primary key, so a retried or
             # racing write of the same content-derived id must replace, not add. Joined with the
@@ -355,6 +432,27 @@ class MilvusIndex:
                 log.error("could not clean up %d unacknowledged rows in %s", len(records), self._c)
             raise
 
+    async def replace(self, records: list[Record]) -> None:
+        # One upsert. A Milvus server applies its delete and insert at one timestamp; on Lite the reads of
+        # the collection wait meanwhile (RewriteGate). Tests search while items are updated, on both.
+        if not records:
+            return
+        async with self._store.rewriting(self._c):
+            write = asyncio.ensure_future(self._store.call("upsert", self._c, data=self._rows(records)))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:  # the write runs on in its thread: hold the gate until it ends
+                await asyncio.wait([write])
+                raise
+
+    def _rows(self, records: list[Record]) -> list[dict]:
+        return [{
+            "id": r.id, "vector": self._vector_in(r.vector), "uri": r.uri, "sha256": r.sha256, "model": r.model,
+            "model_version": r.model_version, "created_at_ms": r.created_at_ms, "metadata": r.metadata,
+            **(_face_columns(r) if self._columns else {"face_box": _face_json_v1(r)}),
+            **({"local_features": r.local_features or ""} if self._features else {}),
+        } for r in records]
+
     async def _upsert(self, parts: list[list[dict]]) -> None:
         rows = {row["id"]: row for part in parts for row in part}  # a key twice in one call: the last wins
         await self._store.call("upsert", self._c, data=list(rows.values()))
@@ -366,16 +464,18 @@ class MilvusIndex:
 
         async def run(parts: list[list[str]]) -> list[dict]:
             wanted = sorted({v for part in parts for v in part})
-            return await self._store.call("query", self._c, filter=f"{kind} in {_quote_list(wanted)}",
-                                          output_fields=output, consistency_level=level)
+            async with self._store.reading(self._c):  # an id being rewritten is still stored
+                return await self._store.call("query", self._c, filter=f"{kind} in {_quote_list(wanted)}",
+                                              output_fields=output, consistency_level=level)
 
         return await self._store.joined.call(("query", self._c, kind, tuple(output), level), values, run)
 
     async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
-        results = await self._store.call(
-            "search", self._c, data=[self._vector_in(q) for q in queries], limit=top_k,
-            output_fields=self._output, search_params=self._search_params(top_k),
-            consistency_level=self._store.consistency)
+        async with self._store.reading(self._c):
+            results = await self._store.call(
+                "search", self._c, data=[self._vector_in(q) for q in queries], limit=top_k,
+                output_fields=self._output, search_params=self._search_params(top_k),
+                consistency_level=self._store.consistency, **({"filter": self._where} if self._where else {}))
         return [[self._hit(h) for h in hits] for hits in results]
 
     def _search_params(self, top_k: int) -> dict:
@@ -390,12 +490,33 @@ class MilvusIndex:
         return {r["sha256"]: r["id"] for r in await self._lookup("sha256", digests, ["id", "sha256"])
                 if r["sha256"] in wanted}
 
-    async def get(self, ids: list[str]) -> dict[str, Record]:
+    async def get(self, ids: list[str], vectors: bool = True) -> dict[str, Record]:
         if not ids:
             return {}
-        rows = await self._store.call("query", self._c, filter=f"id in {_quote_list(ids)}",
-                                      output_fields=["*"], consistency_level=self._store.consistency)
+        async with self._store.reading(self._c):
+            rows = await self._store.call("query", self._c, filter=f"id in {_quote_list(ids)}",
+                                          output_fields=self._fields(vectors), consistency_level=self._store.consistency)
         return {r["id"]: self._record(r) for r in rows}
+
+    async def list_rows(self, after: str, limit: int, where: RowFilter | None = None,
+                        vectors: bool = False) -> list[Record]:
+        # Keyset paging on the primary key: Milvus answers a query with a limit in primary-key order
+        # (pymilvus's QueryIterator relies on it too; tests/integration check it on Lite and the server),
+        # so `id > last` never skips or repeats a row that existed throughout, whatever is written meanwhile.
+        expr = f"id > {json.dumps(after)}" if after else 'id != ""'
+        if where is not None:
+            expr = f"({expr}) and ({where.milvus(self._store.is_lite)})"
+        async with self._store.reading(self._c):
+            rows = await self._store.call("query", self._c, filter=expr, limit=limit,
+                                          output_fields=self._fields(vectors), consistency_level=self._store.consistency)
+        rows.sort(key=lambda r: r["id"])  # the order is the store's; sorting a page costs nothing and guards it
+        return [self._record(r) for r in rows]
+
+    def _fields(self, vectors: bool) -> list[str]:
+        """Every stored field, or all but the vector and the local features (3-4 KB a row)."""
+        if vectors:
+            return ["*"]
+        return ["id", "model", "model_version", "created_at_ms", *self._output]
 
     async def existing_ids(self, ids: list[str], recent: bool = True) -> set[str]:
         if not ids:
@@ -462,7 +583,8 @@ class MilvusIndex:
 
     def _record(self, r: dict) -> Record:
         box, count, t = self._faces(r)
-        return Record(id=r["id"], vector=self._vector_out(r["vector"]), uri=r["uri"],
+        vector = self._vector_out(r["vector"]) if "vector" in r else np.zeros(0, np.float32)
+        return Record(id=r["id"], vector=vector, uri=r["uri"],
                       sha256=r["sha256"], model=r["model"], model_version=r["model_version"],
                       created_at_ms=int(r["created_at_ms"]), metadata=r.get("metadata") or {},
                       face_box=box, face_count=count, timestamp_s=t, local_features=r.get("local_features") or None)

@@ -42,7 +42,9 @@ class Role(enum.IntEnum):
 RPC_ROLES = {
     "SearchImages": Role.READ, "BatchSearchImages": Role.READ, "SearchVideos": Role.READ, "EmbedImage": Role.READ,
     "ListCollections": Role.READ, "DescribeCollection": Role.READ, "GetServerInfo": Role.READ,
+    "GetImages": Role.READ, "ListImages": Role.READ,
     "IndexImages": Role.WRITE, "IndexVideo": Role.WRITE, "DeleteImages": Role.WRITE, "ImportVectors": Role.WRITE,
+    "UpdateImages": Role.WRITE,
     "CreateCollection": Role.ADMIN, "DropCollection": Role.ADMIN,
 }
 

@@ -20,7 +20,8 @@ from ..domain import CropMode, FaceBox, FaceOptions, IndexKind, ItemStatus, Medi
 from ..embedding.base import BackendKind
 from ..errors import InvalidArgument
 from ..index.base import Hit
-from ..usecases.images import IndexInput, IndexOutcome, Query, SearchResult
+from ..usecases.images import IndexInput, IndexOutcome, Query, SearchOptions, SearchResult
+from ..usecases.items import ImageChange, ImagePage, StoredImage, UpdateOutcome, UpdateStatus
 from ..usecases.imports import ImportHeader, ImportReport, VectorInput
 from ..usecases.server_info import ServerInfo
 from ..usecases.videos import FrameResult, SamplingOverrides, VideoOutcome, VideoQuery, VideoSearchResult, VideoUpload
@@ -167,7 +168,15 @@ def query_from_pb(message) -> Query:
     which = message.WhichOneof("query")
     return Query(image=message.image if which == "image" else None,
                  vector=list(message.vector.values) if which == "vector" else None,
-                 item_id=message.item_id if which == "item_id" else None)
+                 item_id=message.item_id if which == "item_id" else None,
+                 filter=message.filter if isinstance(message, pb.BatchQuery) else "")
+
+
+def search_options_from_pb(message) -> SearchOptions:
+    """A SearchImagesRequest's or BatchSearchImagesRequest's options (unset: the collection's)."""
+    return SearchOptions(top_k=top_k_from_pb(message), copy_detection=copy_detection_from_pb(message),
+                         breadth=search_breadth_from_pb(message), filter=message.filter,
+                         min_score=message.min_score if message.HasField("min_score") else None)
 
 
 def top_k_from_pb(message) -> int | None:
@@ -267,7 +276,42 @@ def video_upload_from_pb(header: pb.VideoHeader) -> VideoUpload:
 def video_query_from_pb(header: pb.SearchVideosHeader) -> VideoQuery:
     return VideoQuery(collection=header.collection, image=header.image, top_k=top_k_from_pb(header),
                       ranking=enum_from_pb(RANKING_FROM_PB, header.ranking, "ranking"),
-                      sampling=sampling_overrides_from_pb(header.sampling))
+                      sampling=sampling_overrides_from_pb(header.sampling), filter=header.filter,
+                      min_score=header.min_score if header.HasField("min_score") else None)
+
+
+UPDATE_STATUS_TO_PB = {UpdateStatus.UPDATED: pb.UPDATE_STATUS_UPDATED, UpdateStatus.NOT_FOUND: pb.UPDATE_STATUS_NOT_FOUND,
+                       UpdateStatus.FAILED: pb.UPDATE_STATUS_FAILED}
+
+
+def timestamp_pb(ms: int) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromMilliseconds(ms)
+    return t
+
+
+def image_pb(image: StoredImage) -> pb.Image:
+    return pb.Image(id=image.id, uri=image.uri, metadata=struct_pb(image.metadata), sha256=image.sha256,
+                    create_time=timestamp_pb(image.created_at_ms), face_boxes=[face_box_pb(b) for b in image.face_boxes],
+                    vector=pb.Vector(values=image.vector.tolist()) if image.vector is not None else None,
+                    imported=image.imported)
+
+
+def image_page_pb(page: ImagePage) -> pb.ListImagesResponse:
+    return pb.ListImagesResponse(images=[image_pb(i) for i in page.images], next_page_token=page.next_page_token,
+                                 page_size=page.page_size)
+
+
+def image_changes_from_pb(request: pb.UpdateImagesRequest) -> list[ImageChange]:
+    return [ImageChange(id=u.id, metadata=struct_dict(u.metadata), uri=u.uri) for u in request.updates]
+
+
+def update_response_pb(outcomes: list[UpdateOutcome]) -> pb.UpdateImagesResponse:
+    return pb.UpdateImagesResponse(results=[
+        pb.UpdateResult(id=o.id, status=UPDATE_STATUS_TO_PB[o.status],
+                        error=item_error_pb(o.error) if o.status is UpdateStatus.FAILED and o.error else None,
+                        image=image_pb(o.image) if o.image is not None else None)
+        for o in outcomes])
 
 
 def frame_pb(frame: FrameResult) -> pb.VideoFrame:
@@ -311,7 +355,9 @@ def server_info_pb(info: ServerInfo) -> pb.GetServerInfoResponse:
                          max_video_bytes=lim.max_video_bytes, max_video_duration_s=lim.max_video_duration_s,
                          max_video_width=lim.max_video_width, max_video_height=lim.max_video_height,
                          max_video_frames=lim.max_video_frames, max_batch_queries=lim.max_batch_queries,
-                         max_import_items_per_message=lim.max_import_items_per_message),
+                         max_import_items_per_message=lim.max_import_items_per_message,
+                         max_get_ids=lim.max_get_ids, max_page_size=lim.max_page_size,
+                         max_filter_bytes=lim.max_filter_bytes),
         default_model=info.default_model, default_model_reason=info.default_model_reason,
         vector_index_types=[VECTOR_INDEX_TO_PB[t] for t in info.vector_index_types],
         default_vector_index=VECTOR_INDEX_TO_PB[info.default_vector_index])

@@ -14,6 +14,7 @@ from ..validation import MAX_IMPORT_ITEMS_PER_MESSAGE
 from ..usecases.collections import ManageCollections
 from ..usecases.images import ImageSearch
 from ..usecases.imports import ImportVectors
+from ..usecases.items import ImageItems
 from ..usecases.server_info import DescribeServer
 from ..usecases.videos import VideoSearch
 from . import convert
@@ -26,9 +27,10 @@ class SearchServicer:
     """Implements revsearch.v1.SearchService (registered through calls.service_handler)."""
 
     def __init__(self, collections: ManageCollections, images: ImageSearch, videos: VideoSearch,
-                 server: DescribeServer, index_batch_size: int, imports: ImportVectors):
+                 server: DescribeServer, index_batch_size: int, imports: ImportVectors, items: ImageItems):
         self._collections = collections
         self._images = images
+        self._items = items
         self._imports = imports
         self._videos = videos
         self._server = server
@@ -64,16 +66,13 @@ class SearchServicer:
 
     async def SearchImages(self, request, context):
         result = await self._images.search(request.collection, convert.query_from_pb(request),
-                                           convert.top_k_from_pb(request), convert.copy_detection_from_pb(request),
-                                           convert.search_breadth_from_pb(request))
+                                           convert.search_options_from_pb(request))
         return convert.search_response_pb(result)
 
     async def BatchSearchImages(self, request, context):
         results = await self._images.search_batch(request.collection, [convert.query_from_pb(q)
                                                                        for q in request.queries],
-                                                  convert.top_k_from_pb(request),
-                                                  copy_detection=convert.copy_detection_from_pb(request),
-                                                  breadth=convert.search_breadth_from_pb(request))
+                                                  convert.search_options_from_pb(request))
         spec = None
         if all(isinstance(r, Exception) for r in results):  # the response still names the model
             spec = (await self._collections.describe(request.collection)).spec
@@ -87,6 +86,20 @@ class SearchServicer:
     async def DeleteImages(self, request, context):
         deleted, missing = await self._images.delete(request.collection, list(request.ids))
         return pb.DeleteImagesResponse(deleted_ids=deleted, not_found_ids=missing)
+
+    async def GetImages(self, request, context):
+        found, missing = await self._items.get(request.collection, list(request.ids), request.include_vectors)
+        return pb.GetImagesResponse(images=[convert.image_pb(i) for i in found], not_found_ids=missing)
+
+    async def ListImages(self, request, context):
+        page = await self._items.list(request.collection, request.filter, request.page_size, request.page_token,
+                                      request.include_vectors)
+        return convert.image_page_pb(page)
+
+    async def UpdateImages(self, request, context):
+        outcomes = await self._items.update(request.collection, convert.image_changes_from_pb(request),
+                                            list(request.update_mask.paths))
+        return convert.update_response_pb(outcomes)
 
     async def ImportVectors(self, requests, context):
         """The header first, then items as they come (the first message may carry both)."""

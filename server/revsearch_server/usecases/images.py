@@ -21,6 +21,7 @@ from ..embedding.base import BackendKind
 from ..encoder import Encoder
 from ..errors import AlreadyExists, InvalidArgument, NotFound, RevsearchError, Unavailable
 from ..faces.cropper import FaceCrop, NoFace
+from ..filters import Filter, parse_filter
 from ..imaging import sha256_hex
 from ..index.base import Hit, Record, VectorIndex, insert_or_undo
 from ..index.coalescer import SearchCoalescer
@@ -28,7 +29,7 @@ from ..models import ModelSpec
 from ..observability import Metrics, or_null
 from ..rows import MAX_ROW_FETCH, collapse_hits, item_of, row_id
 from ..validation import (MAX_BATCH_QUERIES, default_id, resolve_top_k, validate_item_fields,
-                          validate_query_vector)
+                          validate_min_score, validate_query_vector)
 
 @dataclass
 class IndexInput:
@@ -54,10 +55,21 @@ class IndexOutcome:
 
 @dataclass
 class Query:
-    """Exactly one of image, vector or item_id."""
+    """Exactly one of image, vector or item_id; filter: this query's own (AIP-160 text, "": the call's)."""
     image: bytes | None = None
     vector: list[float] | np.ndarray | None = None
     item_id: str | None = None
+    filter: str = ""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a search request may set besides its queries (None / "": the collection's or no limit)."""
+    top_k: int | None = None
+    copy_detection: bool | None = None
+    breadth: int | None = None
+    filter: str = ""  # AIP-160 (filters.py); "" searches every item
+    min_score: float | None = None  # hits below this cosine are left out
 
 
 @dataclass
@@ -207,30 +219,54 @@ class ImageSearch:
         return outcomes  # type: ignore[return-value]
 
     # -- search ------------------------------------------------------------------------------
-    async def search(self, collection: str, query: Query, top_k: int | None = None,
-                     copy_detection: bool | None = None, breadth: int | None = None) -> SearchResult:
-        [result] = await self.search_batch(collection, [query], top_k, rpc="SearchImages",
-                                           copy_detection=copy_detection, breadth=breadth)
+    async def search(self, collection: str, query: Query, options: SearchOptions = SearchOptions()) -> SearchResult:
+        [result] = await self.search_batch(collection, [query], options, rpc="SearchImages")
         if isinstance(result, RevsearchError):
             raise result
         return result
 
-    async def search_batch(self, collection: str, queries: list[Query], top_k: int | None = None,
-                           rpc: str = "BatchSearchImages", copy_detection: bool | None = None,
-                           breadth: int | None = None) -> list[SearchResult | RevsearchError]:
+    async def search_batch(self, collection: str, queries: list[Query], options: SearchOptions = SearchOptions(),
+                           rpc: str = "BatchSearchImages") -> list[SearchResult | RevsearchError]:
         """One result or error per query. Image queries are prepared and embedded as one batch,
-        and all query vectors go to the index in one call. copy_detection: None follows the
-        collection (on where it has copy detection), False searches the global vectors only.
-        breadth: the index's search breadth for this call (None: the collection's; checked before
-        any image is decoded)."""
-        k = resolve_top_k(top_k, self.max_top_k)
+        and all query vectors go to the index in one call (one per distinct filter). copy_detection:
+        None follows the collection (on where it has copy detection), False searches the global
+        vectors only. breadth: the index's search breadth for this call (None: the collection's);
+        it, the filters and min_score are checked before any image is decoded. A query's own
+        filter that does not parse fails that query only."""
+        k = resolve_top_k(options.top_k, self.max_top_k)
+        validate_min_score(options.min_score)
         if not queries:
             raise InvalidArgument("queries is empty; give 1 to 64 queries")
         if len(queries) > MAX_BATCH_QUERIES:
             raise InvalidArgument(f"{len(queries)} queries given; at most {MAX_BATCH_QUERIES} per call")
+        common = parse_filter(options.filter)
+        out: list[SearchResult | RevsearchError | None] = [None] * len(queries)
+        groups: dict[str, tuple[Filter | None, list[int]]] = {}
+        for i, q in enumerate(queries):
+            try:
+                f = parse_filter(q.filter) if q.filter else common
+            except RevsearchError as exc:
+                out[i] = exc
+                continue
+            groups.setdefault(f.digest if f else "", (f, []))[1].append(i)
         async with self._admission.slots(sum(q.image is not None for q in queries), rpc):
-            c = (await self._collections.open(collection, MediaType.IMAGE)).with_breadth(breadth)
-            return await self._search(c, queries, k, copy_detection)
+            c = (await self._collections.open(collection, MediaType.IMAGE)).with_breadth(options.breadth)
+            answers = await asyncio.gather(*(self._search_group(c, f, [queries[i] for i in members], k,
+                                                                options.copy_detection)
+                                             for f, members in groups.values()))
+        for (_, members), results in zip(groups.values(), answers):
+            for i, r in zip(members, results):
+                out[i] = _above(r, options.min_score)
+        return out  # type: ignore[return-value]
+
+    async def _search_group(self, c: Collection, f: Filter | None, queries: list[Query], k: int,
+                            copy_detection: bool | None) -> list[SearchResult | RevsearchError]:
+        """The queries of one filter; a filter the store cannot evaluate fails those queries only."""
+        try:
+            filtered = c.with_filter(f)
+        except RevsearchError as exc:
+            return [exc] * len(queries)
+        return await self._search(filtered, queries, k, copy_detection)
 
     async def _search(self, c: Collection, queries: list[Query], k: int, copy_detection: bool | None = None
                       ) -> list[SearchResult | RevsearchError]:
@@ -327,16 +363,19 @@ class ImageSearch:
         merged: dict[int, list[Hit]] = {}
         for n, view_hits in zip(rows, views):
             merged[n] = _merge(hits[n], view_hits)
-        verifiers = {n: Verifier(local[order[n]], merged[n][:CANDIDATES], _sure(hits[n], merged[n])) for n in rows}
         main = {n: {h.id for h in hits[n]} for n in rows}
         records: dict[str, Record] = {}
+        if c.where is not None:  # crop views carry no fields: keep the candidates whose item's row matches
+            for n in rows:
+                merged[n] = await self._matching(c, merged[n][:CANDIDATES + k], main[n], records)
+        verifiers = {n: Verifier(local[order[n]], merged[n][:CANDIDATES], _sure(hits[n], merged[n])) for n in rows}
         zoomed: set[int] = set()
         first = True
         while True:
             if not first:  # still nothing verified among the first: the zoomed-out vector's candidates join
                 lost = [n for n in rows if n not in zoomed and not verifiers[n].settled and not verifiers[n].found]
                 zoomed.update(lost)
-                await self._add_zoomed_out(c, lost, order, local, verifiers)
+                await self._add_zoomed_out(c, lost, order, local, verifiers, records)
             # The next candidates of each unsettled query (the first only for a sure one), and at first
             # the view-only items that may be shown (their fields). Fetched in chunks: a query settles
             # after 4 verified candidates on most images, and a row's features are 4 KB.
@@ -379,8 +418,16 @@ class ImageSearch:
             out[n] = shown
         return out
 
+    async def _matching(self, c: Collection, hits: list[Hit], main: set[str], records: dict[str, Record]) -> list[Hit]:
+        """The hits of the filtered main search, and the crop-view candidates whose item's row matches
+        the collection's filter (their rows fetched into records, which verification needs anyway)."""
+        unknown = sorted({h.id for h in hits if h.id not in main and h.id not in records})
+        if unknown:
+            records.update(await c.index.get(unknown))
+        return [h for h in hits if h.id in main or (h.id in records and c.where.matches(records[h.id]))]
+
     async def _add_zoomed_out(self, c: Collection, rows: list[int], order: list[int], local: dict[int, QueryFeatures],
-                              verifiers: dict[int, Verifier]) -> None:
+                              verifiers: dict[int, Verifier], records: dict[str, Record]) -> None:
         """The zoomed-out vectors of these queries (one model call) search the views; what they find
         joins their candidates."""
         rows = [n for n in rows if local[order[n]].zoomed_out is not None]
@@ -390,11 +437,20 @@ class ImageSearch:
         with self._metrics.stage("search"):
             found = await search_items(self._searcher, c.views, np.ascontiguousarray(small[:, 0]), ZOOM_CANDIDATES)
         for n, view_hits in zip(rows, found):
+            if c.where is not None:
+                view_hits = await self._matching(c, view_hits[:ZOOM_CANDIDATES], set(), records)
             verifiers[n].add(view_hits)
 
     async def delete(self, collection: str, ids: list[str]) -> tuple[list[str], list[str]]:
         """(deleted, not found) item ids; works on image and video collections alike."""
         return await self._collections.delete_items(collection, ids)
+
+
+def _above(result: SearchResult | RevsearchError, min_score: float | None) -> SearchResult | RevsearchError:
+    """The result without its hits scoring below min_score (None: as it is)."""
+    if min_score is None or isinstance(result, RevsearchError):
+        return result
+    return replace(result, hits=[h for h in result.hits if h.score >= min_score])
 
 
 def _chunk(verifier: Verifier) -> int:

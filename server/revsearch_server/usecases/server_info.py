@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..filters import MAX_FILTER_BYTES
+from .items import MAX_GET_IDS, MAX_PAGE_SIZE
 from .. import __version__
 from ..config import Settings
 from ..embedding.base import BackendKind, InferenceBackend
@@ -26,6 +28,9 @@ class Limits:
     max_video_frames: int
     max_batch_queries: int
     max_import_items_per_message: int = MAX_IMPORT_ITEMS_PER_MESSAGE
+    max_get_ids: int = MAX_GET_IDS
+    max_page_size: int = MAX_PAGE_SIZE
+    max_filter_bytes: int = MAX_FILTER_BYTES
 
 
 @dataclass(frozen=True)

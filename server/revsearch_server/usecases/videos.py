@@ -35,11 +35,12 @@ from ..embedding.base import BackendKind
 from ..encoder import Encoder
 from ..errors import AlreadyExists, ResourceExhausted, RevsearchError
 from ..faces.cropper import NoFace
-from ..index.base import Hit, Record, VectorIndex, insert_or_undo
+from ..filters import parse_filter
+from ..index.base import Hit, Record, RowFilter, VectorIndex, insert_or_undo
 from ..models import ModelSpec
 from ..observability import Metrics, or_null
 from ..rows import MAX_ROW_FETCH, item_of, row_id
-from ..validation import default_id, resolve_top_k, validate_item_fields
+from ..validation import default_id, resolve_top_k, validate_item_fields, validate_min_score
 from ..video.sampling import SampledFrame, SamplingOptions, VideoInfo, VideoLimits, probe, sample_frames
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class VideoQuery:
     top_k: int | None = None
     ranking: VideoRanking = VideoRanking.FRAMES
     sampling: SamplingOverrides = SamplingOverrides()
+    filter: str = ""  # AIP-160 (filters.py): only videos that match are ranked
+    min_score: float | None = None  # videos scoring below are left out
 
 
 @dataclass
@@ -251,12 +254,15 @@ class VideoSearch:
     # -- search ------------------------------------------------------------------------------
     async def search(self, query: VideoQuery, body: UploadBody) -> VideoSearchResult:
         k = resolve_top_k(query.top_k, self._max_top_k)
+        validate_min_score(query.min_score)
+        where = parse_filter(query.filter)  # checked before any byte of a clip is read
         if query.image:
             c, _ = await self._open(query.collection, None)
             await body.expect_empty("send either an image in the header or a clip as chunks, not both")
             async with self._admission.slots(1, "SearchVideos"):
                 crop = await self._encoder.prepare_query(query.image, c.model, c.spec.crop_options)
-                return await self._rank(c, query, k, [crop], [0.0], [FrameResult(0.0, [crop.box] if crop.box else [])])
+                return await self._rank(c.with_filter(where), query, k, [crop], [0.0],
+                                        [FrameResult(0.0, [crop.box] if crop.box else [])])
         c, frames = await self._open(query.collection, query.sampling)
         self._admission.check(frames, "SearchVideos")
         async with body.receive(self._max_video_bytes, "the query clip") as spooled:
@@ -271,7 +277,8 @@ class VideoSearch:
                     raise NoFace(f"the query clip has no face in its {len(sampled)} sampled frames (faces must be "
                                  f"at least {c.spec.face_options.min_face_size} px with confidence >= "
                                  f"{c.spec.face_options.min_confidence})")
-                return await self._rank(c, query, k, [x for _, x in pairs], [t for t, _ in pairs], query_frames)
+                return await self._rank(c.with_filter(where), query, k, [x for _, x in pairs], [t for t, _ in pairs],
+                                        query_frames)
 
     async def _rank(self, c: Collection, query: VideoQuery, k: int, crops, query_times: list[float],
                     query_frames: list[FrameResult]) -> VideoSearchResult:
@@ -284,8 +291,11 @@ class VideoSearch:
                 ranked = [(video, score, None) for video, score in rank_by_frames(row_hits, k)]
             else:
                 mean = l2_normalize(np.mean(queries, axis=0)[None, :])
-                means = await self._collections.means(c)
+                means = (await self._collections.means(c)).with_filter(  # one row per video, keyed by its id
+                    RowFilter(c.where.filter) if c.where is not None else None)
                 ranked = [(h.id, h.score, h) for h in (await means.search(mean, k))[0]]
+        if query.min_score is not None:
+            ranked = [r for r in ranked if r[1] >= query.min_score]
         return VideoSearchResult(hits=video_hits(ranked, row_hits, query_times), model=c.model,
                                  ranking=query.ranking, query_frames=query_frames, backend=backend)
 
