@@ -472,14 +472,16 @@ def cmd_get(client: SearchClient, args) -> int:
 def cmd_ls(client: SearchClient, args) -> int:
     """Every matching item (or the first --limit), paging on its own; JSON Lines with --json."""
     shown: list[dict] = []
+    count = 0
     for image in client.iter_images(args.collection, filter=args.filter, page_size=args.page_size,
                                     include_vectors=args.vectors):
         d = image_dict(image)
+        count += 1
         if args.json:
             print(json.dumps(d, ensure_ascii=False))
         else:
             shown.append(d)
-        if args.limit and len(shown) >= args.limit:
+        if args.limit and count >= args.limit:
             break
     if not args.json:
         title = f"{args.collection}: {len(shown)} items" + (f" matching {args.filter}" if args.filter else "")
