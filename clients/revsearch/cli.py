@@ -208,18 +208,24 @@ def cmd_search(client: SearchClient, args) -> int:
                           "model_trained": resp.model_trained, "inference_backend": backend, "hits": hits},
                          indent=2))
     else:
-        table = Table("rank", "score", "id", "uri", title=f"{args.collection}: top {len(hits)} for {args.image}",
+        from .contact_sheet import is_verified_copy
+
+        copies = any(h["matched_keypoints"] for h in hits)  # the column only where copy detection verified
+        table = Table("rank", "score", *(["copy"] if copies else []), "id", "uri",
+                      title=f"{args.collection}: top {len(hits)} for {args.image}",
                       caption=f"model {resp.model}{'' if resp.model_trained else ' (UNTRAINED)'}, "
-                              f"inference: {backend}")
+                              f"inference: {backend}" + (", copy: verified by local features (matched points)"
+                                                         if copies else ""))
         for h in hits:
-            table.add_row(str(h["rank"]), f"{h['score']:.4f}", h["id"], h["uri"])
+            mark = [f"[green]yes ({h['matched_keypoints']})[/]" if is_verified_copy(h["matched_keypoints"]) else ""]
+            table.add_row(str(h["rank"]), f"{h['score']:.4f}", *(mark if copies else []), h["id"], h["uri"])
         out.print(table)
     if args.out:
         from .contact_sheet import write
 
         title = f"{Path(args.image).name} in {args.collection} ({resp.model}" \
                 f"{'' if resp.model_trained else ', UNTRAINED'})"
-        path = write(args.out, query, [(h["rank"], h["score"], h["uri"]) for h in hits], title)
+        path = write(args.out, query, [(h["rank"], h["score"], h["uri"], h["matched_keypoints"]) for h in hits], title)
         err.print(f"contact sheet written to {path}")
     return 0
 
@@ -705,10 +711,16 @@ def cmd_serve(argv: list[str]) -> int:
     try:
         from revsearch_server.app import main as server_main
     except ModuleNotFoundError as exc:
-        if exc.name != "revsearch_server":
-            raise  # the server is there but one of its imports fails: its traceback says more than we could
-        err.print("[bold red]error:[/] the revsearch server is not installed here (only the client is); install "
-                  "the repository with `pip install -e .` or use a machine that runs `revsearch-server`")
+        missing = exc.name or ""
+        if missing != "revsearch_server" and missing.split(".")[0] in ("revsearch", "revsearch_server"):
+            raise  # one of our own modules is missing (a broken install): its traceback says more than we could
+        # `pip install .` gives the client and the CLI only; the server's dependencies are its `server` extra.
+        what = ("the revsearch server is not installed here" if missing == "revsearch_server" else
+                f"the revsearch server's dependencies are not installed here (no module named {missing!r})")
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {what}; a plain install has the client and the CLI only: the server "
+                  + escape('needs `pip install "revsearch[server]"` (from a checkout: `pip install ".[server]"`)'))
         return 2
     server_main(argv)
     return 0

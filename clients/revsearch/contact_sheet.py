@@ -1,4 +1,6 @@
-"""A PNG contact sheet: the query beside its top-k hits, each labelled with rank and score.
+"""A PNG contact sheet: the query beside its top-k hits, each labelled with rank and score; hits that
+copy detection verified (SearchHit.matched_keypoints >= VERIFIED_COPY_KEYPOINTS) framed in green and
+labelled "copy" with their matched points.
 
 Like the original project's result plot. Hits whose uri is not a readable local file get a grey
 tile that says so, rather than being dropped, so ranks stay in place.
@@ -14,6 +16,9 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 TILE = 160
 LABEL = 34
 PAD = 8
+# SearchHit.matched_keypoints from which a hit is a verified copy (the proto's threshold, copies.MIN_INLIERS).
+VERIFIED_COPY_KEYPOINTS = 10
+_COPY_GREEN = (0, 150, 60)
 
 
 def _tile(data: bytes | None, size: int = TILE) -> Image.Image:
@@ -37,8 +42,13 @@ def _read(uri: str) -> bytes | None:
         return None
 
 
-def render(query: bytes, hits: list[tuple[int, float, str]], title: str, columns: int = 5) -> Image.Image:
-    """hits: (rank, score, uri). Returns the sheet; the query tile sits left of the grid."""
+def is_verified_copy(matched_keypoints: int) -> bool:
+    return matched_keypoints >= VERIFIED_COPY_KEYPOINTS
+
+
+def render(query: bytes, hits: list[tuple], title: str, columns: int = 5) -> Image.Image:
+    """hits: (rank, score, uri) or (rank, score, uri, matched_keypoints). Returns the sheet; the query
+    tile sits left of the grid."""
     rows = max(1, -(-len(hits) // columns))
     cell_w, cell_h = TILE + PAD, TILE + LABEL + PAD
     width = PAD + cell_w * (columns + 1) + PAD
@@ -49,16 +59,21 @@ def render(query: bytes, hits: list[tuple[int, float, str]], title: str, columns
     draw.text((PAD, 10), title, fill=(0, 0, 0), font=font)
     sheet.paste(_tile(query), (PAD, 40))
     draw.text((PAD, 40 + TILE + 4), "query", fill=(0, 0, 160), font=font)
-    for n, (rank, score, uri) in enumerate(hits):
+    for n, (rank, score, uri, *more) in enumerate(hits):
         x = PAD + cell_w * (1 + n % columns) + PAD
         y = 40 + cell_h * (n // columns)
         sheet.paste(_tile(_read(uri)), (x, y))
-        draw.text((x, y + TILE + 2), f"#{rank}  {score:.4f}", fill=(0, 0, 0), font=small)
+        matched = int(more[0]) if more else 0
+        if is_verified_copy(matched):
+            draw.rectangle((x - 3, y - 3, x + TILE + 2, y + TILE + 2), outline=_COPY_GREEN, width=3)
+            draw.text((x, y + TILE + 2), f"#{rank}  {score:.3f}  copy {matched}", fill=_COPY_GREEN, font=small)
+        else:
+            draw.text((x, y + TILE + 2), f"#{rank}  {score:.4f}", fill=(0, 0, 0), font=small)
         draw.text((x, y + TILE + 17), Path(uri).name[:24], fill=(90, 90, 90), font=small)
     return sheet
 
 
-def write(path: str | Path, query: bytes, hits: list[tuple[int, float, str]], title: str) -> Path:
+def write(path: str | Path, query: bytes, hits: list[tuple], title: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     render(query, hits, title).save(path, format="PNG")

@@ -91,6 +91,24 @@ def test_a_filtered_copy_search_verifies_only_items_that_match_and_finds_the_ori
         assert all(h.metadata["half"] == 1 - n % 2 for h in other.hits) and len(other.hits) == 5
 
 
+def test_the_cli_table_marks_the_verified_copy_with_its_matched_points(indexed, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    client, _, ids = indexed
+    photo = list(ids)[2]
+    query = tmp_path / "copy.jpg"
+    query.write_bytes(edited_bytes(photo.read_bytes(), "caption"))
+    proc = subprocess.run([sys.executable, "-m", "revsearch", "--server", client.target, "search", str(query),
+                           "--collection", "copies", "--top-k", "3", "--out", str(tmp_path / "sheet.png")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    first = next(line for line in proc.stdout.splitlines() if line.strip().startswith("│ 1") or " 1 " in line[:8])
+    assert "copy" in proc.stdout and "yes (" in first and ids[photo] in first
+    assert (tmp_path / "sheet.png").stat().st_size > 10_000
+
+
 def test_tiny_query_gets_a_global_answer(indexed):
     client, _, _ = indexed
     buffer = io.BytesIO()
