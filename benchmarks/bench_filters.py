@@ -194,12 +194,13 @@ exact filtered search, every hit matching, ListImages >= 5,000 items/s.
 * Milvus Lite at 100k meets all of them. Its FLAT scan reads every vector anyway; the filter adds a JSON
   evaluation per row and skips the vectors that do not match.
 * The Milvus 2.3 server at 1M meets recall, matching and listing, but not the latency ratio (3.9x at 1%,
-  6.8x at 50%). The likely cause, not isolated by a separate measurement here: 2.3 has no index on JSON
-  keys, so the filter is evaluated on each of the million rows for every search before HNSW runs (the 1%
-  filter adds about 48 ms to the 16 ms search), and at 50% the graph walk also passes over the half of
-  the nodes that do not match. The levers are in newer Milvus (JSON path indexes from
-  2.5, partition keys for a tenant field) and need a server newer than the embedded 2.3.9 the package
-  registry has; revsearch passes the same expression to them unchanged.
+  6.8x at 50%). The cause, measured apart in benchmarks/results/json_filter_cost.md: 2.3 has no index on
+  JSON keys and evaluates the filter on each row for every search, about 78 ns a row on one core (17 ms at
+  200,000 rows against 2 ms for the same filter on a VARCHAR column); here the 1% filter added 48 ms to the
+  16 ms search at 1M (segments are filtered in parallel on the 2 cores), and at 50% the graph walk also
+  passes over the half of the nodes that do not match. The levers: typed columns for the metadata keys a
+  collection is filtered by (a column filter made that search 3 ms instead of 18 ms), or a Milvus with JSON
+  path indexes (2.5 and later; the package registry's embedded server is 2.3.9). Neither is built yet.
 * Listing reads pages of 1,000 by `id > last` (keyset), so its speed does not fall with the page number."""
 
 

@@ -71,3 +71,17 @@ def test_distinct_jpeg_changes_the_bytes_but_not_the_picture():
     a, b = distinct_jpeg(data, 1), distinct_jpeg(data, 2)
     assert len({data, a, b}) == 3
     assert Image.open(io.BytesIO(a)).tobytes() == Image.open(io.BytesIO(data)).tobytes()
+
+
+def test_model_picks_the_new_collections_model_and_a_bad_filter_is_counted_as_invalid_argument(server, tmp_path):
+    proc = revsearch(server.address, "loadtest", "--workload", "search", "--images", str(PEOPLE), "--max-images", "4",
+                     "--collection", "lt_model", "--model", "efficientnet_lite0", "--concurrency", "1",
+                     "--requests", "3", "--warmup", "0", "--json", "--filter", 'uri != ""')
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["setup"]["model"] == "efficientnet_lite0" and report["setup"]["filter"] == 'uri != ""'
+    assert report["steps"][0]["errors"] == {}
+    bad = revsearch(server.address, "loadtest", "--workload", "search", "--images", str(PEOPLE), "--max-images", "4",
+                    "--collection", "lt_model", "--concurrency", "1", "--requests", "3", "--warmup", "0", "--json",
+                    "--filter", "uri !=")
+    assert bad.returncode == 1 and json.loads(bad.stdout)["steps"][0]["errors"] == {"INVALID_ARGUMENT": 3}
