@@ -23,7 +23,7 @@ help:
 	@echo "make protos                               regenerate the gRPC stubs into clients/"
 
 # requirements.txt serves; requirements-build.txt adds torch & co. for the model build and the tests.
-$(VENV)/.installed: requirements.txt requirements-build.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-build.txt pyproject.toml testkit/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (Triton stub)"' \
 	  || { echo "set PYTHON=python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,8 @@ $(VENV)/.installed: requirements.txt requirements-build.txt pyproject.toml
 	# Only its bundled tritonserver binary is used; its own pins would fight ours.
 	$(PY) -m pip install --quiet --no-deps nvidia-pytriton==0.7.0
 	$(PY) -m pip install --quiet --no-deps -e .
+	# The tests' and benchmarks' harnesses (revsearch_testkit): a distribution of its own, never in `pip install .`.
+	$(PY) -m pip install --quiet --no-deps -e testkit
 	touch $@
 
 venv: $(VENV)/.installed

@@ -42,12 +42,12 @@ import numpy as np
 
 from common import RESULTS, VIDEO, lfw_images, log, machine, now_utc, write_results
 from revsearch import SearchClient
-from revsearch.chaos import (ACKED, NOT_SERVING, SERVING, Group, Indexer, Item, after_acks, alive, children, chunks,
-                             comm, describes, free_port, health, into_a_call, items_from, milvus_reads, milvus_server,
-                             revsearch_server, triton_tree, wait_for)
 from revsearch.client import ImageInput
 from revsearch.errors import RevsearchClientError
 from revsearch.v1 import search_service_pb2 as pb
+from revsearch_testkit.chaos import (ACKED, NOT_SERVING, SERVING, Group, Indexer, Item, after_acks, alive, children,
+                                     chunks, comm, describes, free_port, health, into_a_call, items_from, milvus_reads,
+                                     milvus_server, revsearch_server, triton_tree, wait_for)
 
 MILVUS_DEADLINE_S = 2.0
 CLIPS = ["video-retalking_face_1.mp4", "video-retalking_face_2.mp4", "video-retalking_face_3.mp4",
@@ -62,7 +62,7 @@ def stats(xs: list[float], digits: int = 3) -> dict:
             "p99": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))], digits), "max": round(xs[-1], digits)}
 
 
-# -- what Milvus Lite holds (processes, probes and the indexer: revsearch/chaos.py) ------------------
+# -- what Milvus Lite holds (processes, probes and the indexer: revsearch_testkit/chaos.py) ----------
 # What Milvus Lite's file holds, read after the server stopped (in a child process of its own: the
 # Milvus Lite process pymilvus starts for the file lives as long as its opener).
 _LITE_ROWS = """

@@ -10,8 +10,9 @@
   results    machine facts, timestamps, writing benchmarks/results/<name>.{json,md}
 
 Benchmarks run as `python benchmarks/bench_x.py`: this folder is then on sys.path, so they import
-this module as `common`; `revsearch` and `revsearch_server` are installed (editable) in the venv.
-The embedded Milvus server runs in a child process, `python -m revsearch.chaos milvus-server`.
+this module as `common`; `revsearch` and `revsearch_server` are installed (editable) in the venv, and so
+is the test kit (`revsearch_testkit`, `make venv`: `pip install --no-deps -e testkit`). The embedded
+Milvus server runs in a child process, `python -m revsearch_testkit.chaos milvus-server`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from revsearch_server.faces.geometry import DetectedFace
 from revsearch_server.imaging import ImageLimits
 from revsearch_server.index.milvus import MilvusStore
 from revsearch_server.models import ModelSpec
+from revsearch_testkit.chaos import milvus_server_command
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -243,7 +245,7 @@ async def embed_at_saturation(address: str, images: list[bytes], concurrency: in
 # -- the embedded Milvus 2.3 server -------------------------------------------------------------
 def start_milvus_server(base: Path) -> tuple[subprocess.Popen, str]:
     """The embedded Milvus standalone server (PyPI package `milvus`) in a child process; its URI."""
-    proc = subprocess.Popen([sys.executable, "-m", "revsearch.chaos", "milvus-server", str(base), str(free_port())],
+    proc = subprocess.Popen(milvus_server_command(base, free_port()),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
     while time.time() < deadline:

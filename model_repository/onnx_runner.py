@@ -18,7 +18,7 @@ import os
 import sys
 
 # The stub runs an isolated interpreter that ignores PYTHONPATH; the revsearch server passes its
-# own site-packages in TRITON_STUB_PYTHONPATH so numpy (<2, see README) and onnxruntime resolve.
+# own site-packages in TRITON_STUB_PYTHONPATH so numpy (<2, see docs/deployment.md) and onnxruntime resolve.
 for _path in reversed([p for p in os.environ.get("TRITON_STUB_PYTHONPATH", "").split(os.pathsep) if p]):
     if _path not in sys.path:
         sys.path.insert(0, _path)

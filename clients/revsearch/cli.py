@@ -726,6 +726,11 @@ def cmd_serve(argv: list[str]) -> int:
     return 0
 
 
+def serve_main() -> int:
+    """The `revsearch-server` command: a client-only install says what to install instead of a traceback."""
+    return cmd_serve(sys.argv[1:])
+
+
 def add_security_flags(parser: argparse.ArgumentParser) -> None:
     """The global --tls* and --api-key flags, defaulting from the same variables as Security.from_env."""
     env = os.environ
@@ -790,7 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--collection", required=True)
     index.add_argument("--recursive", "-r", action="store_true")
     index.add_argument("--ext", default=DEFAULT_EXTS, help=f"extensions to take from folders ({DEFAULT_EXTS})")
-    index.add_argument("--model", default="", help="model for a new collection (server default: resnet50)")
+    index.add_argument("--model", default="", help="model for a new collection (default: the server's, `revsearch info`)")
     index.add_argument("--crop", choices=list(CROP_MODES), default="none", help="crop mode for a new collection")
     index.add_argument("--index", choices=list(INDEX_BACKENDS), default="milvus",
                        help="index backend for a new collection")

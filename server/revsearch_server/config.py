@@ -83,7 +83,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     # Seconds between health checks of the vector store and the inference backend.
     health_interval_s: float = 5.0
-    # Safe exposure (README "Securing a deployment"): TLS files (PEM), the API key file (TOML).
+    # Safe exposure (docs/security.md): TLS files (PEM), the API key file (TOML).
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""

@@ -34,12 +34,12 @@ import numpy as np
 import pytest
 
 from revsearch import SearchClient
-from revsearch.chaos import (ACKED, NOT_SERVING, SERVING, Group, Indexer, Item, after_acks, alive, children, chunks,
-                             comm, describes, health, identity, into_a_call, items_from, milvus_reads, milvus_server,
-                             revsearch_server, still, triton_tree, wait_for)
 from revsearch.client import ImageInput
 from revsearch.errors import RevsearchClientError
 from revsearch.v1 import search_service_pb2 as pb
+from revsearch_testkit.chaos import (ACKED, NOT_SERVING, SERVING, Group, Indexer, Item, after_acks, alive, children,
+                                     chunks, comm, describes, health, identity, into_a_call, items_from, milvus_reads,
+                                     milvus_server, revsearch_server, still, triton_tree, wait_for)
 from tests.helpers import VIDEO, free_port, lfw_images
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ pytestmark = pytest.mark.integration
 MILVUS_DEADLINE_S = 2.0
 
 
-# -- processes (revsearch/chaos.py starts and kills them) ---------------------------------------------
+# -- processes (revsearch_testkit/chaos.py starts and kills them) -----------------------------------
 @pytest.fixture
 def processes():
     """Groups to stop after the test, whatever happened; then none of their processes may be left."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -20,6 +19,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from revsearch_server.filters import Filter, FilterError, FilterFields, parse_filter
+from revsearch_testkit.chaos import milvus_server_command
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -261,7 +261,7 @@ def lite_milvus(tmp_path_factory, items):
 @pytest.fixture(scope="module")
 def server_milvus(tmp_path_factory, items):
     base = tmp_path_factory.mktemp("filters-milvus-server")
-    proc = subprocess.Popen([sys.executable, "-m", "revsearch.chaos", "milvus-server", str(base), str(free_port())],
+    proc = subprocess.Popen(milvus_server_command(base, free_port()),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline, port, said = time.time() + 120, None, []
     while time.time() < deadline:

@@ -3,7 +3,6 @@ acknowledged inserts are searchable at once (Session consistency), deletes and d
 as on Lite, and a revsearch restart keeps the data."""
 
 import subprocess
-import sys
 import time
 
 import pytest
@@ -12,6 +11,7 @@ from revsearch import SearchClient
 from revsearch.client import ImageInput
 from revsearch.errors import NotFoundError
 from revsearch.v1 import search_service_pb2 as pb
+from revsearch_testkit.chaos import milvus_server_command
 from tests.helpers import ServerThread, base_settings, free_port, lfw_images
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def milvus_uri(tmp_path_factory):
     base = tmp_path_factory.mktemp("milvus-server")
-    proc = subprocess.Popen([sys.executable, "-m", "revsearch.chaos", "milvus-server", str(base), str(free_port())],
+    proc = subprocess.Popen(milvus_server_command(base, free_port()),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
     port = None

@@ -1,5 +1,7 @@
 """The server's layers depend in one direction: transport -> use cases -> shared services ->
-backends. Read from the import statements of the source, so a reach-in fails here first."""
+backends. Read from the import statements of the source, so a reach-in fails here first. And the test kit
+(testkit/revsearch_testkit, harnesses of the tests and benchmarks) sits above everything: it may import the
+client and the server, and neither of them imports it."""
 
 from __future__ import annotations
 
@@ -70,3 +72,41 @@ def test_the_server_never_imports_the_client_library():
         for node in ast.walk(ast.parse(m.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("revsearch."):
                 assert node.module.split(".")[1] not in client_modules, f"{m.name} imports {node.module}"
+
+
+# -- the test kit (testkit/revsearch_testkit): tests and benchmarks import it, the product never -----------
+ROOT = PACKAGE.parents[1]
+TESTKIT = "revsearch_testkit"
+
+
+def _testkit_uses(module: Path) -> list[str]:
+    """Where `module` imports the test kit, or names one of its modules as a string (`python -m ...`,
+    importlib): `import revsearch_testkit...`, `from revsearch_testkit... import`, "revsearch_testkit.chaos"."""
+    hits = []
+    for node in ast.walk(ast.parse(module.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = [node.value.strip()]
+        hits += [f"line {node.lineno}: {n}" for n in names if n == TESTKIT or n.startswith(TESTKIT + ".")]
+    return hits
+
+
+@pytest.mark.parametrize("package", ["clients/revsearch", "server/revsearch_server"])
+def test_neither_the_client_nor_the_server_uses_the_test_kit(package):
+    modules = sorted((ROOT / package).rglob("*.py"))
+    assert modules
+    assert {str(m.relative_to(ROOT)): hits for m in modules if (hits := _testkit_uses(m))} == {}
+
+
+def test_the_test_kit_lives_outside_the_shipped_packages_and_may_use_both():
+    kit = ROOT / "testkit" / TESTKIT
+    assert (kit / "__init__.py").is_file() and (kit / "chaos.py").is_file()
+    assert not (ROOT / "clients" / "revsearch" / "chaos.py").exists()
+    # The direction allowed: the kit imports the client library (and runs the server as a process).
+    chaos = ast.parse((kit / "chaos.py").read_text())
+    imported = {n.module for n in ast.walk(chaos) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "revsearch.client" in imported

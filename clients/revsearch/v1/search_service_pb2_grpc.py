@@ -156,8 +156,10 @@ class SearchServiceServicer:
 
     def IndexImages(self, request_iterator, context):
         """Indexes many images over one bidirectional stream. The server answers once per item, in the
-        order the items were sent, so one bad image fails only itself. Stream-level errors (unknown
-        collection, missing collection name) end the stream with NOT_FOUND / INVALID_ARGUMENT.
+        order the items were sent, so one bad image fails only itself. Stream-level errors end the
+        stream: NOT_FOUND (unknown collection), INVALID_ARGUMENT (missing or changed collection name, a
+        video collection), RESOURCE_EXHAUSTED (no room for a batch within the server's
+        --admission-wait-s; retry later).
         Re-sending bytes already in the collection answers ITEM_STATUS_DUPLICATE with the stored id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -188,6 +190,9 @@ class SearchServiceServicer:
 
     def EmbedImage(self, request, context):
         """Embeds one image with a model and returns its L2-normalised vector. Nothing is stored.
+        Errors: INVALID_ARGUMENT (undecodable image, unknown model, no face for a face model),
+        NOT_FOUND (collection), RESOURCE_EXHAUSTED (image over the byte or pixel limit, or the server
+        overloaded), UNAVAILABLE (inference down).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

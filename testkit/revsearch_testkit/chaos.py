@@ -10,11 +10,12 @@ share.
   Milvus itself.
 * `Indexer`: indexes items and re-sends whatever was not acknowledged; `after_acks` and
   `into_a_call` make seeded kill moments.
-* `python -m revsearch.chaos milvus-server BASE_DIR PORT`: the embedded Milvus 2.3 standalone server
-  (PyPI package `milvus`, in requirements-build.txt), printing "READY <port>", stopping on SIGTERM,
-  and able to restart on the same port right after a kill.
+* `python -m revsearch_testkit.chaos milvus-server BASE_DIR PORT` (`milvus_server_command()`): the
+  embedded Milvus 2.3 standalone server (PyPI package `milvus`, in requirements-build.txt), printing
+  "READY <port>", stopping on SIGTERM, and able to restart on the same port right after a kill.
 
-It needs the server's dependencies too (grpcio-health-checking; pymilvus for `milvus_reads`).
+Part of the test kit (tests and benchmarks only; never shipped, never imported by the client or the
+server). It needs the server's dependencies too (grpcio-health-checking; pymilvus for `milvus_reads`).
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .client import ImageInput, SearchClient
-from .errors import RevsearchClientError
-from .v1 import search_service_pb2 as pb
-from .v1 import search_service_pb2_grpc as pb_grpc
+from revsearch.client import ImageInput, SearchClient
+from revsearch.errors import RevsearchClientError
+from revsearch.v1 import search_service_pb2 as pb
+from revsearch.v1 import search_service_pb2_grpc as pb_grpc
 
 ACKED = (pb.ITEM_STATUS_INDEXED, pb.ITEM_STATUS_DUPLICATE)
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -216,10 +217,15 @@ def revsearch_server(data_dir: Path, port: int, *flags: str) -> Group:
     return Group("revsearch server", cmd, r"revsearch listening on", 300, f"127.0.0.1:{port}")
 
 
+def milvus_server_command(base: Path | str, port: int) -> list[str]:
+    """The command line of the embedded Milvus server (this module's milvus-server command): it prints
+    "READY <port>" once it serves."""
+    return [sys.executable, "-m", "revsearch_testkit.chaos", "milvus-server", str(base), str(port)]
+
+
 def milvus_server(base: Path, port: int) -> Group:
     """The embedded Milvus server (this module's milvus-server command) on that port and data."""
-    cmd = [sys.executable, "-m", "revsearch.chaos", "milvus-server", str(base), str(port)]
-    return Group("embedded Milvus server", cmd, r"^READY (\d+)", 240)
+    return Group("embedded Milvus server", milvus_server_command(base, port), r"^READY (\d+)", 240)
 
 
 def _reusable_port(self, port: int):
@@ -389,7 +395,7 @@ def into_a_call(rng: random.Random, in_flight: list, delay_s: tuple[float, float
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3 or args[0] != "milvus-server":
-        sys.exit("usage: python -m revsearch.chaos milvus-server BASE_DIR PORT")
+        sys.exit("usage: python -m revsearch_testkit.chaos milvus-server BASE_DIR PORT")
     serve_milvus(args[1], int(args[2]))
     return 0
 
