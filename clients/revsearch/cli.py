@@ -81,6 +81,9 @@ def add_vector_index_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ivf-nlist", type=int, help="IVF clusters, 1..65536 (1024)")
     g.add_argument("--default-search-breadth", type=int,
                    help="the collection's search breadth: HNSW ef (128), IVF nprobe (16), DISKANN search_list (100)")
+    g.add_argument("--filter-key", action="append", metavar="KEY",
+                   help="a top-level metadata key whose string values get a column of their own, for faster "
+                        "filters on it (up to 8; repeatable)")
 
 
 def cmd_index(client: SearchClient, args) -> int:
@@ -90,7 +93,7 @@ def cmd_index(client: SearchClient, args) -> int:
         return 2
     created = client.create_collection(args.collection, model=args.model, crop_mode=args.crop,
                                        index_backend=args.index, exist_ok=True,
-                                       vector_index=vector_index_from_args(args))
+                                       vector_index=vector_index_from_args(args), filter_keys=args.filter_key or ())
     coll = created.collection
     if created.created:
         err.print(f"created collection [bold]{coll.name}[/] (model {coll.model}, crop "
@@ -154,7 +157,8 @@ def cmd_import(client: SearchClient, args) -> int:
             err.print("[bold red]error:[/] --create needs the model: pass --model (the file does not say)")
             return 2
         created = client.create_collection(args.collection, model=model, exist_ok=True,
-                                           vector_index=vector_index_from_args(args))
+                                           vector_index=vector_index_from_args(args),
+                                           filter_keys=args.filter_key or ())
         if created.created:
             err.print(f"created collection [bold]{args.collection}[/] (model {created.collection.model}, "
                       f"{created.collection.dimension}-d, {created.collection.vector_index_detail})", highlight=False)

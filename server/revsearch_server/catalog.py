@@ -67,6 +67,9 @@ class CollectionSpec:
     # Its vector index (vector_index.py); None: created before the index could be chosen (the store's
     # choice then: FLAT on Lite, AUTOINDEX on a server).
     vector_index: VectorIndexSpec | None = None
+    # Metadata keys whose string values have a column of their own for filters (index/milvus.py; Milvus
+    # only: exact KNN evaluates every filter in Python). Settings written before have none.
+    filter_keys: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -90,6 +93,7 @@ class CollectionSpec:
         d["video_sampling"] = SamplingOptions(**sampling | {"mode": SamplingMode(sampling.get("mode", "uniform"))})
         if d.get("vector_index"):
             d["vector_index"] = VectorIndexSpec.from_dict(d["vector_index"])
+        d["filter_keys"] = tuple(d.get("filter_keys", ()))
         return cls(**d)
 
     @property
@@ -133,11 +137,32 @@ class CollectionSpec:
         return self.face_options if self.crops_faces else None
 
     def same_settings(self, other: "CollectionSpec", index_asked: bool = False) -> bool:
-        """index_asked: the vector index was asked for (not left to the default), so it must match too."""
+        """index_asked: the vector index was asked for (not left to the default), so it must match too;
+        other's filter keys likewise, where it names any."""
         return ((self.model, self.crop_mode, self.index_kind, self.face_options, self.media_type,
                  self.video_sampling) == (other.model, other.crop_mode, other.index_kind, other.face_options,
                                           other.media_type, other.video_sampling)
-                and (not index_asked or self.vector_index == other.vector_index))
+                and (not index_asked or self.vector_index == other.vector_index)
+                and (not other.filter_keys or self.filter_keys == other.filter_keys))
+
+
+FILTER_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+MAX_FILTER_KEYS = 8
+
+
+def validate_filter_keys(keys) -> tuple[str, ...]:
+    """A collection's filter keys: at most MAX_FILTER_KEYS distinct top-level metadata keys, each a name
+    Milvus takes as part of a field name."""
+    keys = tuple(keys)
+    if len(keys) > MAX_FILTER_KEYS:
+        raise InvalidArgument(f"{len(keys)} filter_keys given; at most {MAX_FILTER_KEYS}")
+    for k in keys:
+        if not FILTER_KEY_RE.match(k):
+            raise InvalidArgument(f"filter key {k!r}: use 1-63 characters, a letter or '_' first, then letters, "
+                                  "digits or '_' (a top-level metadata key)")
+    if len(set(keys)) != len(keys):
+        raise InvalidArgument("filter_keys names a key twice")
+    return keys
 
 
 def validate_name(name: str) -> str:
@@ -175,12 +200,14 @@ class Catalog:
     async def create(self, name: str, model: ModelSpec, crop_mode: CropMode, index_kind: IndexKind,
                      description: str, exist_ok: bool, face_options: FaceOptions = FaceOptions(),
                      media_type: MediaType = MediaType.IMAGE, video_sampling: SamplingOptions = SamplingOptions(),
-                     copy_views: int = 0, vector_index: IndexRequest = IndexRequest()) -> tuple[CollectionSpec, bool]:
+                     copy_views: int = 0, vector_index: IndexRequest = IndexRequest(),
+                     filter_keys: tuple[str, ...] = ()) -> tuple[CollectionSpec, bool]:
         """copy_views > 0: a copy-detection collection with that many crop views per item; of the
         compact kind (one forward pass, whitened vectors, float16 where the store has it) when the
         model has a copy descriptor. vector_index: as asked, defaults filled in (INVALID_ARGUMENT for
         an index the store does not build)."""
         validate_name(name)
+        filter_keys = validate_filter_keys(filter_keys)
         if index_kind is IndexKind.EXACT_KNN:
             index = VectorIndexSpec.resolve(vector_index, (IndexType.FLAT,), IndexType.FLAT, "the exact-KNN backend")
         else:
@@ -201,7 +228,8 @@ class Catalog:
                               copy_detection=copy_views > 0, copy_views=copy_views,
                               copy_vectors=COPY_VECTORS_REGIONS if compact else "",
                               float16_vectors=compact and index_kind is not IndexKind.EXACT_KNN
-                              and await self._milvus.supports_float16(), vector_index=index)
+                              and await self._milvus.supports_float16(), vector_index=index,
+                              filter_keys=filter_keys)
         async with self._lock:
             self._specs.pop(name, None)
             existing = await self.find(name)
@@ -226,7 +254,7 @@ class Catalog:
                     await self._milvus.create(name + MEANS_SUFFIX, spec.dimension, f"mean vectors of videos in {name}",
                                               spec.layout, vector_index=index)
                 created = await self._milvus.create(name, spec.dimension, spec.to_json(), spec.layout,
-                                                    spec.float16_vectors, index)
+                                                    spec.float16_vectors, index, spec.filter_keys)
                 if not created:  # another server process created it between our check and now
                     existing = await self.find(name)
                     if existing is not None and exist_ok and existing.same_settings(spec, asked):
@@ -261,7 +289,8 @@ class Catalog:
         spec = await self.find(name)
         if spec is None:
             raise NotFound(f"collection {name!r} does not exist; create it first (see ListCollections)")
-        return spec, self._milvus.index(name, spec.dimension, spec.layout, spec.float16_vectors, spec.vector_index)
+        return spec, self._milvus.index(name, spec.dimension, spec.layout, spec.float16_vectors, spec.vector_index,
+                                        spec.filter_keys)
 
     async def means(self, spec: CollectionSpec) -> VectorIndex:
         """A video collection's index of one mean vector per video (ids: the video ids)."""

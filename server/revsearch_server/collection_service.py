@@ -99,12 +99,12 @@ class Collections:
 
     async def create(self, name: str, model: ModelSpec, crop_mode: CropMode, index_kind: IndexKind,
                      description: str, exist_ok: bool, face_options: FaceOptions, media_type: MediaType,
-                     sampling: SamplingOptions, copy_views: int = 0, vector_index: IndexRequest = IndexRequest()
-                     ) -> tuple[CollectionSpec, bool]:
+                     sampling: SamplingOptions, copy_views: int = 0, vector_index: IndexRequest = IndexRequest(),
+                     filter_keys: tuple[str, ...] = ()) -> tuple[CollectionSpec, bool]:
         """Creates it with settings already resolved (usecases/collections.py fills in defaults; the
         catalog the vector index's)."""
         return await self._catalog.create(name, model, crop_mode, index_kind, description, exist_ok, face_options,
-                                          media_type, sampling, copy_views, vector_index)
+                                          media_type, sampling, copy_views, vector_index, filter_keys)
 
     async def describe(self, name: str) -> CollectionInfo:
         """Settings, counts (two store calls) and the vector index in use."""

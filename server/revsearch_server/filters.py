@@ -489,11 +489,11 @@ class Filter:
         if self.tree is None:
             object.__setattr__(self, "tree", _parse(self.text))
 
-    def to_milvus(self, multi_row: bool = False, *, lite: bool = False) -> str:
+    def to_milvus(self, multi_row: bool = False, *, lite: bool = False, columns: dict[str, str] | None = None) -> str:
         """The Milvus boolean expression. multi_row: rows are keyed "<item id>~<k>". lite: for
         Milvus Lite, which lacks `not` and `exists`: FilterError for a filter that needs them
         (the expression is the same either way; Lite would reject it)."""
-        return _Translation(multi_row, lite).node(self.tree, True)
+        return _Translation(multi_row, lite, columns or {}).node(self.tree, True)
 
     def matches(self, item: FilterFields) -> bool:
         return _evaluate(self.tree, item)
@@ -601,6 +601,17 @@ def _json_compare(stored, op: str, value) -> bool:
 _MILVUS_OP = {"=": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _NEGATED_OP = {"=": "!=", "!=": "=", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
 _LINE_BREAKS = re.compile("[\n\r]")
+# Filter columns (a collection's declared filter keys, index/milvus.py): a top-level metadata key's value
+# is also stored in a VARCHAR column of its own, COLUMN_MARK + the value when it is a string, "" otherwise
+# (missing, null, another type), so comparisons with a string skip Milvus's per-row JSON evaluation (78 ns
+# a row on a 2.3 server: benchmarks/results/json_filter_cost.md) and negate without `not` (Milvus Lite).
+COLUMN_MARK = "\x01"
+
+
+def column_value(metadata: dict, key: str) -> str:
+    """What a filter column holds for an item's metadata."""
+    value = metadata.get(key) if isinstance(metadata, dict) else None
+    return COLUMN_MARK + value if isinstance(value, str) else ""
 
 
 def milvus_string(s: str) -> str:
@@ -629,9 +640,10 @@ class _Forms:
 
 
 class _Translation:
-    def __init__(self, multi_row: bool, lite: bool):
+    def __init__(self, multi_row: bool, lite: bool, columns: dict[str, str]):
         self.multi_row = multi_row
         self.lite = lite
+        self.columns = columns  # metadata key -> its filter column
 
     def node(self, node: Node, positive: bool) -> str:
         """node (or its negation) in negation normal form: NOT only ever reaches comparisons."""
@@ -657,6 +669,19 @@ class _Translation:
         return f"(exists {f.column})" if positive else f"not (exists {f.column})"
 
     @staticmethod
+    def column_forms(column: str, op: str, value: str) -> _Forms:
+        """A string comparison on a filter column: "" (no string there) never matches a comparison and
+        always matches its negation, as on the JSON path."""
+        lit, some = milvus_string(COLUMN_MARK + value), f'{column} != ""'
+        forms = {"=": (f"{column} == {lit}", f"{column} != {lit}"),
+                 "!=": (f"({some} and {column} != {lit})", f'({column} == "" or {column} == {lit})'),
+                 "<": (f"({some} and {column} < {lit})", f'({column} == "" or {column} >= {lit})'),
+                 "<=": (f"({some} and {column} <= {lit})", f'({column} == "" or {column} > {lit})'),
+                 ">": (f"{column} > {lit}", f"{column} <= {lit}"),
+                 ">=": (f"{column} >= {lit}", f"{column} < {lit}")}
+        return _Forms(*forms[op], column, False)
+
+    @staticmethod
     def lite_problem(c: Comparison, f: _Forms) -> str:
         if f.line_break:
             return (f"{c.field} {c.op} ...: Milvus Lite cannot match a string with a line break (it reads \\n as n); "
@@ -671,6 +696,9 @@ class _Translation:
     def forms(self, c: Comparison) -> _Forms:
         op, value = c.op, c.value
         line_break = isinstance(value, str) and bool(_LINE_BREAKS.search(value))
+        if (c.field.name == "metadata" and len(c.field.path) == 1 and c.field.path[0] in self.columns
+                and isinstance(value, str) and op != ":" and not line_break):
+            return self.column_forms(self.columns[c.field.path[0]], op, value)
         if c.field.name == "metadata":
             j = "metadata" + "".join(f"[{milvus_string(k)}]" for k in c.field.path)
             if isinstance(value, AnyValue):

@@ -18,7 +18,8 @@ import pytest
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from revsearch_server.filters import Filter, FilterError, FilterFields, parse_filter
+from revsearch_server.filters import Filter, FilterError, FilterFields, column_value, parse_filter
+from revsearch_server.index.milvus import filter_columns
 from revsearch_testkit.chaos import milvus_server_command
 from tests.helpers import free_port
 
@@ -215,13 +216,15 @@ class Loaded:
     lite: bool
 
 
-def create(client: MilvusClient, name: str, rows: list[dict]) -> None:
+def create(client: MilvusClient, name: str, rows: list[dict], columns: list[str] = ()) -> None:
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=80)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=4)
     schema.add_field("uri", DataType.VARCHAR, max_length=2048)
     schema.add_field("created_at_ms", DataType.INT64)
     schema.add_field("metadata", DataType.JSON)
+    for column in columns:
+        schema.add_field(column, DataType.VARCHAR, max_length=16385)
     index = client.prepare_index_params()
     index.add_index("vector", index_type="FLAT", metric_type="IP")
     client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
@@ -238,6 +241,12 @@ def load(client: MilvusClient, items: list[FilterFields]) -> None:
 
     create(client, "single", [row(it.id, it) for it in items])
     create(client, "multi", [row(f"{it.id}~{k}", it) for n, it in enumerate(items) for k in range(1 + n % 3)])
+    create(client, "columns", [row(it.id, it) | {c: column_value(it.metadata, k) for k, c in COLUMNS.items()}
+                               for it in items], columns=list(COLUMNS.values()))
+
+
+# Filter columns (CreateCollection's filter_keys) of the "columns" collection: string, mixed and other keys.
+COLUMNS = filter_columns(("s", "m", "n", "b", "missing"))
 
 
 @pytest.fixture(scope="module")
@@ -374,3 +383,29 @@ def test_hostile_literals_match_only_the_text_they_are(milvus, items, multi_row)
     refused = len(cases) - ran
     # Only line breaks are out of Milvus Lite's reach here (its parser reads \n as n).
     assert refused == (sum("\n" in h or "\r" in h for h in HOSTILE) * 6 if milvus.lite else 0)
+
+
+def test_filter_columns_answer_every_generated_filter_as_the_json_does_and_let_lite_negate(milvus, items, filters):
+    """A collection's filter keys (string values in columns of their own) change how Milvus evaluates a
+    filter, never what it matches; on Milvus Lite they make NOT of a string comparison possible."""
+    ran = refused = 0
+    for f in filters:
+        try:
+            expression = f.to_milvus(False, lite=milvus.lite, columns=COLUMNS)
+        except FilterError:
+            refused += 1
+            continue
+        got, want = query(milvus, "columns", expression), evaluator(f, items)
+        assert got == want, (f"{milvus.name}: {f.text!r} -> {expression!r}: Milvus only {sorted(got - want)[:5]}, "
+                             f"evaluator only {sorted(want - got)[:5]}")
+        ran += 1
+    without = sum(1 for f in filters if _runs_on(f, milvus.lite))
+    assert ran >= without and (not milvus.lite or ran > without), (ran, without)
+
+
+def _runs_on(f: Filter, lite: bool) -> bool:
+    try:
+        f.to_milvus(False, lite=lite)
+        return True
+    except FilterError:
+        return False

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from revsearch.client import VectorInput, struct_to_dict
-from revsearch.errors import InvalidArgumentError
+from revsearch.errors import AlreadyExistsError, InvalidArgumentError
 from revsearch.v1 import search_service_pb2 as pb
 
 N = 400
@@ -298,3 +298,41 @@ def test_what_milvus_lite_cannot_evaluate_is_refused_there_by_name_and_answered_
         else:
             listed = [i.id for i in fake_client.iter_images(name, filter=text)]
             assert listed == [f"item{i:04d}" for i in range(N) if _matches(i, predicate)]
+
+
+@pytest.fixture(scope="module")
+def keyed(fake_client):
+    """The items again, in a Milvus collection with filter keys (columns for tenant and note)."""
+    c = fake_client.create_collection("items_keyed", filter_keys=["tenant", "note"], exist_ok=True).collection
+    vectors = np.random.default_rng(3).standard_normal((N, c.dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    fake_client.import_vectors("items_keyed", [VectorInput(id=f"item{i:04d}", vector=v, metadata=_metadata(i))
+                                               for i, v in enumerate(vectors)], model=c.model, model_version=c.model_version)
+    return vectors
+
+
+@pytest.mark.parametrize("text,predicate", FILTERS + [
+    ('NOT metadata.tenant < "t5"', lambda m: not m["tenant"] < "t5"),
+    (f"metadata.note = {json.dumps(HOSTILE)} OR metadata.tenant >= \"t8\"", lambda m: m.get("note") == HOSTILE
+     or m["tenant"] >= "t8")], ids=[f for f, _ in FILTERS] + ["not-tenant", "hostile-or"])
+def test_filter_keys_change_how_a_filter_runs_not_what_it_finds(fake_client, keyed, text, predicate):
+    query = keyed[11] + 0.5 * keyed[12]
+    hits = fake_client.search("items_keyed", vector=query, top_k=10, filter=text).hits
+    matching = [i for i in range(N) if _matches(i, predicate)]
+    scores = keyed[matching] @ (query / np.linalg.norm(query))
+    assert [h.id for h in hits] == [f"item{matching[j]:04d}" for j in np.argsort(-scores)[:10]]
+    assert [i.id for i in fake_client.iter_images("items_keyed", filter=text, page_size=300)] == \
+        [f"item{i:04d}" for i in matching]
+
+
+def test_filter_keys_are_described_kept_through_updates_and_checked(fake_client, keyed):
+    assert list(fake_client.describe_collection("items_keyed").filter_keys) == ["tenant", "note"]
+    fake_client.update_images("items_keyed", [{"id": "item0005", "metadata": {"tenant": "zz"}}], ["metadata.tenant"])
+    hits = fake_client.search("items_keyed", vector=keyed[5], top_k=3, filter='metadata.tenant = "zz"').hits
+    assert [h.id for h in hits] == ["item0005"]
+    with pytest.raises(AlreadyExistsError):
+        fake_client.create_collection("items_keyed", filter_keys=["other"], exist_ok=True)
+    assert fake_client.create_collection("items_keyed", exist_ok=True).created is False  # no keys asked: as it is
+    for bad in (["a-b"], ["t", "t"], [f"k{i}" for i in range(9)], ["1x"]):
+        with pytest.raises(InvalidArgumentError, match="filter"):
+            fake_client.create_collection("items_bad_keys", filter_keys=bad)

@@ -386,3 +386,17 @@ def test_not_and_or_combine_two_valued():
     assert matches("metadata.b = 1 OR metadata.a = 1", metadata=meta)
     assert not matches("-(metadata.b = 1 OR metadata.a = 1)", metadata=meta)
     assert matches("NOT (metadata.b > 1 AND metadata.a = 1)", metadata=meta)
+
+
+def test_a_string_comparison_on_a_filter_key_reads_its_column_and_negates_without_not():
+    from revsearch_server.filters import COLUMN_MARK, column_value
+
+    f = parse_filter('NOT metadata.tenant < "t5" AND metadata.tenant != "x" AND metadata.n = 1')
+    expr = f.to_milvus(lite=True, columns={"tenant": "fk_tenant"})
+    assert f'(fk_tenant == "" or fk_tenant >= "{COLUMN_MARK}t5")' in expr
+    assert f'(fk_tenant != "" and fk_tenant != "{COLUMN_MARK}x")' in expr
+    assert 'metadata["n"] == 1' in expr and "not" not in expr
+    # Other types, nested keys and ":" still read the JSON.
+    assert "metadata[" in parse_filter("metadata.tenant = 3").to_milvus(columns={"tenant": "fk_tenant"})
+    assert column_value({"tenant": "a"}, "tenant") == COLUMN_MARK + "a"
+    assert column_value({"tenant": 3}, "tenant") == column_value({}, "tenant") == ""

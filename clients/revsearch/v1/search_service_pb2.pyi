@@ -152,7 +152,7 @@ class FaceOptions(_message.Message):
     def __init__(self, margin: _Optional[float] = ..., min_face_size: _Optional[int] = ..., min_confidence: _Optional[float] = ..., whole_image_if_no_face: _Optional[bool] = ..., max_faces: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "model", "model_version", "dimension", "crop_mode", "index_backend", "metric", "item_count", "created_at", "description", "model_trained", "face_options", "media_type", "video_sampling", "copy_detection", "copy_detection_detail", "vector_index", "vector_index_detail", "imported_item_count")
+    __slots__ = ("name", "model", "model_version", "dimension", "crop_mode", "index_backend", "metric", "item_count", "created_at", "description", "model_trained", "face_options", "media_type", "video_sampling", "copy_detection", "copy_detection_detail", "vector_index", "vector_index_detail", "imported_item_count", "filter_keys")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,7 @@ class Collection(_message.Message):
     VECTOR_INDEX_FIELD_NUMBER: _ClassVar[int]
     VECTOR_INDEX_DETAIL_FIELD_NUMBER: _ClassVar[int]
     IMPORTED_ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FILTER_KEYS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_version: str
@@ -191,10 +192,11 @@ class Collection(_message.Message):
     vector_index: VectorIndexOptions
     vector_index_detail: str
     imported_item_count: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., dimension: _Optional[int] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., metric: _Optional[str] = ..., item_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., description: _Optional[str] = ..., model_trained: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., video_sampling: _Optional[_Union[VideoSampling, _Mapping]] = ..., copy_detection: _Optional[bool] = ..., copy_detection_detail: _Optional[str] = ..., vector_index: _Optional[_Union[VectorIndexOptions, _Mapping]] = ..., vector_index_detail: _Optional[str] = ..., imported_item_count: _Optional[int] = ...) -> None: ...
+    filter_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., dimension: _Optional[int] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., metric: _Optional[str] = ..., item_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., description: _Optional[str] = ..., model_trained: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., video_sampling: _Optional[_Union[VideoSampling, _Mapping]] = ..., copy_detection: _Optional[bool] = ..., copy_detection_detail: _Optional[str] = ..., vector_index: _Optional[_Union[VectorIndexOptions, _Mapping]] = ..., vector_index_detail: _Optional[str] = ..., imported_item_count: _Optional[int] = ..., filter_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "model", "crop_mode", "index_backend", "description", "exist_ok", "face_options", "media_type", "video_sampling", "vector_index")
+    __slots__ = ("name", "model", "crop_mode", "index_backend", "description", "exist_ok", "face_options", "media_type", "video_sampling", "vector_index", "filter_keys")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CROP_MODE_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +207,7 @@ class CreateCollectionRequest(_message.Message):
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     VIDEO_SAMPLING_FIELD_NUMBER: _ClassVar[int]
     VECTOR_INDEX_FIELD_NUMBER: _ClassVar[int]
+    FILTER_KEYS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     crop_mode: CropMode
@@ -215,7 +218,8 @@ class CreateCollectionRequest(_message.Message):
     media_type: MediaType
     video_sampling: VideoSampling
     vector_index: VectorIndexOptions
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., description: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., video_sampling: _Optional[_Union[VideoSampling, _Mapping]] = ..., vector_index: _Optional[_Union[VectorIndexOptions, _Mapping]] = ...) -> None: ...
+    filter_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., crop_mode: _Optional[_Union[CropMode, str]] = ..., index_backend: _Optional[_Union[IndexBackend, str]] = ..., description: _Optional[str] = ..., exist_ok: _Optional[bool] = ..., face_options: _Optional[_Union[FaceOptions, _Mapping]] = ..., media_type: _Optional[_Union[MediaType, str]] = ..., video_sampling: _Optional[_Union[VideoSampling, _Mapping]] = ..., vector_index: _Optional[_Union[VectorIndexOptions, _Mapping]] = ..., filter_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection", "created")

@@ -65,9 +65,10 @@ class RowFilter:
     filter: Filter
     multi_row: bool = False
 
-    def milvus(self, lite: bool = False) -> str:
-        """The Milvus expression (lite: FilterError for what Milvus Lite cannot evaluate, filters.py)."""
-        return self.filter.to_milvus(self.multi_row, lite=lite)
+    def milvus(self, lite: bool = False, columns: dict[str, str] | None = None) -> str:
+        """The Milvus expression (lite: FilterError for what Milvus Lite cannot evaluate; columns: the
+        collection's filter columns by metadata key; filters.py)."""
+        return self.filter.to_milvus(self.multi_row, lite=lite, columns=columns)
 
     @property
     def key(self) -> tuple[str, bool]:
@@ -148,10 +149,11 @@ class VectorStore(Protocol):
         """Whether the store answers within timeout_s (the health check; never raises)."""
 
     async def create(self, name: str, dimension: int, description: str, layout: int, float16: bool = False,
-                     vector_index: VectorIndexSpec | None = None) -> bool:
+                     vector_index: VectorIndexSpec | None = None, filter_keys: tuple[str, ...] = ()) -> bool:
         """Creates a collection with the given stored-row layout (float16: its vectors stored as
-        float16, where supports_float16 says the store can) and vector index (None: the store's
-        choice, as before the index could be chosen); False when it exists already."""
+        float16, where supports_float16 says the store can), vector index (None: the store's
+        choice, as before the index could be chosen) and filter columns (metadata keys whose string
+        values get a column of their own, filters.py); False when it exists already."""
 
     def index_types(self) -> tuple[IndexType, ...]:
         """The vector indexes the store builds."""
@@ -175,7 +177,7 @@ class VectorStore(Protocol):
     async def drop(self, name: str) -> None: ...
 
     def index(self, name: str, dimension: int, layout: int, float16: bool = False,
-              vector_index: VectorIndexSpec | None = None) -> VectorIndex:
+              vector_index: VectorIndexSpec | None = None, filter_keys: tuple[str, ...] = ()) -> VectorIndex:
         """The collection's index (cheap: no call to the store)."""
 
     async def close(self) -> None: ...

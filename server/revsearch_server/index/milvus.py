@@ -48,6 +48,7 @@ import numpy as np
 
 from ..domain import FaceBox
 from ..errors import InvalidArgument, NotFound, Unavailable
+from ..filters import column_value
 from ..shared_call import CallJoiner
 from ..vector_index import CHOOSABLE, SERVER_DEFAULT, IndexType, VectorIndexSpec
 from .base import CURRENT_LAYOUT, LAYOUT_FACE_COLUMNS, LAYOUT_LOCAL_FEATURES, Hit, Record, RowFilter
@@ -69,6 +70,13 @@ _ID_MAX, _URI_MAX = 80, 2048
 # a segment at 65,535, 165k at 8,192), but with the full schema an import still sealed segments of about
 # 54k rows (benchmarks/results/scale.md): the 17 segments of a million items come from elsewhere.
 _FEATURES_MAX = 8192
+# A collection's filter columns (CreateCollection's filter_keys): "fk_<key>" holds the key's string value
+# (filters.column_value); metadata is at most 16 KiB, so any string of it fits.
+FILTER_COLUMN_PREFIX, _FILTER_VALUE_MAX = "fk_", 16 * 1024 + 1
+
+
+def filter_columns(filter_keys: tuple[str, ...]) -> dict[str, str]:
+    return {k: FILTER_COLUMN_PREFIX + k for k in filter_keys}
 
 
 def milvus_name(name: str) -> str:
@@ -319,7 +327,8 @@ class MilvusStore:
         return bool(match) and (int(match.group(1)), int(match.group(2))) >= (2, 4)
 
     async def create(self, name: str, dimension: int, description: str, layout: int = CURRENT_LAYOUT,
-                     float16: bool = False, vector_index: VectorIndexSpec | None = None) -> bool:
+                     float16: bool = False, vector_index: VectorIndexSpec | None = None,
+                     filter_keys: tuple[str, ...] = ()) -> bool:
         """vector_index None: as collections were made before the index could be chosen."""
         from pymilvus import DataType, MilvusClient
 
@@ -338,6 +347,8 @@ class MilvusStore:
             schema.add_field("timestamp_s", DataType.DOUBLE)
         if layout >= LAYOUT_LOCAL_FEATURES:
             schema.add_field("local_features", DataType.VARCHAR, max_length=_FEATURES_MAX)
+        for column in filter_columns(filter_keys).values():
+            schema.add_field(column, DataType.VARCHAR, max_length=_FILTER_VALUE_MAX)
         index_params = MilvusClient.prepare_index_params()
         index_type, params = (vector_index or self.legacy_index()).milvus_index()
         index_params.add_index(field_name="vector", index_type=index_type, metric_type="COSINE", params=params)
@@ -363,8 +374,9 @@ class MilvusStore:
         await self.call("drop_collection", milvus_name(name))
 
     def index(self, name: str, dimension: int, layout: int = CURRENT_LAYOUT, float16: bool = False,
-              vector_index: VectorIndexSpec | None = None) -> "MilvusIndex":
-        return MilvusIndex(self, milvus_name(name), dimension, layout, float16, vector_index or self.legacy_index())
+              vector_index: VectorIndexSpec | None = None, filter_keys: tuple[str, ...] = ()) -> "MilvusIndex":
+        return MilvusIndex(self, milvus_name(name), dimension, layout, float16, vector_index or self.legacy_index(),
+                           filter_keys=filter_keys)
 
     async def close(self) -> None:
         if self._probe_task is not None:
@@ -375,11 +387,13 @@ class MilvusStore:
 
 class MilvusIndex:
     def __init__(self, store: MilvusStore, collection: str, dimension: int, layout: int = CURRENT_LAYOUT,
-                 float16: bool = False, vector_index: VectorIndexSpec = VectorIndexSpec(), breadth: int = 0):
+                 float16: bool = False, vector_index: VectorIndexSpec = VectorIndexSpec(), breadth: int = 0,
+                 filter_keys: tuple[str, ...] = ()):
         self._store = store
         self.vector_index = vector_index
         self._breadth = breadth  # a request's search breadth (0: the collection's)
         self._where = ""  # a request's filter as a Milvus expression ("": every row)
+        self._filter_columns = filter_columns(filter_keys)  # metadata key -> its column
         self._c = collection
         self._dim = dimension
         self._float16 = float16
@@ -406,7 +420,7 @@ class MilvusIndex:
     def with_filter(self, where: RowFilter | None) -> "MilvusIndex":
         """This index with its searches filtered by Milvus itself (a pre-filter: its FLAT and graph
         searches skip rows that do not match, so top_k is the true top_k among those that do)."""
-        expr = where.milvus(self._store.is_lite) if where is not None else ""
+        expr = where.milvus(self._store.is_lite, self._filter_columns) if where is not None else ""
         if expr == self._where:
             return self
         clone = copy.copy(self)
@@ -451,6 +465,7 @@ class MilvusIndex:
             "model_version": r.model_version, "created_at_ms": r.created_at_ms, "metadata": r.metadata,
             **(_face_columns(r) if self._columns else {"face_box": _face_json_v1(r)}),
             **({"local_features": r.local_features or ""} if self._features else {}),
+            **{column: column_value(r.metadata, key) for key, column in self._filter_columns.items()},
         } for r in records]
 
     async def _upsert(self, parts: list[list[dict]]) -> None:
@@ -505,7 +520,7 @@ class MilvusIndex:
         # so `id > last` never skips or repeats a row that existed throughout, whatever is written meanwhile.
         expr = f"id > {json.dumps(after)}" if after else 'id != ""'
         if where is not None:
-            expr = f"({expr}) and ({where.milvus(self._store.is_lite)})"
+            expr = f"({expr}) and ({where.milvus(self._store.is_lite, self._filter_columns)})"
         async with self._store.reading(self._c):
             rows = await self._store.call("query", self._c, filter=expr, limit=limit,
                                           output_fields=self._fields(vectors), consistency_level=self._store.consistency)

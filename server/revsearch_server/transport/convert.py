@@ -102,7 +102,7 @@ def collection_pb(info: CollectionInfo) -> pb.Collection:
                         media_type=MEDIA_TO_PB[spec.media_type], copy_detection=spec.copy_detection,
                         copy_detection_detail=spec.copy_detection_detail,
                         vector_index=vector_index_pb(info.vector_index), vector_index_detail=info.vector_index_detail,
-                        imported_item_count=info.imported_count)
+                        imported_item_count=info.imported_count, filter_keys=spec.filter_keys)
     if spec.is_video:
         v = spec.video_sampling
         msg.video_sampling.CopyFrom(pb.VideoSampling(frames=v.frames, mode=SAMPLING_TO_PB[v.mode], seed=v.seed))
@@ -140,7 +140,8 @@ def create_collection_args(request: pb.CreateCollectionRequest) -> dict:
                 description=request.description, exist_ok=request.exist_ok,
                 face_options=face_options_from_pb(request),
                 media_type=enum_from_pb(MEDIA_FROM_PB, request.media_type, "media_type"),
-                video_sampling=video_sampling_from_pb(request), vector_index=vector_index_from_pb(request))
+                video_sampling=video_sampling_from_pb(request), vector_index=vector_index_from_pb(request),
+                filter_keys=tuple(request.filter_keys))
 
 
 def face_options_from_pb(request: pb.CreateCollectionRequest) -> FaceOptions | None:

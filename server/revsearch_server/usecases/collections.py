@@ -37,7 +37,8 @@ class ManageCollections:
     async def create(self, name: str, model: str, crop_mode: CropMode | None, index_kind: IndexKind,
                      description: str, exist_ok: bool, face_options: FaceOptions | None = None,
                      media_type: MediaType = MediaType.IMAGE, video_sampling: SamplingOptions | None = None,
-                     vector_index: IndexRequest = IndexRequest()) -> tuple[CollectionSpec, bool]:
+                     vector_index: IndexRequest = IndexRequest(), filter_keys: tuple[str, ...] = ()
+                     ) -> tuple[CollectionSpec, bool]:
         """crop_mode None: unspecified. Video collections then default to the face pipeline (the
         face model, every face of every sampled frame); image collections to whole images."""
         models = self._collections.models
@@ -56,7 +57,8 @@ class ManageCollections:
         copies = (media_type is MediaType.IMAGE and crop_mode is CropMode.NONE and not spec.needs_face_crop
                   and spec.trained)
         return await self._collections.create(name, spec, crop_mode, index_kind, description, exist_ok, options,
-                                              media_type, sampling, len(VIEWS) if copies else 0, vector_index)
+                                              media_type, sampling, len(VIEWS) if copies else 0, vector_index,
+                                              filter_keys)
 
     def empty(self, spec: CollectionSpec) -> CollectionInfo:
         """What DescribeCollection shows of a collection just created (no store call)."""
