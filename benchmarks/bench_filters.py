@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from bench_scale import TOP_K, build_items, real_vectors
-from common import (log, machine, now_utc, ServerControl, start_milvus_server, start_server, stop_milvus_server,
-                    stop_server, write_results)
+from common import (log, machine, now_utc, ServerControl, served_over_milvus_server, start_server, stop_server,
+                    write_results)
 from revsearch.client import AsyncSearchClient, VectorInput
 
 MODEL = "efficientnet_lite0"
@@ -155,17 +155,10 @@ def main() -> int:
             finally:
                 stop_server(proc)
         if "server" not in skip:
-            mproc, uri = start_milvus_server(Path(tmp) / "milvus-server")
-            try:
-                proc, address = start_server(["--milvus-uri", uri], f"{tmp}/server", allow_untrained=False)
-                try:
-                    real = real_vectors(address)
-                    result["runs"].append(asyncio.run(run(address, "filters_server", args.server_size, real, False,
-                                                          uri, args.rounds, keys)))
-                finally:
-                    stop_server(proc)
-            finally:
-                stop_milvus_server(mproc)
+            with served_over_milvus_server(tmp) as (_, uri, _, address):
+                real = real_vectors(address)
+                result["runs"].append(asyncio.run(run(address, "filters_server", args.server_size, real, False,
+                                                      uri, args.rounds, keys)))
     result["load_avg_after"] = os.getloadavg()
     write_results("filters" if keys else "filters_without_keys", result, markdown(result))
     print(markdown(result))

@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image
 
 from common import (LFW, SHARED_DATA, VIDEO, ServerControl, log, machine, now_utc, process_tree, rss_kb, saturate,
-                    start_milvus_server, start_server, stop_milvus_server, stop_server, write_results)
+                    served_over_milvus_server, start_server, stop_server, write_results)
 from revsearch.client import AsyncSearchClient, ImageInput, VectorInput
 from revsearch.copy_distractors import cache_dir
 from revsearch.copy_edits import ALL_EDITS, edited_bytes
@@ -353,27 +353,20 @@ def main() -> int:
             finally:
                 stop_server(proc)
         if "server" not in skip:
-            mproc, uri = start_milvus_server(Path(tmp) / "milvus-server")
-            try:
-                proc, address = start_server(["--milvus-uri", uri], f"{tmp}/server", allow_untrained=False)
-                try:
-                    real = real_vectors(address)
-                    sizes = [int(s) for s in args.server_sizes.split(",") if s]
-                    store_mb = lambda: round(sum(rss_kb(p) for p in process_tree(mproc.pid)) / 1024)  # noqa: E731
-                    runs = asyncio.run(run_backend(address, "scale_server", sizes, real, store_mb, False, uri,
-                                                   args.seconds))
-                    runs[-1]["memory"].update(server_rss_mb(proc.pid))
-                    if "images" not in skip:
-                        runs[-1]["images_vs_embed"] = asyncio.run(images_vs_embed(
-                            address, "scale_server", photos, args.image_rounds, 10.0))
-                    result["runs"] += runs
-                    if "gaussian" not in skip:
-                        result["runs"] += asyncio.run(run_backend(address, "scale_gaussian", [100_000], real, store_mb,
-                                                                  False, uri, args.seconds, kind="gaussian"))
-                finally:
-                    stop_server(proc)
-            finally:
-                stop_milvus_server(mproc)
+            with served_over_milvus_server(tmp) as (mproc, uri, proc, address):
+                real = real_vectors(address)
+                sizes = [int(s) for s in args.server_sizes.split(",") if s]
+                store_mb = lambda: round(sum(rss_kb(p) for p in process_tree(mproc.pid)) / 1024)  # noqa: E731
+                runs = asyncio.run(run_backend(address, "scale_server", sizes, real, store_mb, False, uri,
+                                               args.seconds))
+                runs[-1]["memory"].update(server_rss_mb(proc.pid))
+                if "images" not in skip:
+                    runs[-1]["images_vs_embed"] = asyncio.run(images_vs_embed(
+                        address, "scale_server", photos, args.image_rounds, 10.0))
+                result["runs"] += runs
+                if "gaussian" not in skip:
+                    result["runs"] += asyncio.run(run_backend(address, "scale_gaussian", [100_000], real, store_mb,
+                                                              False, uri, args.seconds, kind="gaussian"))
     result["load_avg_after"] = os.getloadavg()
     write_results("scale", result, markdown(result))
     print(markdown(result))

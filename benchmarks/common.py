@@ -46,7 +46,7 @@ from revsearch_server.faces.geometry import DetectedFace
 from revsearch_server.imaging import ImageLimits
 from revsearch_server.index.milvus import MilvusStore
 from revsearch_server.models import ModelSpec
-from revsearch_testkit.chaos import milvus_server_command
+from revsearch_testkit.chaos import start_embedded_milvus, stop_embedded_milvus
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -245,33 +245,26 @@ async def embed_at_saturation(address: str, images: list[bytes], concurrency: in
 # -- the embedded Milvus 2.3 server -------------------------------------------------------------
 def start_milvus_server(base: Path) -> tuple[subprocess.Popen, str]:
     """The embedded Milvus standalone server (PyPI package `milvus`) in a child process; its URI."""
-    proc = subprocess.Popen(milvus_server_command(base, free_port()),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("READY"):
-            return proc, f"http://127.0.0.1:{int(line.split()[1])}"
-    proc.kill()
-    proc.wait(10)
-    raise RuntimeError(f"embedded Milvus server did not start (rc={proc.poll()})")
+    return start_embedded_milvus(base)
 
 
 def stop_milvus_server(proc: subprocess.Popen) -> None:
-    tree = process_tree(proc.pid)
-    proc.send_signal(signal.SIGTERM)
+    stop_embedded_milvus(proc)
+
+
+@contextlib.contextmanager
+def served_over_milvus_server(tmp: str, extra: list[str] = ()):
+    """A Milvus server and a revsearch server over it (trained models only), both stopped after:
+    (milvus process, its URI, revsearch process, revsearch address)."""
+    mproc, uri = start_milvus_server(Path(tmp) / "milvus-server")
     try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    for pid in tree[1:]:  # the milvus binary, if the wrapper could not stop it
+        proc, address = start_server(["--milvus-uri", uri, *extra], f"{tmp}/server", allow_untrained=False)
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            yield mproc, uri, proc, address
+        finally:
+            stop_server(proc)
+    finally:
+        stop_milvus_server(mproc)
 
 
 class ServerControl:

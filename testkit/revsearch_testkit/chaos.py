@@ -223,6 +223,44 @@ def milvus_server_command(base: Path | str, port: int) -> list[str]:
     return [sys.executable, "-m", "revsearch_testkit.chaos", "milvus-server", str(base), str(port)]
 
 
+def start_embedded_milvus(base: Path | str, timeout_s: float = 180) -> tuple[subprocess.Popen, str]:
+    """The embedded Milvus server in a child process on a free port, once it serves: (process, URI).
+    RuntimeError with its last lines when it does not start within timeout_s."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(milvus_server_command(base, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline, said = time.time() + timeout_s, []
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        said.append(line.rstrip())
+        if line.startswith("READY"):
+            return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+    proc.kill()
+    proc.wait(10)
+    raise RuntimeError(f"the embedded Milvus server did not start (rc={proc.poll()}): {' | '.join(said[-5:])}")
+
+
+def stop_embedded_milvus(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """SIGTERM, then SIGKILL after timeout_s; the milvus binary too, if its wrapper could not stop it."""
+    children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()] \
+        if Path(f"/proc/{proc.pid}/task/{proc.pid}/children").exists() else []
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def milvus_server(base: Path, port: int) -> Group:
     """The embedded Milvus server (this module's milvus-server command) on that port and data."""
     return Group("embedded Milvus server", milvus_server_command(base, port), r"^READY (\d+)", 240)

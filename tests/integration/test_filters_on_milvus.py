@@ -9,8 +9,6 @@ a wrong answer)."""
 from __future__ import annotations
 
 import random
-import subprocess
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -20,8 +18,7 @@ from pymilvus.exceptions import MilvusException
 
 from revsearch_server.filters import Filter, FilterError, FilterFields, column_value, parse_filter
 from revsearch_server.index.milvus import filter_columns
-from revsearch_testkit.chaos import milvus_server_command
-from tests.helpers import free_port
+from revsearch_testkit.chaos import start_embedded_milvus, stop_embedded_milvus
 
 pytestmark = pytest.mark.integration
 
@@ -269,32 +266,17 @@ def lite_milvus(tmp_path_factory, items):
 
 @pytest.fixture(scope="module")
 def server_milvus(tmp_path_factory, items):
-    base = tmp_path_factory.mktemp("filters-milvus-server")
-    proc = subprocess.Popen(milvus_server_command(base, free_port()),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline, port, said = time.time() + 120, None, []
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        said.append(line.rstrip())
-        if line.startswith("READY"):
-            port = int(line.split()[1])
-            break
-    if port is None:
-        proc.kill()
-        pytest.skip(f"the embedded Milvus 2.3 server did not start (rc={proc.poll()}): {' | '.join(said[-5:])}")
-    client = MilvusClient(f"http://127.0.0.1:{port}")
+    try:
+        proc, uri = start_embedded_milvus(tmp_path_factory.mktemp("filters-milvus-server"), timeout_s=120)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    client = MilvusClient(uri)
     try:
         load(client, items)
         yield Loaded("milvus 2.3 server", client, lite=False)
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_embedded_milvus(proc)
 
 
 @pytest.fixture(params=["lite", "server"])

@@ -2,44 +2,26 @@
 acknowledged inserts are searchable at once (Session consistency), deletes and duplicates behave
 as on Lite, and a revsearch restart keeps the data."""
 
-import subprocess
-import time
-
 import pytest
 
 from revsearch import SearchClient
 from revsearch.client import ImageInput
 from revsearch.errors import NotFoundError
 from revsearch.v1 import search_service_pb2 as pb
-from revsearch_testkit.chaos import milvus_server_command
-from tests.helpers import ServerThread, base_settings, free_port, lfw_images
+from revsearch_testkit.chaos import start_embedded_milvus, stop_embedded_milvus
+from tests.helpers import ServerThread, base_settings, lfw_images
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def milvus_uri(tmp_path_factory):
-    base = tmp_path_factory.mktemp("milvus-server")
-    proc = subprocess.Popen(milvus_server_command(base, free_port()),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 180
-    port = None
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("READY"):
-            port = int(line.split()[1])
-            break
-    if port is None:
-        proc.kill()
-        pytest.fail(f"embedded Milvus server did not start (rc={proc.poll()})")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
     try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        proc, uri = start_embedded_milvus(tmp_path_factory.mktemp("milvus-server"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield uri
+    stop_embedded_milvus(proc)
 
 
 def test_index_search_delete_and_restart_against_a_milvus_server(tmp_path, milvus_uri):
