@@ -74,10 +74,9 @@ class RowFilter:
     def key(self) -> tuple[str, bool]:
         return self.filter.digest, self.multi_row
 
-    def matches(self, record: "Record | Hit", created_at_ms: int | None = None) -> bool:
+    def matches(self, record: Record) -> bool:
         item = record.id.split(_ROW_SEPARATOR, 1)[0] if self.multi_row else record.id
-        when = created_at_ms if created_at_ms is not None else getattr(record, "created_at_ms", 0)
-        return self.filter.matches(FilterFields(id=item, uri=record.uri, created_at_ms=when,
+        return self.filter.matches(FilterFields(id=item, uri=record.uri, created_at_ms=record.created_at_ms,
                                                 metadata=record.metadata or {}))
 
 

@@ -140,8 +140,8 @@ class ExactKnnIndex:
         if self._sorted is None:
             self._sorted = sorted(self._records)
         ordered, records, out = self._sorted, self._records, []
-        for i in ordered[bisect.bisect_right(ordered, after):]:
-            r = records.get(i)
+        for n in range(bisect.bisect_right(ordered, after), len(ordered)):  # no copy of the tail per page
+            r = records.get(ordered[n])
             if r is not None and (where is None or where.matches(r)):
                 out.append(r)
                 if len(out) == limit:

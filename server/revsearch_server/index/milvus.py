@@ -40,7 +40,7 @@ import logging
 import math
 import re
 import threading
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import asdict
 from concurrent.futures import Executor
 
@@ -142,11 +142,6 @@ class RewriteGate:
                 self._cond.notify_all()
 
 
-@asynccontextmanager
-async def _ungated():
-    yield
-
-
 class MilvusStore:
     """Owns the connection; hands out per-collection indexes."""
 
@@ -176,10 +171,10 @@ class MilvusStore:
 
     def reading(self, collection: str):
         """The context a read of the collection runs in (Lite: RewriteGate.read; a server: nothing)."""
-        return self._gate(collection).read() if self.is_lite else _ungated()
+        return self._gate(collection).read() if self.is_lite else nullcontext()
 
     def rewriting(self, collection: str):
-        return self._gate(collection).write() if self.is_lite else _ungated()
+        return self._gate(collection).write() if self.is_lite else nullcontext()
 
     def _gate(self, collection: str) -> RewriteGate:
         gate = self._gates.get(collection)
@@ -524,7 +519,7 @@ class MilvusIndex:
         async with self._store.reading(self._c):
             rows = await self._store.call("query", self._c, filter=expr, limit=limit,
                                           output_fields=self._fields(vectors), consistency_level=self._store.consistency)
-        rows.sort(key=lambda r: r["id"])  # the order is the store's; sorting a page costs nothing and guards it
+        rows.sort(key=lambda r: r["id"])  # the page in key order whatever order the store sent it in
         return [self._record(r) for r in rows]
 
     def _fields(self, vectors: bool) -> list[str]:

@@ -181,14 +181,15 @@ class ImageItems:
         """Row 0 of up to `size` items after item `after`, in key order, and whether more follow."""
         key = after + _PAST_ROWS if after else ""
         firsts: list[Record] = []
+        per_query = min(_MAX_ROWS_PER_QUERY, (size + 1) * 8)
         while True:
-            batch = await c.index.list_rows(key, min(_MAX_ROWS_PER_QUERY, (size + 1) * 8), where, vectors=False)
+            batch = await c.index.list_rows(key, per_query, where, vectors=False)
             for r in batch:
                 if r.id.endswith(SEPARATOR + "0"):
                     if len(firsts) == size:
                         return firsts, True
                     firsts.append(r)
-            if len(batch) < min(_MAX_ROWS_PER_QUERY, (size + 1) * 8):
+            if len(batch) < per_query:
                 return firsts, False
             key = batch[-1].id
 

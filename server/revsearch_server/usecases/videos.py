@@ -258,12 +258,13 @@ class VideoSearch:
         where = parse_filter(query.filter)  # checked before any byte of a clip is read
         if query.image:
             c, _ = await self._open(query.collection, None)
+            c = c.with_filter(where)  # what the store cannot evaluate is refused before any work
             await body.expect_empty("send either an image in the header or a clip as chunks, not both")
             async with self._admission.slots(1, "SearchVideos"):
                 crop = await self._encoder.prepare_query(query.image, c.model, c.spec.crop_options)
-                return await self._rank(c.with_filter(where), query, k, [crop], [0.0],
-                                        [FrameResult(0.0, [crop.box] if crop.box else [])])
+                return await self._rank(c, query, k, [crop], [0.0], [FrameResult(0.0, [crop.box] if crop.box else [])])
         c, frames = await self._open(query.collection, query.sampling)
+        c = c.with_filter(where)
         self._admission.check(frames, "SearchVideos")
         async with body.receive(self._max_video_bytes, "the query clip") as spooled:
             async with self._admission.slots(frames, "SearchVideos", wait=True):
@@ -277,8 +278,7 @@ class VideoSearch:
                     raise NoFace(f"the query clip has no face in its {len(sampled)} sampled frames (faces must be "
                                  f"at least {c.spec.face_options.min_face_size} px with confidence >= "
                                  f"{c.spec.face_options.min_confidence})")
-                return await self._rank(c.with_filter(where), query, k, [x for _, x in pairs], [t for t, _ in pairs],
-                                        query_frames)
+                return await self._rank(c, query, k, [x for _, x in pairs], [t for t, _ in pairs], query_frames)
 
     async def _rank(self, c: Collection, query: VideoQuery, k: int, crops, query_times: list[float],
                     query_frames: list[FrameResult]) -> VideoSearchResult:
