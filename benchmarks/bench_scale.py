@@ -24,6 +24,10 @@ loaded; recall@20 of the 200 queries against exact search (numpy over the same v
 rounded where the store keeps float16; a hit counts when it is in the true top 20 or ties the 20th
 within 1e-3); single-query p50 / p99 (300 sequential searches by vector, top 20); vector queries/s
 at concurrency 16, 32 and 64 (8 s each); RSS of the store's processes and of the revsearch server.
+On the server, the same recall, latency and queries/s at 32 callers for each --breadths value set
+per request (HNSW's ef), and the sealed segments the collection ended in: every search walks each
+segment's graph, so their number sets the cost (--milvus-config sets the embedded server's
+milvus.yaml, e.g. its segment size).
 At the server's largest size: SearchImages by image without copy detection against EmbedImage alone
 with the same model, 16 callers, interleaved rounds (Triton on the same two cores). On Lite at its
 largest size, copy detection end to end: the 300 shared photos indexed through IndexImages (full
@@ -196,7 +200,7 @@ async def import_rows(client: AsyncSearchClient, collection: str, items: np.ndar
 
 
 async def recall(client: AsyncSearchClient, collection: str, items: np.ndarray, queries: np.ndarray,
-                 float16: bool) -> dict:
+                 float16: bool, breadth: int | None = None) -> dict:
     ref = items.astype(np.float16).astype(np.float32) if float16 else items
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     top, scores = exact_top(ref, queries)
@@ -205,30 +209,46 @@ async def recall(client: AsyncSearchClient, collection: str, items: np.ndarray, 
     tie = 1e-3 if float16 else 1e-5
     found = []
     for q, t, s in zip(queries, top, scores):
-        hits = (await client.search(collection, vector=q, top_k=TOP_K)).hits
+        hits = (await client.search(collection, vector=q, top_k=TOP_K, search_breadth=breadth)).hits
         truth = {_id(int(i)) for i in t}
         found.append(sum(1 for h in hits if h.id in truth or h.score >= s[-1] - tie) / TOP_K)
     return {"recall_at_20": round(float(np.mean(found)), 4), "queries": len(queries)}
 
 
-async def latency(client: AsyncSearchClient, collection: str, queries: np.ndarray, n: int = 300) -> dict:
+async def latency(client: AsyncSearchClient, collection: str, queries: np.ndarray, n: int = 300,
+                  breadth: int | None = None) -> dict:
     for q in queries[:10]:
-        await client.search(collection, vector=q, top_k=TOP_K)
+        await client.search(collection, vector=q, top_k=TOP_K, search_breadth=breadth)
     ms = []
     for i in range(n):
         t = time.perf_counter()
-        await client.search(collection, vector=queries[i % len(queries)], top_k=TOP_K)
+        await client.search(collection, vector=queries[i % len(queries)], top_k=TOP_K, search_breadth=breadth)
         ms.append((time.perf_counter() - t) * 1000)
     return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
             "queries": n}
 
 
-async def throughput(address: str, collection: str, queries: np.ndarray, seconds: float) -> dict:
+async def throughput(address: str, collection: str, queries: np.ndarray, seconds: float,
+                     levels: tuple[int, ...] = (16, 32, 64), breadth: int | None = None) -> dict:
     out = {}
     async with AsyncSearchClient(address, timeout=120) as client:
-        for c in (16, 32, 64):
+        for c in levels:
             out[f"c{c}"] = await saturate(c, seconds, lambda i: client.search(
-                collection, vector=queries[i % len(queries)], top_k=TOP_K))
+                collection, vector=queries[i % len(queries)], top_k=TOP_K, search_breadth=breadth))
+    return out
+
+
+async def breadth_sweep(address: str, client: AsyncSearchClient, collection: str, items: np.ndarray,
+                        queries: np.ndarray, breadths: list[int], seconds: float) -> list[dict]:
+    """Recall, single-query latency and queries/s at 32 callers per search breadth (ef for HNSW), set
+    per request: what the collection's default could be."""
+    out = []
+    for b in breadths:
+        row = {"breadth": b, "recall": await recall(client, collection, items, queries, False, b),
+               "latency": await latency(client, collection, queries, breadth=b),
+               "throughput": await throughput(address, collection, queries, seconds, (32,), b)}
+        log(f"  breadth {b}: {row['recall']} {row['latency']} c32 {row['throughput']['c32']['per_s']:.1f}/s")
+        out.append(row)
     return out
 
 
@@ -291,7 +311,8 @@ def lite_rss_mb(data_dir: str) -> float:
 
 # -- runs --------------------------------------------------------------------------------------------
 async def run_backend(address: str, name: str, sizes: list[int], real: dict, store_mb, float16: bool,
-                      control_uri: str | None, seconds: float, kind: str = "real") -> list[dict]:
+                      control_uri: str | None, seconds: float, kind: str = "real",
+                      breadths: list[int] = ()) -> list[dict]:
     rows = []
     async with AsyncSearchClient(address, timeout=600) as client:
         coll = (await client.create_collection(name, model=MODEL)).collection
@@ -312,6 +333,8 @@ async def run_backend(address: str, name: str, sizes: list[int], real: dict, sto
             row["latency"] = await latency(client, name, queries)
             row["throughput"] = await throughput(address, name, queries, seconds)
             row["memory"] = {"store_mb": store_mb()}
+            if breadths and control_uri:
+                row["breadth_sweep"] = await breadth_sweep(address, client, name, items, queries, breadths, seconds)
             log(f"{name} {size}: {row['recall']} {row['latency']} {row['throughput']} {row['memory']}")
             rows.append(row)
     return rows
@@ -325,11 +348,18 @@ def main() -> int:
     parser.add_argument("--image-rounds", type=int, default=3)
     parser.add_argument("--skip", default="",
                         help="comma-separated parts to skip: lite, server, gaussian, images, copies")
+    parser.add_argument("--milvus-config", action="append", default=[], metavar="DOTTED.KEY=VALUE",
+                        help="a milvus.yaml setting for the embedded Milvus server (repeatable), e.g. "
+                             "dataCoord.segment.maxSize=4096")
+    parser.add_argument("--breadths", default="32,64,128,256",
+                        help="search breadths (HNSW ef) swept on the server's real collections, per request")
+    parser.add_argument("--results", default="scale", help="results file name under benchmarks/results/")
     args = parser.parse_args()
+    milvus_config = dict(kv.split("=", 1) for kv in args.milvus_config)
     skip = set(filter(None, args.skip.split(",")))
     load_before = os.getloadavg()
     result = {"date": now_utc(), "machine": machine(), "load_avg_before": load_before, "model": MODEL,
-              "runs": [], "method": __doc__}
+              "runs": [], "method": __doc__, "milvus_config": milvus_config}
     photos = [p.read_bytes() for p in sorted((SHARED_DATA / "photos").glob("*.jpg"))]
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         for float16 in (True, False):  # the default (float16 where the store has it), then --milvus-float16 off
@@ -353,12 +383,12 @@ def main() -> int:
             finally:
                 stop_server(proc)
         if "server" not in skip:
-            with served_over_milvus_server(tmp) as (mproc, uri, proc, address):
+            with served_over_milvus_server(tmp, milvus_config=milvus_config) as (mproc, uri, proc, address):
                 real = real_vectors(address)
                 sizes = [int(s) for s in args.server_sizes.split(",") if s]
                 store_mb = lambda: round(sum(rss_kb(p) for p in process_tree(mproc.pid)) / 1024)  # noqa: E731
                 runs = asyncio.run(run_backend(address, "scale_server", sizes, real, store_mb, False, uri,
-                                               args.seconds))
+                                               args.seconds, breadths=[int(b) for b in args.breadths.split(",") if b]))
                 runs[-1]["memory"].update(server_rss_mb(proc.pid))
                 if "images" not in skip:
                     runs[-1]["images_vs_embed"] = asyncio.run(images_vs_embed(
@@ -368,7 +398,7 @@ def main() -> int:
                     result["runs"] += asyncio.run(run_backend(address, "scale_gaussian", [100_000], real, store_mb,
                                                               False, uri, args.seconds, kind="gaussian"))
     result["load_avg_after"] = os.getloadavg()
-    write_results("scale", result, markdown(result))
+    write_results(args.results, result, markdown(result))
     print(markdown(result))
     return 0
 
@@ -377,7 +407,9 @@ def markdown(result: dict) -> str:
     md = [f"# A collection at 100k and 1M items ({result['model']} vectors, 128-d)", "",
           f"{result['date']}; load average {result['load_avg_before'][0]:.2f} before, "
           f"{result['load_avg_after'][0]:.2f} after; 2 cores. Method: benchmarks/bench_scale.py's docstring."
-          + (f" {result['merged']}" if result.get("merged") else ""), "",
+          + (f" {result['merged']}" if result.get("merged") else "")
+          + (" The embedded Milvus server ran with " + ", ".join(f"`{k}: {v}`" for k, v in result["milvus_config"].items())
+             + " (its milvus.yaml defaults otherwise)." if result.get("milvus_config") else ""), "",
           "| store | vectors | items | index | import rows/s | searchable after | indexed + loaded | recall@20 | "
           "p50 / p99 ms | q/s c16 / c32 / c64 | store RSS MB |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -392,6 +424,15 @@ def markdown(result: dict) -> str:
                   f"{(str(build.get('indexed_and_loaded_s')) + ' s') if build else '-'} | "
                   f"{r['recall']['recall_at_20']} | {r['latency']['p50_ms']} / {r['latency']['p99_ms']} | "
                   f"{t['c16']['per_s']:.1f} / {t['c32']['per_s']:.1f} / {t['c64']['per_s']:.1f} | {r['memory']['store_mb']} |")
+    for r in result["runs"]:
+        if r.get("breadth_sweep"):
+            md += ["", f"{r['collection']} at {r['size']:,}, search breadth (ef) set per request:", "",
+                   "| ef | recall@20 | p50 / p99 ms | q/s at 32 callers |", "| --- | --- | --- | --- |"]
+            md += [f"| {b['breadth']} | {b['recall']['recall_at_20']} | {b['latency']['p50_ms']} / "
+                   f"{b['latency']['p99_ms']} | {b['throughput']['c32']['per_s']:.1f} |" for b in r["breadth_sweep"]]
+    for r in result["runs"]:
+        if r.get("index_build", {}).get("segments"):
+            md.append(f"\n{r['collection']} at {r['size']:,}: sealed segments (rows) {r['index_build']['segments']}")
     for r in result["runs"]:
         if "copy_searches" in r:
             cs = r["copy_searches"]

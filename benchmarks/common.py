@@ -243,9 +243,10 @@ async def embed_at_saturation(address: str, images: list[bytes], concurrency: in
 
 
 # -- the embedded Milvus 2.3 server -------------------------------------------------------------
-def start_milvus_server(base: Path) -> tuple[subprocess.Popen, str]:
-    """The embedded Milvus standalone server (PyPI package `milvus`) in a child process; its URI."""
-    return start_embedded_milvus(base)
+def start_milvus_server(base: Path, config: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """The embedded Milvus standalone server (PyPI package `milvus`) in a child process; its URI.
+    config: milvus.yaml settings by dotted key over the package's defaults."""
+    return start_embedded_milvus(base, config=config)
 
 
 def stop_milvus_server(proc: subprocess.Popen) -> None:
@@ -253,10 +254,10 @@ def stop_milvus_server(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def served_over_milvus_server(tmp: str, extra: list[str] = ()):
+def served_over_milvus_server(tmp: str, extra: list[str] = (), milvus_config: dict[str, str] | None = None):
     """A Milvus server and a revsearch server over it (trained models only), both stopped after:
     (milvus process, its URI, revsearch process, revsearch address)."""
-    mproc, uri = start_milvus_server(Path(tmp) / "milvus-server")
+    mproc, uri = start_milvus_server(Path(tmp) / "milvus-server", milvus_config)
     try:
         proc, address = start_server(["--milvus-uri", uri, *extra], f"{tmp}/server", allow_untrained=False)
         try:

@@ -10,9 +10,10 @@ share.
   Milvus itself.
 * `Indexer`: indexes items and re-sends whatever was not acknowledged; `after_acks` and
   `into_a_call` make seeded kill moments.
-* `python -m revsearch_testkit.chaos milvus-server BASE_DIR PORT` (`milvus_server_command()`): the
-  embedded Milvus 2.3 standalone server (PyPI package `milvus`, in requirements-build.txt), printing
-  "READY <port>", stopping on SIGTERM, and able to restart on the same port right after a kill.
+* `python -m revsearch_testkit.chaos milvus-server BASE_DIR PORT [dotted.key=value ...]`
+  (`milvus_server_command()`): the embedded Milvus 2.3 standalone server (PyPI package `milvus`, in
+  requirements-build.txt), printing "READY <port>", stopping on SIGTERM, and able to restart on the
+  same port right after a kill; milvus.yaml settings may be given (the 1M benchmark's segment size).
 
 Part of the test kit (tests and benchmarks only; never shipped, never imported by the client or the
 server). It needs the server's dependencies too (grpcio-health-checking; pymilvus for `milvus_reads`).
@@ -217,20 +218,24 @@ def revsearch_server(data_dir: Path, port: int, *flags: str) -> Group:
     return Group("revsearch server", cmd, r"revsearch listening on", 300, f"127.0.0.1:{port}")
 
 
-def milvus_server_command(base: Path | str, port: int) -> list[str]:
+def milvus_server_command(base: Path | str, port: int, config: dict[str, str] | None = None) -> list[str]:
     """The command line of the embedded Milvus server (this module's milvus-server command): it prints
-    "READY <port>" once it serves."""
-    return [sys.executable, "-m", "revsearch_testkit.chaos", "milvus-server", str(base), str(port)]
+    "READY <port>" once it serves. config: milvus.yaml settings by dotted key (e.g.
+    {"dataCoord.segment.maxSize": "4096"}), each replacing the packaged template's value."""
+    return [sys.executable, "-m", "revsearch_testkit.chaos", "milvus-server", str(base), str(port),
+            *(f"{key}={value}" for key, value in (config or {}).items())]
 
 
-def start_embedded_milvus(base: Path | str, timeout_s: float = 180) -> tuple[subprocess.Popen, str]:
+def start_embedded_milvus(base: Path | str, timeout_s: float = 180, config: dict[str, str] | None = None
+                          ) -> tuple[subprocess.Popen, str]:
     """The embedded Milvus server in a child process on a free port, once it serves: (process, URI).
-    RuntimeError with its last lines when it does not start within timeout_s."""
+    RuntimeError with its last lines when it does not start within timeout_s. config: as
+    milvus_server_command's."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(milvus_server_command(base, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(milvus_server_command(base, port, config), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     deadline, said = time.time() + timeout_s, []
     while time.time() < deadline:
         line = proc.stdout.readline()
@@ -281,9 +286,27 @@ def _reusable_port(self, port: int):
         return None
 
 
-def serve_milvus(base_dir: str, port: int) -> None:
+def _check_config(path: Path, config: dict[str, str]) -> None:
+    """Every setting asked for is in the milvus.yaml written (the package skips a key its template
+    lacks without a word): SystemExit naming those that are not."""
+    import yaml
+
+    written = yaml.safe_load(path.read_text())
+    missing = []
+    for key, value in config.items():
+        node = written
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None or str(node) != str(value):
+            missing.append(f"{key}={value} (written: {node})")
+    if missing:
+        sys.exit(f"milvus.yaml does not have: {', '.join(missing)}")
+
+
+def serve_milvus(base_dir: str, port: int, config: dict[str, str] | None = None) -> None:
     """Runs the embedded Milvus server until SIGTERM: prints "READY <port>", and "DIED" (exit 1)
-    if the Milvus process dies under it, so that whoever waits on it fails fast."""
+    if the Milvus process dies under it, so that whoever waits on it fails fast. config: milvus.yaml
+    settings by dotted key, over the packaged template's."""
     from milvus import MilvusServerConfig, default_server
 
     MilvusServerConfig.try_bind_port = _reusable_port
@@ -292,7 +315,10 @@ def serve_milvus(base_dir: str, port: int) -> None:
     # Its etcd port is otherwise searched upwards from 2379 by test-binding without SO_REUSEADDR:
     # a 2379 still in TIME_WAIT makes it pick 2380, which its own etcd peer listener needs.
     default_server.config.set("etcd_port", free_port())
+    for key, value in (config or {}).items():
+        default_server.config.set(key, value)
     default_server.start()
+    _check_config(Path(base_dir) / "configs" / "milvus.yaml", config or {})
     print(f"READY {default_server.listen_port}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -432,9 +458,9 @@ def into_a_call(rng: random.Random, in_flight: list, delay_s: tuple[float, float
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[0] != "milvus-server":
-        sys.exit("usage: python -m revsearch_testkit.chaos milvus-server BASE_DIR PORT")
-    serve_milvus(args[1], int(args[2]))
+    if len(args) < 3 or args[0] != "milvus-server" or not all("=" in a for a in args[3:]):
+        sys.exit("usage: python -m revsearch_testkit.chaos milvus-server BASE_DIR PORT [dotted.key=value ...]")
+    serve_milvus(args[1], int(args[2]), dict(a.split("=", 1) for a in args[3:]))
     return 0
 
 

@@ -114,3 +114,10 @@ def test_the_kubernetes_pods_probe_grpc_health_and_take_tls_and_keys_from_secret
     assert env["REVSEARCH_TLS_CERT"].startswith(mounts["tls"]) and env["REVSEARCH_TLS_KEY"].startswith(mounts["tls"])
     assert env["REVSEARCH_API_KEYS"].startswith(mounts["api-keys"]) and env["REVSEARCH_TLS_CA"].startswith(mounts["tls"])
     assert all(m["readOnly"] for m in container["volumeMounts"] if m["name"] in secrets)
+
+
+def test_compose_gives_milvus_the_segment_settings_the_million_item_benchmark_measured():
+    milvus = _compose()["services"]["milvus"]
+    assert "./deploy/milvus/user.yaml:/milvus/configs/user.yaml:ro" in milvus["volumes"]
+    segment = yaml.safe_load((ROOT / "deploy" / "milvus" / "user.yaml").read_text())["dataCoord"]["segment"]
+    assert segment == {"maxSize": 16384, "sealProportion": 0.5, "maxBinlogFileNumber": 64}

@@ -70,6 +70,11 @@ _ID_MAX, _URI_MAX = 80, 2048
 # a segment at 65,535, 165k at 8,192), but with the full schema an import still sealed segments of about
 # 54k rows (benchmarks/results/scale.md): the 17 segments of a million items come from elsewhere.
 _FEATURES_MAX = 8192
+# Joined writes of at least this many rows go field by field: pymilvus packs a write of row dicts at
+# about 40 µs a row of the client's CPU and one of columns at about 15 (bare pymilvus into the 2.3
+# server, revsearch's schema, 500-row upserts: 15,200 against 20,200 rows/s), which pays for the
+# schema read a column write needs; IndexImages' few-row writes keep the row form and no extra call.
+COLUMN_WRITE_ROWS = 64
 # A collection's filter columns (CreateCollection's filter_keys): "fk_<key>" holds the key's string value
 # (filters.column_value); metadata is at most 16 KiB, so any string of it fits.
 FILTER_COLUMN_PREFIX, _FILTER_VALUE_MAX = "fk_", 16 * 1024 + 1
@@ -229,6 +234,8 @@ class MilvusStore:
                               "until it answers again (retry shortly)")
 
         def run():
+            if method == "upsert_columns":
+                return self._upsert_columns(*args, **kwargs)
             return getattr(self._connect(), method)(*args, **kwargs)
 
         try:
@@ -247,6 +254,20 @@ class MilvusStore:
                 log.warning("milvus %s failed: %s", method, exc)
             self._mark_down(_short(exc), args[0] if args and isinstance(args[0], str) else None)
             raise Unavailable(f"vector store {self.describe()} failed during {method}: {_short(exc)}") from exc
+
+    def _upsert_columns(self, collection: str, entities: dict[str, list], timeout: float):
+        """An upsert given field by field (pymilvus's column form, which MilvusClient does not offer):
+        the collection's schema is read first, so a collection re-created meanwhile with other fields
+        gets the right request or a clear refusal."""
+        client = self._connect()
+        schema = client.describe_collection(collection, timeout=timeout)
+        missing = [f["name"] for f in schema["fields"] if f["name"] not in entities and not f.get("auto_id")]
+        if missing:
+            raise ValueError(f"collection {collection} has fields this write lacks: {missing}")
+        fields = [{"name": f["name"], "type": f["type"], "values": entities[f["name"]]}
+                  for f in schema["fields"] if f["name"] in entities]
+        # MilvusClient keeps its connection (pymilvus' GrpcHandler) private; its upsert takes columns.
+        return client._get_connection().upsert(collection, fields, timeout=timeout, schema=schema)
 
     def _mark_down(self, reason: str, collection: str | None = None) -> None:
         self._down = reason
@@ -425,13 +446,12 @@ class MilvusIndex:
     async def insert(self, records: list[Record]) -> None:
         if not records:
             return
-        rows = self._rows(records)
         try:
             # Upsert, not insert: Milvus keeps both rows of a repeated primary key, so a retried or
             # racing write of the same content-derived id must replace, not add. Joined with the
             # concurrent writes of this collection (each caller's rows stay all or nothing: a failed
             # joined write fails every caller, which removes its own rows below).
-            await self._store.joined.call(("upsert", self._c), rows, self._upsert)
+            await self._store.joined.call(("upsert", self._c), records, self._upsert)
         except Unavailable:
             # The insert may have reached Milvus before the failure: remove whatever did, so a
             # failed item is not left half-indexed. Best effort; the ids are unacknowledged.
@@ -463,9 +483,33 @@ class MilvusIndex:
             **{column: column_value(r.metadata, key) for key, column in self._filter_columns.items()},
         } for r in records]
 
-    async def _upsert(self, parts: list[list[dict]]) -> None:
-        rows = {row["id"]: row for part in parts for row in part}  # a key twice in one call: the last wins
-        await self._store.call("upsert", self._c, data=list(rows.values()))
+    async def _upsert(self, parts: list[list[Record]]) -> None:
+        records = list({r.id: r for part in parts for r in part}.values())  # a key twice in one call: the last wins
+        if len(records) >= COLUMN_WRITE_ROWS:
+            await self._store.call("upsert_columns", self._c, entities=self._entities(records))
+        else:
+            await self._store.call("upsert", self._c, data=self._rows(records))
+
+    def _entities(self, records: list[Record]) -> dict[str, list]:
+        """The records field by field (the column form of _rows)."""
+        columns: dict[str, list] = {
+            "id": [r.id for r in records],
+            "vector": ([np.asarray(r.vector, dtype=np.float16).tobytes() for r in records] if self._float16
+                       else np.asarray([r.vector for r in records], dtype=np.float32).tolist()),
+            "uri": [r.uri for r in records], "sha256": [r.sha256 for r in records],
+            "model": [r.model for r in records], "model_version": [r.model_version for r in records],
+            "created_at_ms": [r.created_at_ms for r in records], "metadata": [r.metadata for r in records]}
+        if self._columns:
+            faces = [_face_columns(r) for r in records]
+            for name in ("face_box", "face_count", "timestamp_s"):
+                columns[name] = [f[name] for f in faces]
+        else:
+            columns["face_box"] = [_face_json_v1(r) for r in records]
+        if self._features:
+            columns["local_features"] = [r.local_features or "" for r in records]
+        for key, column in self._filter_columns.items():
+            columns[column] = [column_value(r.metadata, key) for r in records]
+        return columns
 
     async def _lookup(self, kind: str, values: list[str], output: list[str], consistency: str = "") -> list[dict]:
         """Rows whose `kind` field is among values, joined with concurrent lookups of this collection

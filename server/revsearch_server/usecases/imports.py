@@ -161,7 +161,8 @@ class ImportVectors:
                     raise InvalidArgument(f"item {item.position} has no id: an imported item has no image to derive "
                                           "one from; give 1-64 characters from [A-Za-z0-9._:-]")
                 validate_item_fields(item.id, item.uri, item.metadata)
-                vector = np.asarray(item.vector, dtype=np.float32)
+                # fromiter: 4.9 instead of 7.4 µs for np.asarray on a protobuf repeated field of 128 floats
+                vector = np.fromiter(item.vector, np.float32, len(item.vector))
                 if vector.shape != (dim,):
                     raise InvalidArgument(f"item {item.position} ({item.id!r}): the vector has {vector.size} values; "
                                           f"collection {c.name!r} stores {dim} ({c.spec.model})")
