@@ -491,7 +491,9 @@ class MilvusIndex:
             await self._store.call("upsert", self._c, data=self._rows(records))
 
     def _entities(self, records: list[Record]) -> dict[str, list]:
-        """The records field by field (the column form of _rows)."""
+        """The records field by field: the column form of _rows, built column by column (built from
+        _rows' dicts instead, an import's server CPU went from 46 to 52 µs a row);
+        tests/integration/test_milvus_write_forms.py keeps the two forms storing the same fields."""
         columns: dict[str, list] = {
             "id": [r.id for r in records],
             "vector": ([np.asarray(r.vector, dtype=np.float16).tobytes() for r in records] if self._float16
