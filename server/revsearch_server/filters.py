@@ -99,6 +99,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Union
 
 from .errors import InvalidArgument
+from .rows import rows_range
 
 MAX_FILTER_BYTES = 4096  # UTF-8 bytes
 MAX_FILTER_DEPTH = 16  # nesting of parentheses / NOT
@@ -718,7 +719,7 @@ class _Translation:
             if op not in ("=", "!="):
                 raise FilterError(f"filter: at position {c.position}: ordering comparisons on id are only supported "
                                   "in collections with one row per item")
-            low, high = milvus_string(value + "~"), milvus_string(value + "\x7f")
+            low, high = (milvus_string(k) for k in rows_range(value))
             rows = f"(id >= {low} and id < {high})"
             others = f"(id < {low} or id >= {high})"
             return _Forms(rows, others, column, line_break) if op == "=" else \

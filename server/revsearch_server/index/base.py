@@ -12,6 +12,7 @@ import numpy as np
 
 from ..domain import FaceBox
 from ..filters import Filter, FilterFields
+from ..rows import item_of
 from ..vector_index import IndexType, VectorIndexSpec
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,6 @@ class Hit:
     matched_keypoints: int = 0
 
 
-# Rows of items with several vectors are keyed `<item id>~<k>` (rows.py, which builds on this module).
-_ROW_SEPARATOR = "~"
-
-
 @dataclass(frozen=True)
 class RowFilter:
     """A request's filter (filters.py) bound to how a collection keys its rows: in collections with
@@ -75,7 +72,7 @@ class RowFilter:
         return self.filter.digest, self.multi_row
 
     def matches(self, record: Record) -> bool:
-        item = record.id.split(_ROW_SEPARATOR, 1)[0] if self.multi_row else record.id
+        item = item_of(record.id) if self.multi_row else record.id
         return self.filter.matches(FilterFields(id=item, uri=record.uri, created_at_ms=record.created_at_ms,
                                                 metadata=record.metadata or {}))
 

@@ -366,8 +366,8 @@ class ImageSearch:
         main = {n: {h.id for h in hits[n]} for n in rows}
         records: dict[str, Record] = {}
         if c.where is not None:  # crop views carry no fields: keep the candidates whose item's row matches
-            for n in rows:
-                merged[n] = await self._matching(c, merged[n][:CANDIDATES + k], main[n], records)
+            kept = await self._matching(c, [merged[n][:CANDIDATES + k] for n in rows], [main[n] for n in rows], records)
+            merged.update(zip(rows, kept))
         verifiers = {n: Verifier(local[order[n]], merged[n][:CANDIDATES], _sure(hits[n], merged[n])) for n in rows}
         zoomed: set[int] = set()
         first = True
@@ -418,13 +418,17 @@ class ImageSearch:
             out[n] = shown
         return out
 
-    async def _matching(self, c: Collection, hits: list[Hit], main: set[str], records: dict[str, Record]) -> list[Hit]:
-        """The hits of the filtered main search, and the crop-view candidates whose item's row matches
-        the collection's filter (their rows fetched into records, which verification needs anyway)."""
-        unknown = sorted({h.id for h in hits if h.id not in main and h.id not in records})
+    async def _matching(self, c: Collection, hit_lists: list[list[Hit]], main: list[set[str]],
+                        records: dict[str, Record]) -> list[list[Hit]]:
+        """Per query: the hits of its filtered main search (main), and the crop-view candidates whose
+        item's row matches the collection's filter (their rows fetched into records, in one read for
+        all the queries; verification needs them anyway)."""
+        unknown = sorted({h.id for hits, m in zip(hit_lists, main) for h in hits
+                          if h.id not in m and h.id not in records})
         if unknown:
             records.update(await c.index.get(unknown))
-        return [h for h in hits if h.id in main or (h.id in records and c.where.matches(records[h.id]))]
+        return [[h for h in hits if h.id in m or (h.id in records and c.where.matches(records[h.id]))]
+                for hits, m in zip(hit_lists, main)]
 
     async def _add_zoomed_out(self, c: Collection, rows: list[int], order: list[int], local: dict[int, QueryFeatures],
                               verifiers: dict[int, Verifier], records: dict[str, Record]) -> None:
@@ -436,9 +440,9 @@ class ImageSearch:
         small = await self._encoder.embed_copy(c.model, [local[order[n]].zoomed_out for n in rows])
         with self._metrics.stage("search"):
             found = await search_items(self._searcher, c.views, np.ascontiguousarray(small[:, 0]), ZOOM_CANDIDATES)
+        if c.where is not None:
+            found = await self._matching(c, [hits[:ZOOM_CANDIDATES] for hits in found], [set()] * len(found), records)
         for n, view_hits in zip(rows, found):
-            if c.where is not None:
-                view_hits = await self._matching(c, view_hits[:ZOOM_CANDIDATES], set(), records)
             verifiers[n].add(view_hits)
 
     async def delete(self, collection: str, ids: list[str]) -> tuple[list[str], list[str]]:

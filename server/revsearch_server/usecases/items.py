@@ -19,7 +19,7 @@ from ..errors import InvalidArgument, NotFound, RevsearchError
 from ..filters import parse_filter
 from ..index.base import Record
 from ..page_tokens import decode_page_token, encode_page_token
-from ..rows import SEPARATOR, item_of, row_id, rows_of
+from ..rows import index_of, item_of, past_rows, row_id, rows_of
 from ..validation import validate_id, validate_item_fields
 
 MAX_GET_IDS = 1000
@@ -27,8 +27,6 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 # Rows a multi-row listing reads per store call: Milvus caps a query's limit at 16,384.
 _MAX_ROWS_PER_QUERY = 16384
-# Past the last row of an item in key order: its rows are "<id>~<k>" and "\x7f" sorts after every digit.
-_PAST_ROWS = SEPARATOR + "\x7f"
 
 
 @dataclass
@@ -173,19 +171,19 @@ class ImageItems:
         firsts = await c.index.get([row_id(i, 0) for i in ids])
         rest = await c.index.get([k for r in firsts.values() for k in rows_of(item_of(r.id), r.face_count or 1)[1:]])
         out: dict[str, list[Record]] = {}
-        for r in sorted([*firsts.values(), *rest.values()], key=lambda r: int(r.id.rsplit(SEPARATOR, 1)[1])):
+        for r in sorted([*firsts.values(), *rest.values()], key=lambda r: index_of(r.id)):
             out.setdefault(item_of(r.id), []).append(r)
         return out
 
     async def _first_rows(self, c: Collection, after: str, size: int, where) -> tuple[list[Record], bool]:
         """Row 0 of up to `size` items after item `after`, in key order, and whether more follow."""
-        key = after + _PAST_ROWS if after else ""
+        key = past_rows(after) if after else ""
         firsts: list[Record] = []
         per_query = min(_MAX_ROWS_PER_QUERY, (size + 1) * 8)
         while True:
             batch = await c.index.list_rows(key, per_query, where, vectors=False)
             for r in batch:
-                if r.id.endswith(SEPARATOR + "0"):
+                if r.id == row_id(item_of(r.id), 0):
                     if len(firsts) == size:
                         return firsts, True
                     firsts.append(r)
