@@ -16,18 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from bench_scale import _id, build_items, real_vectors
-from common import (ROOT, log, machine, now_utc, process_tree, start_milvus_server, stop_milvus_server, stop_server,
-                    write_results)
+from common import (ROOT, log, machine, now_utc, process_tree, start_milvus_server, start_server,
+                    stop_milvus_server, stop_server, write_results)
 from revsearch.client import AsyncSearchClient, VectorInput
 
 
@@ -44,20 +42,9 @@ def cpu_s(pids: list[int]) -> float:
 
 def serve(server_dir: Path, milvus_uri: str, data_dir: str) -> tuple[subprocess.Popen, str]:
     """A revsearch server from server_dir's code (its package first on the path) over the Milvus."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "revsearch_server", "--host", "127.0.0.1", "--port", "0", "--data-dir", data_dir,
-         "--log-level", "WARNING", "--metrics-port", "-1", "--milvus-uri", milvus_uri, "--triton-url", "off",
-         "--model-repository", str(ROOT / "model_repository")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(server_dir)},
-        cwd=tempfile.gettempdir())
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        m = re.search(r"revsearch listening on [^:]+:(\d+)", line)
-        if m:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, f"127.0.0.1:{m.group(1)}"
-    raise RuntimeError(f"server did not start: {''.join(lines[-10:])}")
+    return start_server(["--milvus-uri", milvus_uri, "--triton-url", "off",
+                         "--model-repository", str(ROOT / "model_repository")], data_dir, allow_untrained=False,
+                        env={**os.environ, "PYTHONPATH": str(server_dir)})
 
 
 async def import_once(address: str, name: str, items) -> float:

@@ -113,11 +113,13 @@ def write_results(name: str, result: dict, markdown: str) -> None:
 
 
 # -- a revsearch server process -------------------------------------------------------------------
-def start_server(extra: list[str], data_dir: str, allow_untrained: bool) -> tuple[subprocess.Popen, str]:
-    """A server as users run it (its own process, managed Triton unless extra says otherwise)."""
+def start_server(extra: list[str], data_dir: str, allow_untrained: bool, env: dict[str, str] | None = None
+                 ) -> tuple[subprocess.Popen, str]:
+    """A server as users run it (its own process, managed Triton unless extra says otherwise); env:
+    its environment instead of this process's (e.g. PYTHONPATH to serve another checkout's code)."""
     cmd = [sys.executable, "-m", "revsearch_server", "--host", "127.0.0.1", "--port", "0", "--data-dir", data_dir,
            "--log-level", "WARNING", "--metrics-port", "0", *extra] + (["--allow-untrained"] if allow_untrained else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
     deadline = time.time() + 300
     lines: list[str] = []
     while time.time() < deadline:
