@@ -15,7 +15,8 @@ are taken within a round; the medians over rounds are reported.
 Bytes per item: after the server stops, the Milvus Lite file is opened and every row of the search
 collection and of its views index is read back; an item's bytes are its rows' vectors (dimension x 2
 for float16, x 4 for float32) and field values as stored (VARCHAR and JSON as their UTF-8 text,
-8 bytes per INT64 / DOUBLE). The first copy-detection layout (five 1280-d float32 vectors, 300
+8 bytes per INT64 / DOUBLE); the same rows with the other vector type are computed beside them
+(--milvus-float16 chooses what the server stores: auto is float32 on Milvus Lite). The first copy-detection layout (five 1280-d float32 vectors, 300
 keypoints of format 1) is computed from the same photos' features for comparison.
 Writes benchmarks/results/copy_throughput.{json,md}.
 """
@@ -145,11 +146,17 @@ def stored_bytes(db: Path, collection: str) -> dict:
                 kind, dim = fields.get(key, ("VARCHAR", 0))
                 totals[key] = totals.get(key, 0) + _value_bytes(value, kind, int(dim))
         out[suffix or "main"] = {"rows": len(rows), "bytes_by_field": totals, "bytes": sum(totals.values())}
+    vector_kind = fields["vector"][0]
     client.close()
     items = out["main"]["rows"]
     per_field = {f"{part}.{k}": round(v / items, 1) for part, d in out.items() for k, v in d["bytes_by_field"].items()}
-    return {"items": items, "bytes_per_item": round((out["main"]["bytes"] + out["__views"]["bytes"]) / items),
-            "by_field": per_field, "rows_per_item": round((out["main"]["rows"] + out["__views"]["rows"]) / items, 2)}
+    per_item = (out["main"]["bytes"] + out["__views"]["bytes"]) / items
+    vectors = sum(v for k, v in per_field.items() if k.endswith(".vector"))
+    # The same rows with the other vector type (float16 halves a vector's bytes), computed, not stored.
+    other = per_item + (vectors if vector_kind == "FLOAT16_VECTOR" else -vectors / 2)
+    return {"items": items, "bytes_per_item": round(per_item), "vector_type": vector_kind, "vector_bytes": round(vectors),
+            "bytes_per_item_other_vector_type": round(other), "by_field": per_field,
+            "rows_per_item": round((out["main"]["rows"] + out["__views"]["rows"]) / items, 2)}
 
 
 def first_layout_bytes(photos: list[Path], measured: dict) -> dict:
@@ -171,13 +178,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="per workload and round")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--local", action="store_true", help="ONNX Runtime in the server process, not Triton")
+    parser.add_argument("--milvus-float16", choices=["auto", "on", "off"], default="auto",
+                        help="the server's --milvus-float16 (auto: float32 on Milvus Lite)")
     args = parser.parse_args()
     photos = sorted((SHARED_DATA / "photos").glob("*.jpg"))[:args.gallery]
     gallery = [p.read_bytes() for p in photos]
     edited = [edited_bytes(gallery[n % len(gallery)], ALL_EDITS[n % len(ALL_EDITS)]) for n in range(len(gallery))]
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-copy-throughput-") as tmp:
-        proc, address = start_server(["--triton-url", "off"] if args.local else [], tmp, allow_untrained=False)
+        proc, address = start_server((["--triton-url", "off"] if args.local else [])
+                                     + ["--milvus-float16", args.milvus_float16], tmp, allow_untrained=False)
         try:
             rounds, info = asyncio.run(run_rounds(address, args.model, gallery, edited, args.rounds, args.seconds,
                                                   args.concurrency))
@@ -212,10 +222,14 @@ def main() -> int:
     md += [f"| {r['round']} | {' > '.join(r['order'])} | " + " | ".join(f"{r[w]['per_s']:.1f}" for w in WORKLOADS)
            + " |" for r in rounds]
     c, f = result["bytes"]["compact"], result["bytes"]["first_layout"]
+    kinds = {"FLOAT16_VECTOR": "float16", "FLOAT_VECTOR": "float32"}
+    other_kind = "float32" if c["vector_type"] == "FLOAT16_VECTOR" else "float16"
     md += ["", "Bytes per item in the store:", "", "| layout | bytes per item | of which vectors | local features |",
            "| --- | --- | --- | --- |",
-           f"| compact (one forward pass, {info['collection']['dimension']}-d) | {c['bytes_per_item']} | "
-           f"{round(sum(v for k, v in c['by_field'].items() if k.endswith('.vector')))} | "
+           f"| compact (one forward pass, {info['collection']['dimension']}-d), {kinds[c['vector_type']]} vectors "
+           f"(measured) | {c['bytes_per_item']} | {c['vector_bytes']} | {c['by_field'].get('main.local_features', 0):.0f} |",
+           f"| the same rows with {other_kind} vectors (computed) | {c['bytes_per_item_other_vector_type']} | "
+           f"{round(c['vector_bytes'] * (0.5 if other_kind == 'float16' else 2))} | "
            f"{c['by_field'].get('main.local_features', 0):.0f} |",
            f"| first copy-detection layout (5 x 1280-d float32, format 1 features) | {f['bytes_per_item']} | "
            f"{f['vectors']} | {f['local_features']} |", "", f"Fields (bytes per item): {c['by_field']}", ""]

@@ -32,9 +32,12 @@ At the server's largest size: SearchImages by image without copy detection again
 with the same model, 16 callers, interleaved rounds (Triton on the same two cores). On Lite at its
 largest size, copy detection end to end: the 300 shared photos indexed through IndexImages (full
 items: crop vectors and local features) into the same collection, then 200 sequential image searches
-of edited copies of them (copy_edits, every edit in turn) with copy detection on: p50 / p99 and P@1.
-(The imported rows have no local features: candidates among them are never verified, so a search
-costs what it costs among real items only where the photos' copies lead.)
+of edited copies of them (copy_edits, every edit in turn) with copy detection on: p50 / p99, P@1 and
+the store's memory. Before those searches the server stops and the imported rows become full items
+(fill_full_items, written into the Lite file with pymilvus): each gets the local features of an LFW
+portrait and four crop-view rows (other rows' vectors), as IndexImages would store them, so every
+search compares the query with 4 x the items' crop vectors and verifies candidates among them. Lite
+runs twice: --milvus-float16 on (float16 vectors), then off (float32, what auto gives on Lite).
 Writes benchmarks/results/scale.{json,md}.
 """
 
@@ -44,11 +47,13 @@ import argparse
 import asyncio
 import hashlib
 import io
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +64,7 @@ from common import (LFW, SHARED_DATA, VIDEO, ServerControl, log, machine, now_ut
 from revsearch.client import AsyncSearchClient, ImageInput, VectorInput
 from revsearch.copy_distractors import cache_dir
 from revsearch.copy_edits import ALL_EDITS, edited_bytes
+from revsearch.errors import UnavailableError
 
 MODEL = "efficientnet_lite0"
 QUERIES = 200
@@ -143,17 +149,20 @@ def real_vectors(address: str) -> dict:
     return {"vectors": vectors, "held_out": held, "original": original}
 
 
-def build_items(real: dict, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(items [size, 128], queries [QUERIES, 128]) as the module docstring says."""
+def build_items(real: dict, size: int, seed: int = 0, bases: bool = False):
+    """(items [size, 128], queries [QUERIES, 128]) as the module docstring says; with bases, also each
+    item's base: the index in real["vectors"] of the real vector it is (or was moved from)."""
     vectors, held, original = real["vectors"], real["held_out"], real["original"]
-    stored = vectors[~held]
+    stored_at = np.flatnonzero(~held)
+    stored = vectors[stored_at]
     edited = np.flatnonzero((original >= 0) & ~held)
     deltas = vectors[edited] - vectors[original[edited]]
     queries = vectors[np.random.default_rng(seed).choice(np.flatnonzero(held), QUERIES, replace=False)]
     if size <= len(stored):
-        return stored[:size].copy(), queries
+        return (stored[:size].copy(), queries) + ((stored_at[:size],) if bases else ())
     out = np.empty((size, vectors.shape[1]), np.float32)
-    out[:len(stored)] = stored
+    base = np.empty(size, np.int64)
+    out[:len(stored)], base[:len(stored)] = stored, stored_at
     chunk = 100_000  # chunk k of the made rows comes from its own generator: every size has the same prefix
     for k, start in enumerate(range(len(stored), size, chunk)):
         rng = np.random.default_rng([seed, k])
@@ -162,7 +171,8 @@ def build_items(real: dict, size: int, seed: int = 0) -> tuple[np.ndarray, np.nd
         n = min(chunk, size - start)
         v = stored[b[:n]] + s[:n] * deltas[d[:n]]
         out[start:start + n] = v / np.linalg.norm(v, axis=1, keepdims=True)
-    return out, queries
+        base[start:start + n] = stored_at[b[:n]]
+    return (out, queries) + ((base,) if bases else ())
 
 
 def gaussian_items(size: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -252,12 +262,16 @@ async def breadth_sweep(address: str, client: AsyncSearchClient, collection: str
     return out
 
 
-async def copy_searches(address: str, collection: str, photos: list[bytes], queries: int = 200) -> dict:
+async def index_photos(address: str, collection: str, photos: list[bytes]) -> list[str]:
+    """The shared photos as full items (IndexImages: crop vectors and local features); their ids."""
     async with AsyncSearchClient(address, timeout=300) as client:
-        ids = []
-        async for r in client.index_images(collection, [ImageInput(image=b, uri=f"photo:{n}")
-                                                         for n, b in enumerate(photos)]):
-            ids.append(r.id)
+        return [r.id async for r in client.index_images(collection, [ImageInput(image=b, uri=f"photo:{n}")
+                                                                      for n, b in enumerate(photos)])]
+
+
+async def copy_searches(address: str, collection: str, photos: list[bytes], ids: list[str], queries: int = 200
+                        ) -> dict:
+    async with AsyncSearchClient(address, timeout=300) as client:
         edits = [e for e in ALL_EDITS if e != "original"]
         ms, right = [], 0
         for n in range(queries):
@@ -270,6 +284,78 @@ async def copy_searches(address: str, collection: str, photos: list[bytes], quer
     return {"queries": queries, "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1), "p_at_1": round(right / queries, 3),
             "indexed_photos": len(ids)}
+
+
+async def searchable(address: str, collection: str, vector: np.ndarray, limit_s: float = 600.0) -> None:
+    """Returns once a vector search of the collection answers (Milvus Lite loads a file's collections
+    when the server starts; 500k rows take a while): the searches measured after it are warm."""
+    t0 = time.perf_counter()
+    async with AsyncSearchClient(address, timeout=120) as client:
+        while True:
+            try:
+                await client.search(collection, vector=vector, top_k=1)
+                return
+            except UnavailableError:
+                if time.perf_counter() - t0 > limit_s:
+                    raise
+                await asyncio.sleep(1.0)
+
+
+def distractor_features(count: int = 1000) -> list[str]:
+    """Stored local features (copies.py, format 2) of `count` LFW portraits: the copy searches' queries
+    are edits of the shared photos, so these never verify one of them."""
+    from revsearch_server import copies
+
+    paths = sorted(LFW.glob("*/*.jpg"))[::7][:count]
+    return [copies.extract_stored(copies.feature_image(Image.open(p))).encode() for p in paths]
+
+
+def fill_full_items(db: str, collection: str, items: np.ndarray, from_photos: np.ndarray, features: list[str],
+                    float16: bool, seed: int = 2) -> dict:
+    """Benchmark only, with the server stopped: make the imported rows of a Lite collection full
+    copy-detection items, as IndexImages would have stored them. Each imported row gets the local
+    features of a portrait (distractor_features, in turn) and four crop-view rows in the views
+    collection, each the vector of another imported row drawn at random (seeded): real-structured
+    vectors, searched by FLAT at the same cost as real crop vectors. `from_photos` marks the rows made
+    from the shared photos (the copy searches' originals) and their edits: those would be copies of the
+    originals with a portrait's features, so they take another row's vector and are never a view.
+    Writes through pymilvus into the Lite file, rows copied from a template row of each collection so
+    every field is as the server writes it."""
+    from pymilvus import MilvusClient
+
+    from revsearch_server.rows import row_id
+
+    t0 = time.perf_counter()
+    client = MilvusClient(db)
+    main, views = f"revsearch_{collection}", f"revsearch_{collection}__views"
+    main_row = client.query(main, filter=f'id == "{_id(0)}"', output_fields=["*"])[0]
+    view_row = client.query(views, filter='id != ""', output_fields=["*"], limit=1)[0]
+    dtype = np.float16 if float16 else np.float32
+
+    def vector(v: np.ndarray):
+        return v.astype(dtype).tobytes() if float16 else v.tolist()
+
+    rng = np.random.default_rng(seed)
+    others = np.flatnonzero(~from_photos)
+    items = items.copy()
+    items[from_photos] = items[rng.choice(others, int(from_photos.sum()))]
+    perms = [others[rng.integers(0, len(others), len(items))] for _ in range(4)]
+    chunk = 500
+    spent = {"upsert": 0.0, "insert": 0.0}
+    for start in range(0, len(items), chunk):
+        end = min(start + chunk, len(items))
+        t = time.perf_counter()
+        client.upsert(main, [main_row | {"id": _id(n), "vector": vector(items[n]),
+                                         "local_features": features[n % len(features)]} for n in range(start, end)])
+        spent["upsert"] += time.perf_counter() - t
+        t = time.perf_counter()
+        client.insert(views, [view_row | {"id": row_id(_id(n), k + 1), "vector": vector(items[perms[k][n]])}
+                              for n in range(start, end) for k in range(4)])
+        spent["insert"] += time.perf_counter() - t
+    client.close()
+    return {"items": len(items), "view_rows": 4 * len(items), "seconds": round(time.perf_counter() - t0, 1),
+            "features_from": f"{len(features)} LFW portraits", "photo_rows_replaced": int(from_photos.sum()),
+            "write_s": {k: round(v, 1) for k, v in spent.items()}}
 
 
 async def images_vs_embed(address: str, collection: str, images: list[bytes], rounds: int, seconds: float) -> dict:
@@ -361,12 +447,14 @@ def main() -> int:
     result = {"date": now_utc(), "machine": machine(), "load_avg_before": load_before, "model": MODEL,
               "runs": [], "method": __doc__, "milvus_config": milvus_config}
     photos = [p.read_bytes() for p in sorted((SHARED_DATA / "photos").glob("*.jpg"))]
+    features = distractor_features() if not {"lite", "copies"} & skip else []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        for float16 in (True, False):  # the default (float16 where the store has it), then --milvus-float16 off
+        for float16 in (True, False):  # --milvus-float16 on (half the bytes), then off (Lite's default, auto)
             if "lite" in skip:
                 break
             where = f"{tmp}/lite{'' if float16 else '_f32'}"
-            proc, address = start_server([] if float16 else ["--milvus-float16", "off"], where, allow_untrained=False)
+            extra = ["--milvus-float16", "on" if float16 else "off"]
+            proc, address = start_server(extra, where, allow_untrained=False)
             try:
                 real = real_vectors(address)
                 result["real_vectors"] = {"count": int(len(real["vectors"])), "held_out": int(real["held_out"].sum())}
@@ -377,9 +465,24 @@ def main() -> int:
                 result["runs"][-1]["memory"].update(server_rss_mb(proc.pid))
                 result["runs"][-1]["float16"] = float16
                 if "copies" not in skip:
-                    result["runs"][-1]["copy_searches"] = asyncio.run(copy_searches(address, name, photos))
-                    result["runs"][-1]["memory"]["store_mb_with_photos"] = lite_rss_mb(where)
-                    log(f"copy searches: {result['runs'][-1]['copy_searches']}")
+                    ids = asyncio.run(index_photos(address, name, photos))
+                    stop_server(proc)
+                    run = result["runs"][-1]
+                    # In a process of its own: Milvus Lite lets the file go only when its client process ends.
+                    items, _, bases = build_items(real, sizes[-1], bases=True)
+                    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                        run["full_items"] = pool.submit(fill_full_items, f"{where}/milvus.db", name, items,
+                                                        bases < len(photos) * len(ALL_EDITS), features,
+                                                        float16).result()
+                    log(f"{name}: full items {run['full_items']}")
+                    t0 = time.perf_counter()
+                    proc, address = start_server(extra, where, allow_untrained=False)
+                    asyncio.run(searchable(address, name, items[0]))
+                    run["full_items"]["searchable_after_restart_s"] = round(time.perf_counter() - t0, 1)
+                    run["copy_searches"] = asyncio.run(copy_searches(address, name, photos, ids))
+                    run["memory"]["store_mb_full_items"] = lite_rss_mb(where)
+                    run["memory"]["server_full_items"] = server_rss_mb(proc.pid)
+                    log(f"copy searches: {run['copy_searches']} {run['memory']}")
             finally:
                 stop_server(proc)
         if "server" not in skip:
@@ -436,10 +539,14 @@ def markdown(result: dict) -> str:
     for r in result["runs"]:
         if "copy_searches" in r:
             cs = r["copy_searches"]
-            md += ["", f"Copy detection at {r['size']:,} items on Milvus Lite, {'float16' if r.get('float16') else 'float32'} ({cs['indexed_photos']} photos indexed as "
-                       f"full items beside the imported vectors): image searches of edited copies p50 {cs['p50_ms']} ms, "
-                       f"p99 {cs['p99_ms']} ms, P@1 {cs['p_at_1']} over {cs['queries']} queries; the store's RSS "
-                       f"{r['memory'].get('store_mb_with_photos')} MB."]
+            full = r.get("full_items", {})
+            md += ["", f"Copy detection at {r['size']:,} full items on Milvus Lite, "
+                       f"{'float16' if r.get('float16') else 'float32'} (the imported rows made full items: local "
+                       f"features and {full.get('view_rows', 0):,} crop-view rows, fill_full_items; "
+                       f"{cs['indexed_photos']} photos indexed through IndexImages): image searches of edited copies "
+                       f"p50 {cs['p50_ms']} ms, p99 {cs['p99_ms']} ms, P@1 {cs['p_at_1']} over {cs['queries']} "
+                       f"queries; the store's RSS {r['memory'].get('store_mb_full_items')} MB, the server's "
+                       f"{r['memory'].get('server_full_items', {}).get('server_mb')} MB."]
         if "images_vs_embed" in r:
             iv = r["images_vs_embed"]
             md += ["", f"Image queries (SearchImages by image, copy detection off) at {r['size']:,} items against "

@@ -62,7 +62,8 @@ class CollectionSpec:
     # embedded by its own model run, vectors of the model's dimension) or COPY_VECTORS_REGIONS
     # (copy_vectors.py: the model's regional vectors, PCA-whitened; `dimension` is the whitened one).
     copy_vectors: str = ""
-    # The collection's vectors are stored as float16 (Milvus Lite, servers from Milvus 2.4): half the bytes.
+    # The collection's vectors are stored as float16 (servers from Milvus 2.4; Milvus Lite with
+    # --milvus-float16 on; MilvusStore.supports_float16): half the vector bytes.
     float16_vectors: bool = False
     # Its vector index (vector_index.py); None: created before the index could be chosen (the store's
     # choice then: FLAT on Lite, AUTOINDEX on a server).
@@ -203,7 +204,7 @@ class Catalog:
                      copy_views: int = 0, vector_index: IndexRequest = IndexRequest(),
                      filter_keys: tuple[str, ...] = ()) -> tuple[CollectionSpec, bool]:
         """copy_views > 0: a copy-detection collection with that many crop views per item; of the
-        compact kind (one forward pass, whitened vectors, float16 where the store has it) when the
+        compact kind (one forward pass, whitened vectors, float16 where it pays, supports_float16) when the
         model has a copy descriptor. vector_index: as asked, defaults filled in (INVALID_ARGUMENT for
         an index the store does not build)."""
         validate_name(name)

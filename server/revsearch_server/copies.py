@@ -311,7 +311,12 @@ class Verifier:
     Each verified copy gives the ones after it PATIENCE more: a search is also "where else does this
     picture appear", and an image's copies lie at vector ranks 2 to 24 (UKBench-style N-S fell from
     3.48 to 3.00 when verification stopped at a sure first copy). Stopping at the first verified one
-    also let a near-duplicate ranked above the original (the next frame of a clip) win."""
+    also let a near-duplicate ranked above the original (the next frame of a clip) win.
+    Once a copy is verified, a later candidate the query does not verify is matched against that
+    copy's stored keypoints (query expansion): a copy of the copy is a copy too, and it ranks after
+    the directly verified ones. On the development split UKBench-style N-S went from 3.308 to 3.373
+    with mean P@1 unchanged (0.991); re-checking the candidates before the first copy as well gave
+    3.373 too, so only later ones are."""
 
     def __init__(self, query: QueryFeatures, candidates: list[Hit], sure: bool = False):
         """sure: the vector ranking is already sure of the first candidate (SURE_SCORE, SURE_GAP):
@@ -324,6 +329,9 @@ class Verifier:
         self._last = -1  # the last verified candidate: every copy found gives the next ones PATIENCE more
         self._stored: dict[str, LocalFeatures] = {}  # every candidate's features fed so far
         self._mirrored = False
+        # Candidates verified through the best verified copy, not the query (query expansion): their
+        # inliers against that copy's stored keypoints.
+        self.through_copy: dict[int, int] = {}
 
     @property
     def found(self) -> bool:
@@ -358,7 +366,15 @@ class Verifier:
         self._stored.update(stored)
         while not self.settled and self.candidates[len(self.counts)].id in self._stored:
             n = len(self.counts)
-            count = inliers(self.query.features, self._stored[self.candidates[n].id])
+            stored = self._stored[self.candidates[n].id]
+            count = inliers(self.query.features, stored)
+            if count < MIN_INLIERS and self._best >= 0:
+                # Query expansion: a copy of the best verified copy is a copy too (a copy of a copy is
+                # two edits from the query, and 280 stored keypoints often match too few of it).
+                through = inliers(self._stored[self.candidates[self._best].id], stored)
+                if through >= MIN_INLIERS:
+                    self.through_copy[n] = through
+                    self._last = n
             self.counts.append(count)
             if count >= MIN_INLIERS:
                 self._last = n
@@ -396,11 +412,15 @@ class Verifier:
                     self._best = n
 
     def ranked(self) -> list[Hit]:
-        """The candidates re-ordered: verified ones first by inliers, then the rest in vector order."""
+        """The candidates re-ordered: verified ones first by inliers, then those verified through the
+        best verified copy by their inliers against it, then the rest in vector order."""
         counts = self.counts + [0] * (len(self.candidates) - len(self.counts))
         verified = sorted((n for n, c in enumerate(counts) if c >= MIN_INLIERS), key=lambda n: -counts[n])
-        rest = [n for n, c in enumerate(counts) if c < MIN_INLIERS]
+        through = sorted((n for n, c in enumerate(counts) if c < MIN_INLIERS and n in self.through_copy),
+                         key=lambda n: -self.through_copy[n])
+        rest = [n for n, c in enumerate(counts) if c < MIN_INLIERS and n not in self.through_copy]
         return ([replace(self.candidates[n], matched_keypoints=counts[n]) for n in verified]
+                + [replace(self.candidates[n], matched_keypoints=self.through_copy[n]) for n in through]
                 + [self.candidates[n] for n in rest])
 
 

@@ -326,7 +326,7 @@ def _milvus(s: Settings, pools: Pools) -> VectorStore:
 
     uri = s.milvus_uri or str(s.milvus_lite_path.resolve())
     return MilvusStore(uri, s.milvus_token, s.milvus_timeout_s, s.milvus_consistency, pools.store, s.milvus_search_ef,
-                       float16=s.milvus_float16 != "off")
+                       float16=s.milvus_float16)
 
 
 def build_grpc_server(settings: Settings, deps: Dependencies, health_servicer: health.aio.HealthServicer

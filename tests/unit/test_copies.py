@@ -279,3 +279,33 @@ def test_the_longest_stored_feature_blob_fits_the_column_of_new_collections():
     widest = copies.LocalFeatures(np.full((copies.STORED_FEATURES, 2), 319, np.float32),
                                   np.full((copies.STORED_FEATURES, 32), 255, np.uint8))
     assert len(widest.encode()) <= _FEATURES_MAX
+
+
+def test_a_copy_of_the_verified_copy_is_verified_through_it_and_ranks_after_the_direct_ones():
+    """Query expansion: the query (the top-left corner) and a crop of the bottom-right corner share
+    nothing, but the crop matches the verified original; unrelated images match neither."""
+    original = _texture(6)
+    w, h = original.size
+    corner = original.crop((w // 2, h // 2, w, h))
+    stored = {"orig": _stored(original), "corner": _stored(corner)}
+    stored.update({f"o{n}": _stored(_texture(40 + n)) for n in range(4)})
+    order = ["o0", "orig", "o1", "corner", "o2", "o3"]
+    verifier = copies.Verifier(_query(original.crop((0, 0, int(0.55 * w), int(0.55 * h)))),
+                               [_hit(i, 0.9 - n / 100) for n, i in enumerate(order)])
+    verifier.feed(stored)
+    assert verifier.counts[order.index("corner")] < copies.MIN_INLIERS  # not by the query itself
+    ranked = verifier.ranked()
+    assert [h.id for h in ranked[:2]] == ["orig", "corner"]
+    assert ranked[1].matched_keypoints >= copies.MIN_INLIERS  # its inliers against the original
+    assert [h.id for h in ranked[2:]] == ["o0", "o1", "o2", "o3"] and not any(h.matched_keypoints for h in ranked[2:])
+    assert len(verifier.counts) == len(order)  # the corner, a copy, gave the candidates after it patience
+
+
+def test_nothing_is_verified_through_a_copy_before_one_is_found():
+    original = _texture(6)
+    w, h = original.size
+    stored = {"corner": _stored(original.crop((w // 2, h // 2, w, h))), "o0": _stored(_texture(40))}
+    verifier = copies.Verifier(_query(original.crop((0, 0, int(0.55 * w), int(0.55 * h)))),
+                               [_hit("corner", 0.9), _hit("o0", 0.8)])
+    verifier.feed(stored)
+    assert not verifier.found and not verifier.through_copy and [h.id for h in verifier.ranked()] == ["corner", "o0"]

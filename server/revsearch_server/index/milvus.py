@@ -27,8 +27,9 @@ on a server what CreateCollection chose (HNSW by default); collections created b
 keep AUTOINDEX, searched with --milvus-search-ef. The index of a new collection is built as its
 segments seal; until then Milvus searches the growing segment exactly, so imported rows are
 searchable at once. Independently of the layout, a collection's vector field is FLOAT16_VECTOR when its settings say so
-(copy-detection collections of the compact kind, where the store has float16: Milvus Lite 2.5 and
-servers from 2.4; catalog.py): vectors go in and come out as float16, queries are sent as float16.
+(copy-detection collections of the compact kind created where float16 pays: servers from Milvus 2.4, or
+Milvus Lite with --milvus-float16 on; supports_float16, catalog.py): vectors go in and come out as
+float16, queries are sent as float16.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class MilvusStore:
     """Owns the connection; hands out per-collection indexes."""
 
     def __init__(self, uri: str, token: str, timeout_s: float, consistency: str, pool: Executor,
-                 search_ef: int = 256, float16: bool = True):
+                 search_ef: int = 256, float16: str = "auto"):
         self.uri = uri
         self._token = token
         self._timeout_s = timeout_s
@@ -160,7 +161,7 @@ class MilvusStore:
         # Milvus's default ef gave recall@20 of 0.14-0.32 on 10k-1M synthetic vectors
         # (benchmarks/results/search_scaling.md); ef 256 gave 1.0 at 2k.
         self.search_ef = search_ef
-        self._float16 = float16  # --milvus-float16 off: new collections keep float32 vectors
+        self._float16 = float16  # --milvus-float16: auto, on or off (supports_float16)
         self._client = None
         self._client_lock = threading.Lock()
         self._pool = pool  # pymilvus is synchronous; its calls run here (sized in pools.py)
@@ -332,12 +333,16 @@ class MilvusStore:
         return True
 
     async def supports_float16(self) -> bool:
-        """Milvus Lite 2.5 and Milvus servers from 2.4 store FLOAT16_VECTOR fields (2.3 has none); False
-        also when --milvus-float16 is off."""
-        if not self._float16:
+        """Whether new compact copy-detection collections store float16 vectors. Milvus servers from
+        2.4 do (auto or on: half the vector bytes, searched natively); 2.3 has no FLOAT16_VECTOR. Milvus
+        Lite 2.5 stores them but its FLAT search of float16 is 4-5x slower than of float32 (100k full
+        copy-detection items: vector queries p50 52.7 vs 10.2 ms, copy-detection image searches 288 vs
+        71 ms, for 990 vs 1,117 MB of store; benchmarks/results/scale_lite_full.md), so Lite keeps
+        float32 unless --milvus-float16 is on."""
+        if self._float16 == "off":
             return False
         if self.is_lite:
-            return True
+            return self._float16 == "on"
         version = str(await self.call("get_server_version"))
         match = re.search(r"(\d+)\.(\d+)", version)
         return bool(match) and (int(match.group(1)), int(match.group(2))) >= (2, 4)
