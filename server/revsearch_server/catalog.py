@@ -71,6 +71,9 @@ class CollectionSpec:
     # Metadata keys whose string values have a column of their own for filters (index/milvus.py; Milvus
     # only: exact KNN evaluates every filter in Python). Settings written before have none.
     filter_keys: tuple[str, ...] = ()
+    # Its views index stores a key and a vector a row, no empty item fields (compact collections from
+    # this release; Lite: 400k such rows took 356 instead of 506 MB). Settings written before: False.
+    lean_views: bool = False
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -230,7 +233,7 @@ class Catalog:
                               copy_vectors=COPY_VECTORS_REGIONS if compact else "",
                               float16_vectors=compact and index_kind is not IndexKind.EXACT_KNN
                               and await self._milvus.supports_float16(), vector_index=index,
-                              filter_keys=filter_keys)
+                              filter_keys=filter_keys, lean_views=compact and index_kind is not IndexKind.EXACT_KNN)
         async with self._lock:
             self._specs.pop(name, None)
             existing = await self.find(name)
@@ -250,7 +253,7 @@ class Catalog:
             else:
                 if spec.copy_detection:  # created first, as the means below
                     await self._milvus.create(name + VIEWS_SUFFIX, spec.dimension, f"crop vectors of images in {name}",
-                                              spec.layout, spec.float16_vectors, index)
+                                              spec.layout, spec.float16_vectors, index, vectors_only=spec.lean_views)
                 if spec.is_video:  # created first: a collection is only listed once its spec exists
                     await self._milvus.create(name + MEANS_SUFFIX, spec.dimension, f"mean vectors of videos in {name}",
                                               spec.layout, vector_index=index)
@@ -318,7 +321,7 @@ class Catalog:
                 self._knn_means[key] = self._knn_index(directory, spec.dimension)
             return self._knn_means[key]
         return self._milvus.index(spec.name + suffix, spec.dimension, spec.layout, spec.float16_vectors,
-                                  spec.vector_index)
+                                  spec.vector_index, vectors_only=spec.lean_views)
 
     async def list(self) -> list[CollectionSpec]:
         specs = [s for s, _ in self._knn.values()]

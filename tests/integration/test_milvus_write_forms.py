@@ -92,3 +92,39 @@ def test_row_and_column_writes_store_the_same_rows_on_milvus_lite(tmp_path, layo
 @pytest.mark.parametrize("layout", [LAYOUT_FACE_COLUMNS, LAYOUT_LOCAL_FEATURES])
 def test_row_and_column_writes_store_the_same_rows_on_a_milvus_2_3_server(server_uri, layout):
     asyncio.run(write_both_ways_and_read(server_uri, layout, False))
+
+
+async def write_vectors_only_and_search(uri: str, float16: bool) -> None:
+    """A vectors-only collection (crop views): a key and a vector a row, both write forms, searched,
+    read back and deleted like any other."""
+    pool = ThreadPoolExecutor(4)
+    store = MilvusStore(uri, token="", timeout_s=60, consistency="Session", pool=pool)
+    try:
+        await store.start()
+        name = f"views_only_{int(float16)}"
+        await store.create(name, DIM, "crop vectors", layout=LAYOUT_LOCAL_FEATURES, float16=float16, vectors_only=True)
+        described = await store.call("describe_collection", f"revsearch_{name}")
+        assert sorted(f["name"] for f in described["fields"]) == ["id", "vector"]
+        index = store.index(name, DIM, LAYOUT_LOCAL_FEATURES, float16, vectors_only=True)
+        few, many = records(COLUMN_WRITE_ROWS - 1, "r"), records(COLUMN_WRITE_ROWS + 6, "c")
+        await index.insert(few)  # row dicts
+        await index.insert(many)  # columns
+        hits = (await index.search(many[3].vector[None, :], 1))[0]
+        assert hits[0].id == many[3].id and hits[0].uri == "" and hits[0].metadata == {}
+        got = await index.get([few[2].id, many[4].id], vectors=True)
+        assert np.allclose(got[many[4].id].vector, many[4].vector, atol=2e-3 if float16 else 1e-6)
+        assert await index.count() == len(few) + len(many)
+        assert await index.delete([few[0].id, "absent"]) == [few[0].id]
+        await store.drop(name)
+    finally:
+        await store.close()
+        pool.shutdown()
+
+
+@pytest.mark.parametrize("float16", [False, True])
+def test_a_vectors_only_collection_stores_keys_and_vectors_alone_on_milvus_lite(tmp_path, float16):
+    asyncio.run(write_vectors_only_and_search(str(tmp_path / "lite.db"), float16))
+
+
+def test_a_vectors_only_collection_stores_keys_and_vectors_alone_on_a_milvus_2_3_server(server_uri):
+    asyncio.run(write_vectors_only_and_search(server_uri, False))

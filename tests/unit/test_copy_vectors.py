@@ -72,9 +72,11 @@ def test_a_compact_collection_records_how_its_vectors_are_made_and_says_so():
     spec = CollectionSpec(name="c", model="efficientnet_lite0", model_version="1", dimension=128,
                           crop_mode=CropMode.NONE, index_kind=IndexKind.MILVUS, created_at_ms=1, description="",
                           model_trained=True, layout=3, copy_detection=True, copy_views=4,
-                          copy_vectors=COPY_VECTORS_REGIONS, float16_vectors=True)
+                          copy_vectors=COPY_VECTORS_REGIONS, float16_vectors=True, lean_views=True)
     back = CollectionSpec.from_json(spec.to_json())
-    assert back == spec and back.compact_copies
+    assert back == spec and back.compact_copies and back.lean_views
+    # Settings written before vectors-only views keep their views' full rows.
+    assert not CollectionSpec.from_json(spec.to_json().replace(', "lean_views": true', "")).lean_views
     assert "one forward pass" in back.copy_detection_detail and "float16" in back.copy_detection_detail
     first = CollectionSpec.from_json(spec.to_json().replace(', "copy_vectors": "regions", "float16_vectors": true', ""))
     assert first is not None and first.copy_detection and not first.compact_copies and not first.float16_vectors

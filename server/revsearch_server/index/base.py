@@ -145,11 +145,13 @@ class VectorStore(Protocol):
         """Whether the store answers within timeout_s (the health check; never raises)."""
 
     async def create(self, name: str, dimension: int, description: str, layout: int, float16: bool = False,
-                     vector_index: VectorIndexSpec | None = None, filter_keys: tuple[str, ...] = ()) -> bool:
+                     vector_index: VectorIndexSpec | None = None, filter_keys: tuple[str, ...] = (),
+                     vectors_only: bool = False) -> bool:
         """Creates a collection with the given stored-row layout (float16: its vectors stored as
         float16, where supports_float16 says the store can), vector index (None: the store's
         choice, as before the index could be chosen) and filter columns (metadata keys whose string
-        values get a column of their own, filters.py); False when it exists already."""
+        values get a column of their own, filters.py); vectors_only: rows of a key and a vector alone
+        (crop views); False when it exists already."""
 
     def index_types(self) -> tuple[IndexType, ...]:
         """The vector indexes the store builds."""
@@ -173,7 +175,8 @@ class VectorStore(Protocol):
     async def drop(self, name: str) -> None: ...
 
     def index(self, name: str, dimension: int, layout: int, float16: bool = False,
-              vector_index: VectorIndexSpec | None = None, filter_keys: tuple[str, ...] = ()) -> VectorIndex:
+              vector_index: VectorIndexSpec | None = None, filter_keys: tuple[str, ...] = (),
+              vectors_only: bool = False) -> VectorIndex:
         """The collection's index (cheap: no call to the store)."""
 
     async def close(self) -> None: ...

@@ -349,13 +349,29 @@ class MilvusStore:
 
     async def create(self, name: str, dimension: int, description: str, layout: int = CURRENT_LAYOUT,
                      float16: bool = False, vector_index: VectorIndexSpec | None = None,
-                     filter_keys: tuple[str, ...] = ()) -> bool:
-        """vector_index None: as collections were made before the index could be chosen."""
+                     filter_keys: tuple[str, ...] = (), vectors_only: bool = False) -> bool:
+        """vector_index None: as collections were made before the index could be chosen. vectors_only:
+        the key and the vector alone (crop views; their item's fields live on its row)."""
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_ID_MAX)
         schema.add_field("vector", DataType.FLOAT16_VECTOR if float16 else DataType.FLOAT_VECTOR, dim=dimension)
+        if not vectors_only:
+            self._add_item_fields(schema, layout, filter_keys)
+        index_params = MilvusClient.prepare_index_params()
+        index_type, params = (vector_index or self.legacy_index()).milvus_index()
+        index_params.add_index(field_name="vector", index_type=index_type, metric_type="COSINE", params=params)
+        if await self.call("has_collection", milvus_name(name)):
+            return False
+        await self.call("create_collection", milvus_name(name), schema=schema, index_params=index_params,
+                        consistency_level=self.consistency)
+        return True
+
+    @staticmethod
+    def _add_item_fields(schema, layout: int, filter_keys: tuple[str, ...]) -> None:
+        from pymilvus import DataType
+
         schema.add_field("uri", DataType.VARCHAR, max_length=_URI_MAX)
         schema.add_field("sha256", DataType.VARCHAR, max_length=64)
         schema.add_field("model", DataType.VARCHAR, max_length=128)
@@ -370,14 +386,6 @@ class MilvusStore:
             schema.add_field("local_features", DataType.VARCHAR, max_length=_FEATURES_MAX)
         for column in filter_columns(filter_keys).values():
             schema.add_field(column, DataType.VARCHAR, max_length=_FILTER_VALUE_MAX)
-        index_params = MilvusClient.prepare_index_params()
-        index_type, params = (vector_index or self.legacy_index()).milvus_index()
-        index_params.add_index(field_name="vector", index_type=index_type, metric_type="COSINE", params=params)
-        if await self.call("has_collection", milvus_name(name)):
-            return False
-        await self.call("create_collection", milvus_name(name), schema=schema, index_params=index_params,
-                        consistency_level=self.consistency)
-        return True
 
     async def description(self, name: str) -> str | None:
         if not await self.call("has_collection", milvus_name(name)):
@@ -395,9 +403,10 @@ class MilvusStore:
         await self.call("drop_collection", milvus_name(name))
 
     def index(self, name: str, dimension: int, layout: int = CURRENT_LAYOUT, float16: bool = False,
-              vector_index: VectorIndexSpec | None = None, filter_keys: tuple[str, ...] = ()) -> "MilvusIndex":
+              vector_index: VectorIndexSpec | None = None, filter_keys: tuple[str, ...] = (),
+              vectors_only: bool = False) -> "MilvusIndex":
         return MilvusIndex(self, milvus_name(name), dimension, layout, float16, vector_index or self.legacy_index(),
-                           filter_keys=filter_keys)
+                           filter_keys=filter_keys, vectors_only=vectors_only)
 
     async def close(self) -> None:
         if self._probe_task is not None:
@@ -409,7 +418,7 @@ class MilvusStore:
 class MilvusIndex:
     def __init__(self, store: MilvusStore, collection: str, dimension: int, layout: int = CURRENT_LAYOUT,
                  float16: bool = False, vector_index: VectorIndexSpec = VectorIndexSpec(), breadth: int = 0,
-                 filter_keys: tuple[str, ...] = ()):
+                 filter_keys: tuple[str, ...] = (), vectors_only: bool = False):
         self._store = store
         self.vector_index = vector_index
         self._breadth = breadth  # a request's search breadth (0: the collection's)
@@ -418,9 +427,11 @@ class MilvusIndex:
         self._c = collection
         self._dim = dimension
         self._float16 = float16
+        # vectors_only (crop views of compact copy collections): rows of a key and a vector, no other field.
+        self._vectors_only = vectors_only
         self._columns = layout >= LAYOUT_FACE_COLUMNS
-        self._features = layout >= LAYOUT_LOCAL_FEATURES
-        self._output = ["uri", "sha256", "metadata", "face_box"] + (
+        self._features = layout >= LAYOUT_LOCAL_FEATURES and not vectors_only
+        self._output = [] if vectors_only else ["uri", "sha256", "metadata", "face_box"] + (
             ["face_count", "timestamp_s"] if self._columns else [])
 
     @property
@@ -480,6 +491,8 @@ class MilvusIndex:
                 raise
 
     def _rows(self, records: list[Record]) -> list[dict]:
+        if self._vectors_only:
+            return [{"id": r.id, "vector": self._vector_in(r.vector)} for r in records]
         return [{
             "id": r.id, "vector": self._vector_in(r.vector), "uri": r.uri, "sha256": r.sha256, "model": r.model,
             "model_version": r.model_version, "created_at_ms": r.created_at_ms, "metadata": r.metadata,
@@ -502,10 +515,13 @@ class MilvusIndex:
         columns: dict[str, list] = {
             "id": [r.id for r in records],
             "vector": ([np.asarray(r.vector, dtype=np.float16).tobytes() for r in records] if self._float16
-                       else np.asarray([r.vector for r in records], dtype=np.float32).tolist()),
+                       else np.asarray([r.vector for r in records], dtype=np.float32).tolist())}
+        if self._vectors_only:
+            return columns
+        columns.update({
             "uri": [r.uri for r in records], "sha256": [r.sha256 for r in records],
             "model": [r.model for r in records], "model_version": [r.model_version for r in records],
-            "created_at_ms": [r.created_at_ms for r in records], "metadata": [r.metadata for r in records]}
+            "created_at_ms": [r.created_at_ms for r in records], "metadata": [r.metadata for r in records]})
         if self._columns:
             faces = [_face_columns(r) for r in records]
             for name in ("face_box", "face_count", "timestamp_s"):
@@ -577,7 +593,7 @@ class MilvusIndex:
         """Every stored field, or all but the vector and the local features (3-4 KB a row)."""
         if vectors:
             return ["*"]
-        return ["id", "model", "model_version", "created_at_ms", *self._output]
+        return ["id"] if self._vectors_only else ["id", "model", "model_version", "created_at_ms", *self._output]
 
     async def existing_ids(self, ids: list[str], recent: bool = True) -> set[str]:
         if not ids:
@@ -645,9 +661,9 @@ class MilvusIndex:
     def _record(self, r: dict) -> Record:
         box, count, t = self._faces(r)
         vector = self._vector_out(r["vector"]) if "vector" in r else np.zeros(0, np.float32)
-        return Record(id=r["id"], vector=vector, uri=r["uri"],
-                      sha256=r["sha256"], model=r["model"], model_version=r["model_version"],
-                      created_at_ms=int(r["created_at_ms"]), metadata=r.get("metadata") or {},
+        return Record(id=r["id"], vector=vector, uri=r.get("uri", ""),  # a vectors-only row has the key alone
+                      sha256=r.get("sha256", ""), model=r.get("model", ""), model_version=r.get("model_version", ""),
+                      created_at_ms=int(r.get("created_at_ms", 0)), metadata=r.get("metadata") or {},
                       face_box=box, face_count=count, timestamp_s=t, local_features=r.get("local_features") or None)
 
 
