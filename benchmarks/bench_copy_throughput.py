@@ -159,6 +159,11 @@ def stored_bytes(db: Path, collection: str) -> dict:
             "rows_per_item": round((out["main"]["rows"] + out["__views"]["rows"]) / items, 2)}
 
 
+# A view row of a full schema holds, empty: created_at_ms, face_count, timestamp_s (8 bytes each) and
+# face_box and metadata as "{}" (2 each).
+_FULL_VIEW_ROW_EMPTY_FIELDS = 28
+
+
 def first_layout_bytes(photos: list[Path], measured: dict) -> dict:
     """The first copy-detection layout's bytes per item for the same photos: five 1280-d float32
     vectors, up to 300 keypoints of format 1 (base64 of 36 bytes each), the same other fields."""
@@ -166,6 +171,8 @@ def first_layout_bytes(photos: list[Path], measured: dict) -> dict:
     features = statistics.mean(len(copies.LocalFeatures(np.zeros((n, 2), np.float32), np.zeros((n, 32), np.uint8))
                                    .encode_v1()) for n in counts)
     other = sum(v for k, v in measured["by_field"].items() if not k.endswith((".vector", ".local_features")))
+    if "__views.created_at_ms" not in measured["by_field"]:  # measured views are vectors-only (lean_views)
+        other += 4 * _FULL_VIEW_ROW_EMPTY_FIELDS  # the first layout's four view rows carry every field
     return {"bytes_per_item": round(5 * 1280 * 4 + features + other), "vectors": 5 * 1280 * 4,
             "local_features": round(features), "other_fields": round(other)}
 
