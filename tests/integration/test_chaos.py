@@ -118,7 +118,9 @@ def check_images(address: str, collection: str, items: list[Item], acks: dict[st
 
 def test_a_server_killed_again_and_again_while_indexing_loses_and_duplicates_nothing(tmp_path, processes):
     port, rng = free_port(), random.Random(4)
-    items = lfw_items(150)
+    # Enough images that three kills land while indexing runs: each kill waits for 15-35 more
+    # acknowledgments and up to 1 s more, and 150 images had once been all indexed after two.
+    items = lfw_items(240)
     items.append(Item("resent-copy", "copy", items[3].data, items[3].sha256))  # the same bytes again
     server = revsearch_server(tmp_path / "data", port, "--triton-url", "off")
     processes.append(server)
