@@ -153,9 +153,12 @@ def stored_bytes(db: Path, collection: str) -> dict:
     per_item = (out["main"]["bytes"] + out["__views"]["bytes"]) / items
     vectors = sum(v for k, v in per_field.items() if k.endswith(".vector"))
     # The same rows with the other vector type (float16 halves a vector's bytes), computed, not stored.
-    other = per_item + (vectors if vector_kind == "FLOAT16_VECTOR" else -vectors / 2)
+    other_vectors = vectors * (2 if vector_kind == "FLOAT16_VECTOR" else 0.5)
+    other = per_item - vectors + other_vectors
     return {"items": items, "bytes_per_item": round(per_item), "vector_type": vector_kind, "vector_bytes": round(vectors),
-            "bytes_per_item_other_vector_type": round(other), "by_field": per_field,
+            "bytes_per_item_other_vector_type": round(other),
+            "vector_bytes_other_vector_type": round(other_vectors),
+            "by_field": per_field,
             "rows_per_item": round((out["main"]["rows"] + out["__views"]["rows"]) / items, 2)}
 
 
@@ -236,7 +239,7 @@ def main() -> int:
            f"| compact (one forward pass, {info['collection']['dimension']}-d), {kinds[c['vector_type']]} vectors "
            f"(measured) | {c['bytes_per_item']} | {c['vector_bytes']} | {c['by_field'].get('main.local_features', 0):.0f} |",
            f"| the same rows with {other_kind} vectors (computed) | {c['bytes_per_item_other_vector_type']} | "
-           f"{round(c['vector_bytes'] * (0.5 if other_kind == 'float16' else 2))} | "
+           f"{c['vector_bytes_other_vector_type']} | "
            f"{c['by_field'].get('main.local_features', 0):.0f} |",
            f"| first copy-detection layout (5 x 1280-d float32, format 1 features) | {f['bytes_per_item']} | "
            f"{f['vectors']} | {f['local_features']} |", "", f"Fields (bytes per item): {c['by_field']}", ""]

@@ -330,10 +330,8 @@ def fill_full_items(db: str, collection: str, items: np.ndarray, from_photos: np
     main, views = f"revsearch_{collection}", f"revsearch_{collection}__views"
     main_row = client.query(main, filter=f'id == "{_id(0)}"', output_fields=["*"])[0]
     view_row = client.query(views, filter='id != ""', output_fields=["*"], limit=1)[0]
-    dtype = np.float16 if float16 else np.float32
-
     def vector(v: np.ndarray):
-        return v.astype(dtype).tobytes() if float16 else v.tolist()
+        return v.astype(np.float16).tobytes() if float16 else v.tolist()
 
     rng = np.random.default_rng(seed)
     others = np.flatnonzero(~from_photos)

@@ -223,6 +223,7 @@ class Catalog:
             raise InvalidArgument(f"model {model.name} gives {model.copy_regions - 1} crop views, not {copy_views}")
         if len(description) > MAX_DESCRIPTION:
             raise InvalidArgument(f"description is {len(description)} characters; the limit is {MAX_DESCRIPTION}")
+        compact_in_milvus = compact and index_kind is not IndexKind.EXACT_KNN  # compact copy rows in Milvus
         spec = CollectionSpec(name=name, model=model.name, model_version=model.version,
                               dimension=model.copy_dimension if compact else model.dimension,
                               crop_mode=crop_mode, index_kind=index_kind,
@@ -231,9 +232,8 @@ class Catalog:
                               video_sampling=video_sampling, layout=CURRENT_LAYOUT,
                               copy_detection=copy_views > 0, copy_views=copy_views,
                               copy_vectors=COPY_VECTORS_REGIONS if compact else "",
-                              float16_vectors=compact and index_kind is not IndexKind.EXACT_KNN
-                              and await self._milvus.supports_float16(), vector_index=index,
-                              filter_keys=filter_keys, lean_views=compact and index_kind is not IndexKind.EXACT_KNN)
+                              float16_vectors=compact_in_milvus and await self._milvus.supports_float16(),
+                              vector_index=index, filter_keys=filter_keys, lean_views=compact_in_milvus)
         async with self._lock:
             self._specs.pop(name, None)
             existing = await self.find(name)
