@@ -17,7 +17,8 @@ collection and of its views index is read back; an item's bytes are its rows' ve
 for float16, x 4 for float32) and field values as stored (VARCHAR and JSON as their UTF-8 text,
 8 bytes per INT64 / DOUBLE); the same rows with the other vector type are computed beside them
 (--milvus-float16 chooses what the server stores: auto is float32 on Milvus Lite). The first copy-detection layout (five 1280-d float32 vectors, 300
-keypoints of format 1) is computed from the same photos' features for comparison.
+keypoints of format 1) and the compact layout before this release (128-d crop views, features in
+format 2) are computed from the same photos' features for comparison.
 Writes benchmarks/results/copy_throughput.{json,md}.
 """
 
@@ -145,7 +146,8 @@ def stored_bytes(db: Path, collection: str) -> dict:
             for key, value in row.items():
                 kind, dim = fields.get(key, ("VARCHAR", 0))
                 totals[key] = totals.get(key, 0) + _value_bytes(value, kind, int(dim))
-        out[suffix or "main"] = {"rows": len(rows), "bytes_by_field": totals, "bytes": sum(totals.values())}
+        out[suffix or "main"] = {"rows": len(rows), "bytes_by_field": totals, "bytes": sum(totals.values()),
+                                 "dimension": int(fields["vector"][1])}
     vector_kind = fields["vector"][0]
     client.close()
     items = out["main"]["rows"]
@@ -158,13 +160,27 @@ def stored_bytes(db: Path, collection: str) -> dict:
     return {"items": items, "bytes_per_item": round(per_item), "vector_type": vector_kind, "vector_bytes": round(vectors),
             "bytes_per_item_other_vector_type": round(other),
             "vector_bytes_other_vector_type": round(other_vectors),
-            "by_field": per_field,
+            "by_field": per_field, "dimension": out["main"]["dimension"], "view_dimension": out["__views"]["dimension"],
             "rows_per_item": round((out["main"]["rows"] + out["__views"]["rows"]) / items, 2)}
 
 
 # A view row of a full schema holds, empty: created_at_ms, face_count, timestamp_s (8 bytes each) and
 # face_box and metadata as "{}" (2 each).
 _FULL_VIEW_ROW_EMPTY_FIELDS = 28
+
+
+def earlier_compact_bytes(photos: list[Path], measured: dict) -> dict:
+    """The compact layout before this release for the same photos, computed from the measured rows:
+    crop views of the item vector's dimension (not its leading ones) and local features in format 2
+    (base85), the same vector type and other fields."""
+    per_number = 2 if measured["vector_type"] == "FLOAT16_VECTOR" else 4
+    texts = [copies.extract_stored(copies.feature_image(Image.open(p))) for p in photos]
+    now = statistics.mean(len(f.encode()) for f in texts)
+    before = statistics.mean(len(f.encode(2)) for f in texts)
+    views = 4 * (measured["dimension"] - measured["view_dimension"]) * per_number
+    return {"bytes_per_item": round(measured["bytes_per_item"] + views + before - now),
+            "vectors": round(measured["vector_bytes"] + views), "local_features": round(before),
+            "local_features_format_3_same_photos": round(now)}
 
 
 def first_layout_bytes(photos: list[Path], measured: dict) -> dict:
@@ -213,7 +229,8 @@ def main() -> int:
         "median_per_s": {w: round(statistics.median(r[w]["per_s"] for r in rounds), 1) for w in WORKLOADS},
         "median_ratio_to_embed": {w: round(statistics.median(v), 3) for w, v in ratios.items()},
         "targets": {"index": 0.7, "index_stream": 0.7, "search": 0.5, "search_edited": 0.5},
-        "bytes": {"compact": stored, "first_layout": first_layout_bytes(photos[:50], stored)},
+        "bytes": {"compact": stored, "earlier_compact": earlier_compact_bytes(photos[:50], stored),
+                  "first_layout": first_layout_bytes(photos[:50], stored)},
     }
     med, rat = result["median_per_s"], result["median_ratio_to_embed"]
     md = [f"# Copy detection against EmbedImage ({args.model}, {result['inference']}, {args.concurrency} callers)",
@@ -231,16 +248,20 @@ def main() -> int:
            "| --- | --- |" + " --- |" * len(WORKLOADS)]
     md += [f"| {r['round']} | {' > '.join(r['order'])} | " + " | ".join(f"{r[w]['per_s']:.1f}" for w in WORKLOADS)
            + " |" for r in rounds]
-    c, f = result["bytes"]["compact"], result["bytes"]["first_layout"]
+    c, e, f = result["bytes"]["compact"], result["bytes"]["earlier_compact"], result["bytes"]["first_layout"]
     kinds = {"FLOAT16_VECTOR": "float16", "FLOAT_VECTOR": "float32"}
     other_kind = "float32" if c["vector_type"] == "FLOAT16_VECTOR" else "float16"
     md += ["", "Bytes per item in the store:", "", "| layout | bytes per item | of which vectors | local features |",
            "| --- | --- | --- | --- |",
-           f"| compact (one forward pass, {info['collection']['dimension']}-d), {kinds[c['vector_type']]} vectors "
+           f"| compact (one forward pass, {c['dimension']}-d item vector, {c['view_dimension']}-d crop views, "
+           f"format 3 features), {kinds[c['vector_type']]} vectors "
            f"(measured) | {c['bytes_per_item']} | {c['vector_bytes']} | {c['by_field'].get('main.local_features', 0):.0f} |",
            f"| the same rows with {other_kind} vectors (computed) | {c['bytes_per_item_other_vector_type']} | "
            f"{c['vector_bytes_other_vector_type']} | "
            f"{c['by_field'].get('main.local_features', 0):.0f} |",
+           f"| the earlier compact layout ({c['dimension']}-d crop views, format 2 features), "
+           f"{kinds[c['vector_type']]} vectors (computed; {e['local_features_format_3_same_photos']} bytes of "
+           f"format 3 for its first 50 photos) | {e['bytes_per_item']} | {e['vectors']} | {e['local_features']} |",
            f"| first copy-detection layout (5 x 1280-d float32, format 1 features) | {f['bytes_per_item']} | "
            f"{f['vectors']} | {f['local_features']} |", "", f"Fields (bytes per item): {c['by_field']}", ""]
     write_results("copy_throughput", result, "\n".join(md))

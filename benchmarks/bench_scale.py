@@ -302,7 +302,7 @@ async def searchable(address: str, collection: str, vector: np.ndarray, limit_s:
 
 
 def distractor_features(count: int = 1000) -> list[str]:
-    """Stored local features (copies.py, format 2) of `count` LFW portraits: the copy searches' queries
+    """Stored local features (copies.py, format 3, as a new collection writes them) of `count` LFW portraits: the copy searches' queries
     are edits of the shared photos, so these never verify one of them."""
     from revsearch_server import copies
 
@@ -323,6 +323,7 @@ def fill_full_items(db: str, collection: str, items: np.ndarray, from_photos: np
     every field is as the server writes it."""
     from pymilvus import MilvusClient
 
+    from revsearch_server.copy_vectors import leading
     from revsearch_server.rows import row_id
 
     t0 = time.perf_counter()
@@ -330,6 +331,9 @@ def fill_full_items(db: str, collection: str, items: np.ndarray, from_photos: np
     main, views = f"revsearch_{collection}", f"revsearch_{collection}__views"
     main_row = client.query(main, filter=f'id == "{_id(0)}"', output_fields=["*"])[0]
     view_row = client.query(views, filter='id != ""', output_fields=["*"], limit=1)[0]
+    # The views keep the leading dimensions of the whitened vectors (copy_vectors.leading, 80 of 128).
+    view_dim = next(f["params"]["dim"] for f in client.describe_collection(views)["fields"] if f["name"] == "vector")
+
     def vector(v: np.ndarray):
         return v.astype(np.float16).tobytes() if float16 else v.tolist()
 
@@ -347,7 +351,7 @@ def fill_full_items(db: str, collection: str, items: np.ndarray, from_photos: np
                                          "local_features": features[n % len(features)]} for n in range(start, end)])
         spent["upsert"] += time.perf_counter() - t
         t = time.perf_counter()
-        client.insert(views, [view_row | {"id": row_id(_id(n), k + 1), "vector": vector(items[perms[k][n]])}
+        client.insert(views, [view_row | {"id": row_id(_id(n), k + 1), "vector": vector(leading(items[perms[k][n]], view_dim))}
                               for n in range(start, end) for k in range(4)])
         spent["insert"] += time.perf_counter() - t
     client.close()

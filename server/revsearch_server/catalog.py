@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .copy_vectors import VIEW_DIMENSION
 from .domain import CropMode, FaceOptions, IndexKind, MediaType, SamplingMode
 from .errors import AlreadyExists, InvalidArgument, NotFound
 from .index.base import CURRENT_LAYOUT, LAYOUT_JSON_FACE_FIELDS, VectorIndex, VectorStore
@@ -36,6 +37,11 @@ MEANS_SUFFIX = "__means"
 VIEWS_SUFFIX = "__views"
 # CollectionSpec.copy_vectors of collections whose copy vectors come from one forward pass.
 COPY_VECTORS_REGIONS = "regions"
+
+
+# What new copy-detection collections get: crop views of the leading VIEW_DIMENSION dimensions
+# (compact ones) and local features in format 3 (collections created before: 0, all of them, and 2).
+NEW_VIEW_DIMENSION, NEW_FEATURE_FORMAT = VIEW_DIMENSION, 3
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,13 @@ class CollectionSpec:
     # Its views index stores a key and a vector a row, no empty item fields (compact collections from
     # this release; Lite: 400k such rows took 356 instead of 506 MB). Settings written before: False.
     lean_views: bool = False
+    # Its crop views keep this many leading dimensions of the whitened vectors (copy_vectors.leading;
+    # compact collections from this release: copy_vectors.VIEW_DIMENSION); 0: all `dimension` of them
+    # (settings written before).
+    view_dimension: int = 0
+    # The text format of its items' local features (copies.LocalFeatures.encode): 3 (7 bits a character)
+    # from this release; settings written before: 2 (base85).
+    feature_format: int = 2
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -105,6 +118,11 @@ class CollectionSpec:
         return self.media_type is MediaType.VIDEO
 
     @property
+    def views_dimension(self) -> int:
+        """The dimensions of its crop views' vectors."""
+        return self.view_dimension or self.dimension
+
+    @property
     def compact_copies(self) -> bool:
         """Copy detection whose five vectors come from one forward pass (copy_vectors.py)."""
         return self.copy_detection and self.copy_vectors == COPY_VECTORS_REGIONS
@@ -113,10 +131,15 @@ class CollectionSpec:
     def copy_detection_detail(self) -> str:
         """Why copy detection is on or off for this collection, and its stored layout (DescribeCollection)."""
         if self.compact_copies:
-            return (f"on: each item stores its whole-image vector and {self.copy_views} crop vectors from one forward "
-                    f"pass ({self.dimension}-d, PCA-whitened regional GeM, "
-                    f"{'float16' if self.float16_vectors else 'float32'}) and compact local features; image "
-                    "searches verify candidates by local features unless the request sets copy_detection false")
+            views = f"{self.views_dimension}-d" if self.views_dimension != self.dimension else "the same"
+            layout = ("" if self.view_dimension and self.feature_format >= 3 else
+                      f"; an earlier compact layout, {self.views_dimension}-d crop vectors and base85 local features: "
+                      "re-index into a new collection for about 1.1 KB less an item")
+            return (f"on: each item stores its whole-image vector ({self.dimension}-d) and {self.copy_views} crop "
+                    f"vectors ({views}) from one forward pass (PCA-whitened regional GeM, "
+                    f"{'float16' if self.float16_vectors else 'float32'}) and compact local features (format "
+                    f"{self.feature_format}); image searches verify candidates by local features unless the request "
+                    f"sets copy_detection false{layout}")
         if self.copy_detection:
             return (f"on (first layout, before one forward pass: re-index into a new collection for a 6x smaller one): "
                     f"each item stores its whole-image vector, {self.copy_views} crop vectors ({self.dimension}-d "
@@ -233,7 +256,9 @@ class Catalog:
                               copy_detection=copy_views > 0, copy_views=copy_views,
                               copy_vectors=COPY_VECTORS_REGIONS if compact else "",
                               float16_vectors=compact_in_milvus and await self._milvus.supports_float16(),
-                              vector_index=index, filter_keys=filter_keys, lean_views=compact_in_milvus)
+                              vector_index=index, filter_keys=filter_keys, lean_views=compact_in_milvus,
+                              view_dimension=NEW_VIEW_DIMENSION if compact else 0,
+                              feature_format=NEW_FEATURE_FORMAT if copy_views > 0 else 2)
         async with self._lock:
             self._specs.pop(name, None)
             existing = await self.find(name)
@@ -252,7 +277,7 @@ class Catalog:
                 self._knn[name] = (spec, self._knn_index(directory, spec.dimension))
             else:
                 if spec.copy_detection:  # created first, as the means below
-                    await self._milvus.create(name + VIEWS_SUFFIX, spec.dimension, f"crop vectors of images in {name}",
+                    await self._milvus.create(name + VIEWS_SUFFIX, spec.views_dimension, f"crop vectors of images in {name}",
                                               spec.layout, spec.float16_vectors, index, vectors_only=spec.lean_views)
                 if spec.is_video:  # created first: a collection is only listed once its spec exists
                     await self._milvus.create(name + MEANS_SUFFIX, spec.dimension, f"mean vectors of videos in {name}",
@@ -318,9 +343,9 @@ class Catalog:
             if key not in self._knn_means:
                 directory = self._knn_root / spec.name / folder
                 directory.mkdir(parents=True, exist_ok=True)
-                self._knn_means[key] = self._knn_index(directory, spec.dimension)
+                self._knn_means[key] = self._knn_index(directory, spec.views_dimension)
             return self._knn_means[key]
-        return self._milvus.index(spec.name + suffix, spec.dimension, spec.layout, spec.float16_vectors,
+        return self._milvus.index(spec.name + suffix, spec.views_dimension, spec.layout, spec.float16_vectors,
                                   spec.vector_index, vectors_only=spec.lean_views)
 
     async def list(self) -> list[CollectionSpec]:

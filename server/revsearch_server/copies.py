@@ -8,7 +8,8 @@ collections that have it (CollectionSpec.copy_detection):
   crop views (the quadrants) in the collection's views index (rows `<id>~k`, k = 1..4), and compact
   local features in the row's `local_features`: up to STORED_FEATURES ORB keypoints of the image
   shrunk to FEATURE_SIDE on its long side, spread over a grid, each as 2 bytes of position and the
-  first STORED_DESCRIPTOR_BYTES of its descriptor (format 2, LocalFeatures.encode).
+  first STORED_DESCRIPTOR_BYTES of its descriptor (LocalFeatures.encode: format 3, 7 bits a character,
+  in collections created from this release; format 2, base85, in those created before).
   Collections of the compact kind (CollectionSpec.copy_vectors "regions") take all five vectors from
   one forward pass (copy_vectors.py: regional GeM, PCA-whitened to 128 dimensions); collections
   created before it (copy_vectors "") embed each crop view with its own model run, as they always did.
@@ -64,7 +65,9 @@ OVERSAMPLE = 4              # ORB is asked for OVERSAMPLE x STORED_FEATURES keyp
 QUERY_FEATURES = 300        # ORB keypoints of a query (not stored) on its FEATURE_SIDE image, and
 QUERY_HALF_FEATURES = 150   # more on that image at half size: a crop, enlarged to FEATURE_SIDE, meets the
                             # stored image's scale there (50% crops verified 0.76 -> 0.88 with 190 x 16 bytes)
-CANDIDATES = 32             # items that may be verified, in vector order
+CANDIDATES = 48             # items that may be verified, in vector order (32 before 80-d crop views: with
+                            # 20,000 distractors, mean P@1 0.949 with 32, 0.952 with 48; a query settles
+                            # long before on most images, docs/copy-detection.md)
 PATIENCE = 3                # verification stops this many unverified candidates after the last verified one
 ZOOM_CANDIDATES = 16        # candidates the zoomed-out query vector may add
 MIRROR_CANDIDATES = 8       # of those, tried with the mirrored query when none of them is verified
@@ -78,8 +81,8 @@ RANSAC_PX = 3.0             # inlier distance in FEATURE_SIDE pixels (at 5 px wr
 MIN_INLIERS = 10            # verified from this many distinct stored keypoints among the inliers: of 832
                             # queries, none verified any of 12 wrong images (their most: 8); 50% crops 0.95
 _MIN_MATCHES = 5
-_FORMAT_V1, _FORMAT_V2 = 1, 2
-_V2_PREFIX = "2:"           # not in base64's alphabet: format 1 rows are plain base64
+_FORMAT_V1, _FORMAT_V2, _FORMAT_V3 = 1, 2, 3
+_V2_PREFIX, _V3_PREFIX = "2:", "3:"  # ':' is not in base64's alphabet: format 1 rows are plain base64
 _POSITION_SCALE = 256 / FEATURE_SIDE  # positions stored as uint8: 1.25 px steps, well inside RANSAC_PX
 
 
@@ -93,14 +96,18 @@ class LocalFeatures:
     def __len__(self) -> int:
         return len(self.descriptors)
 
-    def encode(self) -> str:
-        """Format 2, the stored text: "2:" + base85 of a 4-byte header (format, descriptor bytes,
-        count), uint8 positions and the first STORED_DESCRIPTOR_BYTES of each descriptor."""
+    def encode(self, text_format: int = _FORMAT_V3) -> str:
+        """The stored text of a 4-byte header (format, descriptor bytes, count), uint8 positions and
+        the first STORED_DESCRIPTOR_BYTES of each descriptor: format 3 "3:" + 7 bits a character
+        (seven_bit_encode: 3,847 characters for 280 keypoints), format 2 "2:" + base85 (4,207)."""
         width = min(STORED_DESCRIPTOR_BYTES, self.descriptors.shape[1] if len(self) else STORED_DESCRIPTOR_BYTES)
         pts = np.clip(np.round(self.points * _POSITION_SCALE), 0, 255).astype(np.uint8)
-        raw = (struct.pack("<BBH", _FORMAT_V2, width, len(self)) + pts.tobytes()
-               + np.ascontiguousarray(self.descriptors[:, :width], dtype=np.uint8).tobytes())
-        return _V2_PREFIX + b85encode(raw)
+        body = pts.tobytes() + np.ascontiguousarray(self.descriptors[:, :width], dtype=np.uint8).tobytes()
+        if text_format == _FORMAT_V3:
+            return _V3_PREFIX + seven_bit_encode(struct.pack("<BBH", _FORMAT_V3, width, len(self)) + body)
+        if text_format == _FORMAT_V2:
+            return _V2_PREFIX + b85encode(struct.pack("<BBH", _FORMAT_V2, width, len(self)) + body)
+        raise ValueError(f"local features are written in format 2 or 3, not {text_format}")
 
     def encode_v1(self) -> str:
         """Format 1 (collections created before format 2 wrote it): base64 of a 4-byte header, uint16
@@ -111,15 +118,17 @@ class LocalFeatures:
 
     @classmethod
     def decode(cls, text: str | None) -> "LocalFeatures":
-        """Either format; EMPTY for none and for text that does not decode (a corrupt row is never
+        """Any format; EMPTY for none and for text that does not decode (a corrupt row is never
         an error for the query: that candidate stays unverified)."""
         if not text:
             return EMPTY
         try:
-            if text.startswith(_V2_PREFIX):
-                raw = b85decode(text[len(_V2_PREFIX):])
+            if text.startswith((_V2_PREFIX, _V3_PREFIX)):
+                v3 = text.startswith(_V3_PREFIX)
+                raw = seven_bit_decode(text[len(_V3_PREFIX):]) if v3 else b85decode(text[len(_V2_PREFIX):])
                 version, width, n = struct.unpack_from("<BBH", raw)
-                if version != _FORMAT_V2 or not 0 < width <= 32 or len(raw) != 4 + n * (2 + width):
+                if (version != (_FORMAT_V3 if v3 else _FORMAT_V2) or not 0 < width <= 32
+                        or len(raw) != 4 + n * (2 + width)):
                     return EMPTY
                 pts = np.frombuffer(raw, np.uint8, 2 * n, 4).reshape(n, 2).astype(np.float32) / _POSITION_SCALE
                 desc = np.frombuffer(raw, np.uint8, width * n, 4 + 2 * n).reshape(n, width)
@@ -136,6 +145,24 @@ class LocalFeatures:
 
 
 EMPTY = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+
+# Format 3's text: 7 bits of the bytes in each character, 0-127 (one UTF-8 byte each; Milvus Lite 2.5.1
+# and Milvus 2.3 store and return all 128, NUL included, in a VARCHAR): 8/7 characters a byte against
+# base85's 5/4, 360 fewer bytes an item.
+def seven_bit_encode(raw: bytes) -> str:
+    """raw's bits, big-endian, 7 to a character (zero-padded to a multiple of 7)."""
+    bits = np.unpackbits(np.frombuffer(raw, np.uint8))
+    bits = np.concatenate([bits, np.zeros(-len(bits) % 7, np.uint8)]).reshape(-1, 7)
+    return np.packbits(np.pad(bits, ((0, 0), (1, 0))), axis=1).tobytes().decode("ascii")
+
+
+def seven_bit_decode(text: str) -> bytes:
+    """seven_bit_encode's inverse (the padding, under 8 bits, dropped); UnicodeEncodeError for a
+    character above 127."""
+    values = np.frombuffer(text.encode("ascii", "strict"), np.uint8)
+    bits = np.unpackbits(values[:, None], axis=1)[:, 1:].ravel()
+    return np.packbits(bits[:len(bits) - len(bits) % 8]).tobytes()
+
 
 # Base85 (RFC 1924's alphabet, as base64.b85encode) in numpy: the standard library's is pure Python
 # and took 7% of a loaded server's time decoding candidates' features (0.3 ms per blob here).
@@ -437,13 +464,14 @@ def _crop_box(w: int, h: int, view: tuple[float, float, float, float]) -> tuple[
     return (round(x0 * w), round(y0 * h), max(round(x0 * w) + 1, round(x1 * w)), max(round(y0 * h) + 1, round(y1 * h)))
 
 
-def _index_input(data: bytes, limits: ImageLimits, model: ModelSpec, crop_views: bool) -> CopyInput:
+def _index_input(data: bytes, limits: ImageLimits, model: ModelSpec, crop_views: bool, feature_format: int
+                 ) -> CopyInput:
     img = decode_image(data, limits, draft_size=None if crop_views else max(FEATURE_SIDE, model.resize_to))
     views = [model_input(img, model)]
     if crop_views:  # collections of the first kind: each crop view is a model input of its own
         w, h = img.size
         views += [model_input(img.crop(_crop_box(w, h, v)), model) for v in VIEWS]
-    return CopyInput(views, extract_stored(feature_image(img)).encode())
+    return CopyInput(views, extract_stored(feature_image(img)).encode(feature_format))
 
 
 def _query_input(data: bytes, limits: ImageLimits, model: ModelSpec, features: bool = True
@@ -476,14 +504,16 @@ class CopyDetector:
         self._limits = limits
         self._metrics = or_null(metrics)
 
-    async def prepare_index(self, images: list[bytes], model: ModelSpec, crop_views: bool = False
-                            ) -> list[CopyInput | RevsearchError]:
-        """crop_views: also the crop views' model inputs (collections that embed each crop)."""
+    async def prepare_index(self, images: list[bytes], model: ModelSpec, crop_views: bool = False,
+                            feature_format: int = _FORMAT_V3) -> list[CopyInput | RevsearchError]:
+        """crop_views: also the crop views' model inputs (collections that embed each crop);
+        feature_format: the collection's (CollectionSpec.feature_format)."""
         loop = asyncio.get_running_loop()
 
         async def one(data: bytes):
             try:
-                return await loop.run_in_executor(self._pool, _index_input, data, self._limits, model, crop_views)
+                return await loop.run_in_executor(self._pool, _index_input, data, self._limits, model, crop_views,
+                                                  feature_format)
             except RevsearchError as exc:
                 return exc
 

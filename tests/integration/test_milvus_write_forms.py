@@ -1,7 +1,8 @@
 """MilvusIndex writes a few rows as row dicts and many (index.milvus.COLUMN_WRITE_ROWS or more) field
 by field, pymilvus's cheaper column form: both must store the same thing. Each layout and vector
 type, on Milvus Lite and on the embedded Milvus 2.3 server, reads back every field of every row
-written either way, hostile strings, filter-key columns and face fields included."""
+written either way, hostile strings, filter-key columns, face fields and local features of format 3
+(every character 0-127) included."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from revsearch_server.copies import seven_bit_encode
 from revsearch_server.domain import FaceBox
 from revsearch_server.index.base import LAYOUT_FACE_COLUMNS, LAYOUT_JSON_FACE_FIELDS, LAYOUT_LOCAL_FEATURES, Record
 from revsearch_server.index.milvus import COLUMN_WRITE_ROWS, MilvusStore
@@ -21,6 +23,8 @@ pytestmark = pytest.mark.integration
 
 DIM = 16
 ODD = ['say "hi"', "back\\slash", "ünï", "😀", "", "line\nbreak"]
+# Local features in format 3 use every character 0-127, NUL and control characters included.
+SEVEN_BIT = "3:" + seven_bit_encode(bytes(range(256)) * 3)
 
 
 def records(n: int, prefix: str) -> list[Record]:
@@ -32,7 +36,7 @@ def records(n: int, prefix: str) -> list[Record]:
                    metadata={"tenant": f"t{i % 3}", "n": i, "tag": ODD[i % len(ODD)], "nested": {"x": [i, None]}},
                    face_box=FaceBox(i, 2, 30 + i, 40, 0.5 + i / 1000) if i % 2 else None,
                    face_count=1 + i % 4 if i % 3 else None, timestamp_s=i / 10 if i % 5 else None,
-                   local_features=f"feat{i}" if i % 2 else None)
+                   local_features=(f"feat{i}" if i % 4 == 1 else SEVEN_BIT + str(i)) if i % 2 else None)
             for i in range(n)]
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from revsearch import SearchClient
 from revsearch.client import ImageInput
 from revsearch.copy_edits import edited_bytes
-from revsearch_server import copies
+from revsearch_server import catalog, copies
 from revsearch_server.models import BUILD_INFO
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +50,8 @@ def test_collection_has_copy_detection(indexed):
     # search is 4-5x slower; --milvus-float16 on below).
     assert collection.dimension == 128 and "one forward pass" in collection.copy_detection_detail
     assert "float32" in collection.copy_detection_detail
+    # This release's compact layout: 80-d crop views, local features 7 bits a character.
+    assert "crop vectors (80-d)" in collection.copy_detection_detail and "format 3" in collection.copy_detection_detail
     assert len(set(ids.values())) == 50
     described = client.describe_collection("copies")
     assert described.item_count == 50  # one global row per item; the crop vectors are apart
@@ -162,6 +164,25 @@ def test_with_float16_on_a_lite_compact_collection_stores_float16_vectors_and_st
         assert same.id == ids[2] and same.score == pytest.approx(1.0, abs=2e-3)  # float16 storage: 1e-3 close
         embedded = client.embed(photos[2].read_bytes(), collection="f16_copies")
         assert client.search("f16_copies", vector=list(embedded.vector), top_k=1).hits[0].id == ids[2]
+
+
+def test_a_compact_collection_of_the_earlier_layout_keeps_its_full_crop_views_and_base85_features(
+        start_server, monkeypatch):
+    """A compact collection created before 80-d crop views and format 3 features (its settings say
+    view_dimension 0, feature_format 2) says so, searches its 128-d views and still verifies copies."""
+    monkeypatch.setattr(catalog, "NEW_VIEW_DIMENSION", 0)
+    monkeypatch.setattr(catalog, "NEW_FEATURE_FORMAT", 2)
+    server = start_server(triton_url="off", default_model="auto")
+    with SearchClient(server.address, timeout=120) as client:
+        c = client.create_collection("earlier_copies").collection
+        monkeypatch.undo()  # what the server reads from now on is the collection's own settings
+        assert "earlier compact layout" in c.copy_detection_detail and "format 2" in c.copy_detection_detail
+        assert "crop vectors (the same)" in c.copy_detection_detail
+        photos = sorted(PHOTOS.glob("*.jpg"))[:6]
+        ids = [r.id for r in client.index_images("earlier_copies", [ImageInput.from_path(p) for p in photos])]
+        for n, edit in ((1, "crop50"), (4, "rotate+caption")):
+            hit = client.search("earlier_copies", image=edited_bytes(photos[n].read_bytes(), edit), top_k=1).hits[0]
+            assert hit.id == ids[n] and hit.matched_keypoints >= copies.MIN_INLIERS, edit
 
 
 def test_with_float16_off_a_compact_collection_keeps_float32_vectors(start_server):

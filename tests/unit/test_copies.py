@@ -77,21 +77,40 @@ def test_the_split_is_by_content_and_about_half():
 
 # -- local features -------------------------------------------------------------------------------
 def _stored(img: Image.Image) -> copies.LocalFeatures:
-    """An item's features as they come back from the store (format 2)."""
+    """An item's features as they come back from the store (format 3)."""
     return copies.LocalFeatures.decode(copies.extract_stored(copies.feature_image(img)).encode())
 
 
-def test_stored_features_encode_compactly_and_round_trip():
+def test_stored_features_encode_in_seven_bits_a_character_and_round_trip():
     f = copies.extract_stored(copies.feature_image(_texture(3)))
     assert 100 < len(f) <= copies.STORED_FEATURES
     text = f.encode()
     width = copies.STORED_DESCRIPTOR_BYTES
-    # "2:", then base85 (5 characters per 4 bytes) of a 4-byte header and 2 + width bytes per keypoint
-    assert text.startswith("2:") and len(text) <= 2 + -(-(4 + len(f) * (2 + width)) // 4) * 5
+    # "3:", then 8 characters per 7 bytes of a 4-byte header and 2 + width bytes per keypoint, each 0-127
+    assert text.startswith("3:") and len(text) == 2 + -(-(4 + len(f) * (2 + width)) * 8 // 7)
+    assert max(map(ord, text)) < 128 and len(text.encode("utf-8")) == len(text)
     back = copies.LocalFeatures.decode(text)
     assert np.array_equal(back.descriptors, f.descriptors[:, :width])
     assert np.abs(back.points - f.points).max() <= 0.5 * copies.FEATURE_SIDE / 256 + 1e-6
     assert len(copies.LocalFeatures.decode("")) == 0 and len(copies.LocalFeatures.decode(None)) == 0
+
+
+def test_format_2_rows_of_collections_created_before_still_decode_and_are_longer():
+    f = copies.extract_stored(copies.feature_image(_texture(3)))
+    old = f.encode(2)
+    width = copies.STORED_DESCRIPTOR_BYTES
+    # "2:", then base85 (5 characters per 4 bytes)
+    assert old.startswith("2:") and len(old) <= 2 + -(-(4 + len(f) * (2 + width)) // 4) * 5
+    assert len(old) > len(f.encode()) * 1.08
+    back = copies.LocalFeatures.decode(old)
+    assert np.array_equal(back.descriptors, f.descriptors[:, :width])
+    assert np.array_equal(back.points, copies.LocalFeatures.decode(f.encode()).points)
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00", b"\xff" * 7, bytes(range(256)), b"\x03\x0a\x01\x00" + bytes(12)])
+def test_seven_bit_text_round_trips_any_bytes(raw):
+    text = copies.seven_bit_encode(raw)
+    assert len(text) == -(-len(raw) * 8 // 7) and copies.seven_bit_decode(text) == raw
 
 
 def test_format_1_rows_of_older_collections_still_decode():
@@ -101,7 +120,9 @@ def test_format_1_rows_of_older_collections_still_decode():
 
 
 @pytest.mark.parametrize("text", ["2:", "2:!!!!!", "2:" + "0" * 40, "not base64 at all ###", "AAAA",
-                                  "AgAKAA==", "2:" + __import__("base64").b85encode(b"\x02\x10\x05\x00abc").decode()])
+                                  "AgAKAA==", "2:" + __import__("base64").b85encode(b"\x02\x10\x05\x00abc").decode(),
+                                  "3:", "3:\x00", "3:é" + "A" * 40, "3:" + copies.seven_bit_encode(b"\x03\x0a\x05\x00abc"),
+                                  "3:" + copies.seven_bit_encode(b"\x02\x0a\x00\x00")])
 def test_a_corrupt_feature_blob_decodes_to_no_features(text):
     assert len(copies.LocalFeatures.decode(text)) == 0
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from revsearch import copy_distractors
 from revsearch_server.catalog import COPY_VECTORS_REGIONS, CollectionSpec
-from revsearch_server.copy_vectors import CopyProjections
+from revsearch_server.copy_vectors import VIEW_DIMENSION, CopyProjections, leading
 from revsearch_server.domain import CropMode, IndexKind
 from revsearch_server.errors import Unavailable
 from revsearch_server.models import ModelSpec
@@ -81,6 +81,31 @@ def test_a_compact_collection_records_how_its_vectors_are_made_and_says_so():
     first = CollectionSpec.from_json(spec.to_json().replace(', "copy_vectors": "regions", "float16_vectors": true', ""))
     assert first is not None and first.copy_detection and not first.compact_copies and not first.float16_vectors
     assert "first layout" in first.copy_detection_detail
+
+
+def test_a_compact_collection_of_this_release_keeps_80_dimensions_of_its_crop_views_and_writes_format_3():
+    spec = CollectionSpec(name="c", model="efficientnet_lite0", model_version="1", dimension=128,
+                          crop_mode=CropMode.NONE, index_kind=IndexKind.MILVUS, created_at_ms=1, description="",
+                          model_trained=True, layout=3, copy_detection=True, copy_views=4,
+                          copy_vectors=COPY_VECTORS_REGIONS, lean_views=True, view_dimension=VIEW_DIMENSION,
+                          feature_format=3)
+    back = CollectionSpec.from_json(spec.to_json())
+    assert back == spec and back.views_dimension == VIEW_DIMENSION == 80
+    assert "crop vectors (80-d)" in back.copy_detection_detail and "format 3" in back.copy_detection_detail
+    assert "earlier compact layout" not in back.copy_detection_detail
+    # Settings written before: crop views of the collection's dimension, base85 features, and it says so.
+    earlier = CollectionSpec.from_json(spec.to_json().replace(', "view_dimension": 80, "feature_format": 3', ""))
+    assert earlier.views_dimension == 128 and earlier.feature_format == 2
+    assert "earlier compact layout" in earlier.copy_detection_detail and "format 2" in earlier.copy_detection_detail
+
+
+def test_leading_dimensions_are_cut_and_normalised_again():
+    v = np.random.default_rng(1).standard_normal((3, 5, 128)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=-1, keepdims=True)
+    cut = leading(v, 80)
+    assert cut.shape == (3, 5, 80) and np.allclose(np.linalg.norm(cut, axis=-1), 1, atol=1e-5)
+    assert np.allclose(cut, v[..., :80] / np.linalg.norm(v[..., :80], axis=-1, keepdims=True), atol=1e-6)
+    assert leading(v, 128) is v
 
 
 def _jpeg(seed: int) -> bytes:

@@ -16,6 +16,7 @@ from ..admission import Admission
 from ..collection_service import Collection, Collections
 from ..copies import (CANDIDATES, FIRST_FETCH, PATIENCE, SURE_GAP, SURE_SCORE, ZOOM_CANDIDATES, CopyDetector,
                       QueryFeatures, Verifier)
+from ..copy_vectors import leading
 from ..domain import CropMode, FaceBox, FaceOptions, ItemStatus, MediaType
 from ..embedding.base import BackendKind
 from ..encoder import Encoder
@@ -145,7 +146,8 @@ class ImageSearch:
         if copy:  # the whole image (and, for the first kind of collection, its crop views), and local features
             prepared = {}
             for i, r in zip(todo, await self._copies_of(c).prepare_index([items[i].image for i in todo], model,
-                                                                         crop_views=not compact)):
+                                                                         crop_views=not compact,
+                                                                         feature_format=c.spec.feature_format)):
                 if isinstance(r, RevsearchError):
                     prepared[i] = r
                 else:
@@ -201,7 +203,7 @@ class ImageSearch:
                               created_at_ms=now, metadata=items[i].metadata, face_box=crop.box,
                               face_count=len(prepared[i]) if multi else None,
                               local_features=features.get(i) if copy and k == 0 else None)
-                       if not (copy and k) else _view_record(row_id(ids[i], k), vectors[n], now)
+                       if not (copy and k) else _view_record(row_id(ids[i], k), _view(c, vectors[n]), now)
                        for n, (i, k, crop) in enumerate(crops)]
             with self._metrics.stage("index"):
                 if copy:
@@ -359,7 +361,7 @@ class ImageSearch:
         Other queries' hits are cut to k."""
         rows = [n for n, i in enumerate(order) if i in local]
         with self._metrics.stage("search"):
-            views = await search_items(self._searcher, c.views, matrix[rows], CANDIDATES)
+            views = _on_row_scale(c, await search_items(self._searcher, c.views, _view(c, matrix[rows]), CANDIDATES))
         merged: dict[int, list[Hit]] = {}
         for n, view_hits in zip(rows, views):
             merged[n] = _merge(hits[n], view_hits)
@@ -439,7 +441,7 @@ class ImageSearch:
             return
         small = await self._encoder.embed_copy(c.model, [local[order[n]].zoomed_out for n in rows])
         with self._metrics.stage("search"):
-            found = await search_items(self._searcher, c.views, np.ascontiguousarray(small[:, 0]), ZOOM_CANDIDATES)
+            found = _on_row_scale(c, await search_items(self._searcher, c.views, _view(c, small[:, 0]), ZOOM_CANDIDATES))
         if c.where is not None:
             found = await self._matching(c, [hits[:ZOOM_CANDIDATES] for hits in found], [set()] * len(found), records)
         for n, view_hits in zip(rows, found):
@@ -472,6 +474,22 @@ def _sure(main: list[Hit], merged: list[Hit]) -> bool:
         return False
     second = main[1].score if len(main) > 1 else -1.0
     return main[0].score >= SURE_SCORE and main[0].score - second >= SURE_GAP
+
+
+def _view(c: Collection, vectors: np.ndarray) -> np.ndarray:
+    """Whole-image or region vectors as the collection's crop views hold them (their leading
+    CollectionSpec.views_dimension dimensions)."""
+    return np.ascontiguousarray(leading(vectors, c.spec.views_dimension))
+
+
+def _on_row_scale(c: Collection, hits: list[list[Hit]]) -> list[list[Hit]]:
+    """Crop-view hits with scores comparable to the rows' (an item ranks at its best vector): a cosine
+    over the leading k of D whitened dimensions runs higher than over all D, by about sqrt(D / k)
+    among close pairs (a least-squares fit on the development half: 0.79 for 80 of 128, 0.88 for 96)."""
+    if c.spec.views_dimension >= c.spec.dimension:
+        return hits
+    scale = float(np.sqrt(c.spec.views_dimension / c.spec.dimension))
+    return [[replace(h, score=h.score * scale) for h in row] for row in hits]
 
 
 def _merge(main: list[Hit], views: list[Hit]) -> list[Hit]:
