@@ -302,8 +302,9 @@ async def searchable(address: str, collection: str, vector: np.ndarray, limit_s:
 
 
 def distractor_features(count: int = 1000) -> list[str]:
-    """Stored local features (copies.py, format 3, as a new collection writes them) of `count` LFW portraits: the copy searches' queries
-    are edits of the shared photos, so these never verify one of them."""
+    """Stored local features (copies.py, format 3, as a new collection writes them) of `count` LFW
+    portraits: the copy searches' queries are edits of the shared photos, so these never verify one
+    of them."""
     from revsearch_server import copies
 
     paths = sorted(LFW.glob("*/*.jpg"))[::7][:count]
@@ -342,6 +343,7 @@ def fill_full_items(db: str, collection: str, items: np.ndarray, from_photos: np
     items = items.copy()
     items[from_photos] = items[rng.choice(others, int(from_photos.sum()))]
     perms = [others[rng.integers(0, len(others), len(items))] for _ in range(4)]
+    view_vectors = leading(items, view_dim)  # cut once, not once a view row
     chunk = 500
     spent = {"upsert": 0.0, "insert": 0.0}
     for start in range(0, len(items), chunk):
@@ -351,7 +353,7 @@ def fill_full_items(db: str, collection: str, items: np.ndarray, from_photos: np
                                          "local_features": features[n % len(features)]} for n in range(start, end)])
         spent["upsert"] += time.perf_counter() - t
         t = time.perf_counter()
-        client.insert(views, [view_row | {"id": row_id(_id(n), k + 1), "vector": vector(leading(items[perms[k][n]], view_dim))}
+        client.insert(views, [view_row | {"id": row_id(_id(n), k + 1), "vector": vector(view_vectors[perms[k][n]])}
                               for n in range(start, end) for k in range(4)])
         spent["insert"] += time.perf_counter() - t
     client.close()

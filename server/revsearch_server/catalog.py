@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .copies import FEATURE_FORMAT
 from .copy_vectors import VIEW_DIMENSION
 from .domain import CropMode, FaceOptions, IndexKind, MediaType, SamplingMode
 from .errors import AlreadyExists, InvalidArgument, NotFound
@@ -40,8 +41,9 @@ COPY_VECTORS_REGIONS = "regions"
 
 
 # What new copy-detection collections get: crop views of the leading VIEW_DIMENSION dimensions
-# (compact ones) and local features in format 3 (collections created before: 0, all of them, and 2).
-NEW_VIEW_DIMENSION, NEW_FEATURE_FORMAT = VIEW_DIMENSION, 3
+# (compact ones) and local features in copies.FEATURE_FORMAT (collections created before: 0, all of
+# them, and 2).
+NEW_VIEW_DIMENSION, NEW_FEATURE_FORMAT = VIEW_DIMENSION, FEATURE_FORMAT
 
 
 @dataclass(frozen=True)
@@ -335,17 +337,14 @@ class Catalog:
 
     async def views(self, spec: CollectionSpec) -> VectorIndex:
         """A copy-detection collection's index of its items' crop vectors (rows `<id>~k`, k >= 1)."""
-        return await self._secondary(spec, "views", VIEWS_SUFFIX)
-
-    async def _secondary(self, spec: CollectionSpec, folder: str, suffix: str) -> VectorIndex:
         if spec.index_kind is IndexKind.EXACT_KNN:
-            key = spec.name + suffix
+            key = spec.name + VIEWS_SUFFIX
             if key not in self._knn_means:
-                directory = self._knn_root / spec.name / folder
+                directory = self._knn_root / spec.name / "views"
                 directory.mkdir(parents=True, exist_ok=True)
                 self._knn_means[key] = self._knn_index(directory, spec.views_dimension)
             return self._knn_means[key]
-        return self._milvus.index(spec.name + suffix, spec.views_dimension, spec.layout, spec.float16_vectors,
+        return self._milvus.index(spec.name + VIEWS_SUFFIX, spec.views_dimension, spec.layout, spec.float16_vectors,
                                   spec.vector_index, vectors_only=spec.lean_views)
 
     async def list(self) -> list[CollectionSpec]:

@@ -163,7 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--milvus-float16", choices=["auto", "on", "off"], default=_env("milvus_float16", d.milvus_float16),
       help="vectors of new compact copy-detection collections: auto: float16 on Milvus servers from 2.4 (half "
            "the vector bytes), float32 on Milvus Lite, whose float16 search is 4-5x slower (100k items: copy "
-           "searches 283 vs 73 ms); on: float16 on Lite too (5,774 instead of 7,054 bytes an item); off: "
+           "searches 197 vs 60 ms); on: float16 on Lite too (5,030 instead of 5,926 bytes an item); off: "
            "float32 everywhere")
     a("--triton-url", default=_env("triton_url", d.triton_url),
       help="Triton gRPC address host:port; empty: start a managed CPU Triton; 'off': no Triton")

@@ -83,6 +83,7 @@ MIN_INLIERS = 10            # verified from this many distinct stored keypoints 
 _MIN_MATCHES = 5
 _FORMAT_V1, _FORMAT_V2, _FORMAT_V3 = 1, 2, 3
 _V2_PREFIX, _V3_PREFIX = "2:", "3:"  # ':' is not in base64's alphabet: format 1 rows are plain base64
+FEATURE_FORMAT = _FORMAT_V3  # what new copy-detection collections write (CollectionSpec.feature_format)
 _POSITION_SCALE = 256 / FEATURE_SIDE  # positions stored as uint8: 1.25 px steps, well inside RANSAC_PX
 
 
@@ -96,7 +97,7 @@ class LocalFeatures:
     def __len__(self) -> int:
         return len(self.descriptors)
 
-    def encode(self, text_format: int = _FORMAT_V3) -> str:
+    def encode(self, text_format: int = FEATURE_FORMAT) -> str:
         """The stored text of a 4-byte header (format, descriptor bytes, count), uint8 positions and
         the first STORED_DESCRIPTOR_BYTES of each descriptor: format 3 "3:" + 7 bits a character
         (seven_bit_encode: 3,847 characters for 280 keypoints), format 2 "2:" + base85 (4,207)."""
@@ -505,7 +506,7 @@ class CopyDetector:
         self._metrics = or_null(metrics)
 
     async def prepare_index(self, images: list[bytes], model: ModelSpec, crop_views: bool = False,
-                            feature_format: int = _FORMAT_V3) -> list[CopyInput | RevsearchError]:
+                            feature_format: int = FEATURE_FORMAT) -> list[CopyInput | RevsearchError]:
         """crop_views: also the crop views' model inputs (collections that embed each crop);
         feature_format: the collection's (CollectionSpec.feature_format)."""
         loop = asyncio.get_running_loop()

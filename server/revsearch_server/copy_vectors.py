@@ -26,7 +26,7 @@ from .models import ModelSpec
 # numbers fewer an item, 768 bytes in float32. On the development half with 20,000 distractors (the
 # original among a 50% crop's 32 candidates, offline): 0.769 with 128, 0.750 with 80; through the
 # server on the development split, with the views' scores put on the rows' scale
-# (usecases/images._on_row_scale), UKBench-style N-S 3.392 against 3.373 with 128 (3.293 without it).
+# (usecases/images.ImageSearch._search_views), UKBench-style N-S 3.392 against 3.373 with 128 (3.293 without it).
 VIEW_DIMENSION = 80
 
 

@@ -336,8 +336,8 @@ class MilvusStore:
         """Whether new compact copy-detection collections store float16 vectors. Milvus servers from
         2.4 do (auto or on: half the vector bytes, searched natively); 2.3 has no FLOAT16_VECTOR. Milvus
         Lite 2.5 stores them but its FLAT search of float16 is 4-5x slower than of float32 (100k full
-        copy-detection items: vector queries p50 52.3 vs 9.8 ms, copy-detection image searches 283 vs
-        73 ms, for 816 vs 941 MB of store; benchmarks/results/scale_lite_full.md), so Lite keeps
+        copy-detection items: vector queries p50 50.6 vs 9.5 ms, copy-detection image searches 197 vs
+        60 ms, for 686 vs 776 MB of store; benchmarks/results/scale_lite_full.md), so Lite keeps
         float32 unless --milvus-float16 is on."""
         if self._float16 == "off":
             return False

@@ -195,6 +195,7 @@ class ImageSearch:
             else:
                 crops = [(i, k, crop) for i in fresh for k, crop in enumerate(prepared[i])]
                 vectors = await self._encoder.embed(model, [crop for _, _, crop in crops])
+            views = _view(c, vectors) if copy else vectors  # the crop views' rows as the views index holds them
             now = int(time.time() * 1000)
             # One insert for the batch, whole or not at all: a request cancelled during it (client
             # gone, deadline passed) gets its rows deleted again once the write has finished.
@@ -203,7 +204,7 @@ class ImageSearch:
                               created_at_ms=now, metadata=items[i].metadata, face_box=crop.box,
                               face_count=len(prepared[i]) if multi else None,
                               local_features=features.get(i) if copy and k == 0 else None)
-                       if not (copy and k) else _view_record(row_id(ids[i], k), _view(c, vectors[n]), now)
+                       if not (copy and k) else _view_record(row_id(ids[i], k), views[n], now)
                        for n, (i, k, crop) in enumerate(crops)]
             with self._metrics.stage("index"):
                 if copy:
@@ -361,7 +362,7 @@ class ImageSearch:
         Other queries' hits are cut to k."""
         rows = [n for n, i in enumerate(order) if i in local]
         with self._metrics.stage("search"):
-            views = _on_row_scale(c, await search_items(self._searcher, c.views, _view(c, matrix[rows]), CANDIDATES))
+            views = await self._search_views(c, matrix[rows], CANDIDATES)
         merged: dict[int, list[Hit]] = {}
         for n, view_hits in zip(rows, views):
             merged[n] = _merge(hits[n], view_hits)
@@ -441,11 +442,23 @@ class ImageSearch:
             return
         small = await self._encoder.embed_copy(c.model, [local[order[n]].zoomed_out for n in rows])
         with self._metrics.stage("search"):
-            found = _on_row_scale(c, await search_items(self._searcher, c.views, _view(c, small[:, 0]), ZOOM_CANDIDATES))
+            found = await self._search_views(c, small[:, 0], ZOOM_CANDIDATES)
         if c.where is not None:
             found = await self._matching(c, [hits[:ZOOM_CANDIDATES] for hits in found], [set()] * len(found), records)
         for n, view_hits in zip(rows, found):
             verifiers[n].add(view_hits)
+
+    async def _search_views(self, c: Collection, vectors: np.ndarray, limit: int) -> list[list[Hit]]:
+        """Item hits of whole-image vectors among the collection's crop views: the vectors cut as the
+        views hold them (_view), the hits' scores on the rows' scale (an item ranks at its best vector):
+        a cosine over the leading k of D whitened dimensions runs higher than over all D, by about
+        sqrt(D / k) among close pairs (a least-squares fit on the development half: 0.79 for 80 of 128,
+        0.88 for 96)."""
+        hits = await search_items(self._searcher, c.views, _view(c, vectors), limit)
+        if c.spec.views_dimension >= c.spec.dimension:
+            return hits
+        scale = float(np.sqrt(c.spec.views_dimension / c.spec.dimension))
+        return [[replace(h, score=h.score * scale) for h in row] for row in hits]
 
     async def delete(self, collection: str, ids: list[str]) -> tuple[list[str], list[str]]:
         """(deleted, not found) item ids; works on image and video collections alike."""
@@ -480,16 +493,6 @@ def _view(c: Collection, vectors: np.ndarray) -> np.ndarray:
     """Whole-image or region vectors as the collection's crop views hold them (their leading
     CollectionSpec.views_dimension dimensions)."""
     return np.ascontiguousarray(leading(vectors, c.spec.views_dimension))
-
-
-def _on_row_scale(c: Collection, hits: list[list[Hit]]) -> list[list[Hit]]:
-    """Crop-view hits with scores comparable to the rows' (an item ranks at its best vector): a cosine
-    over the leading k of D whitened dimensions runs higher than over all D, by about sqrt(D / k)
-    among close pairs (a least-squares fit on the development half: 0.79 for 80 of 128, 0.88 for 96)."""
-    if c.spec.views_dimension >= c.spec.dimension:
-        return hits
-    scale = float(np.sqrt(c.spec.views_dimension / c.spec.dimension))
-    return [[replace(h, score=h.score * scale) for h in row] for row in hits]
 
 
 def _merge(main: list[Hit], views: list[Hit]) -> list[Hit]:
