@@ -132,3 +132,49 @@ def test_a_vectors_only_collection_stores_keys_and_vectors_alone_on_milvus_lite(
 
 def test_a_vectors_only_collection_stores_keys_and_vectors_alone_on_a_milvus_2_3_server(server_uri):
     asyncio.run(write_vectors_only_and_search(server_uri, False))
+
+
+async def get_concurrently(uri: str) -> None:
+    """Gets of a few rows each, made while one runs, go to Milvus as one query (copy detection fetches
+    its candidates' rows two or three times a search), and each caller gets its own rows alone;
+    a large get goes alone."""
+    pool = ThreadPoolExecutor(4)
+    store = MilvusStore(uri, token="", timeout_s=60, consistency="Session", pool=pool)
+    try:
+        await store.start()
+        await store.create("joined_gets", DIM, "gets", layout=LAYOUT_LOCAL_FEATURES, float16=False)
+        index = store.index("joined_gets", DIM, LAYOUT_LOCAL_FEATURES, False)
+        rows = records(80, "g")
+        await index.insert(rows)
+        queries: list[str] = []
+        call = store.call
+
+        async def counted(method: str, *args, **kwargs):
+            if method == "query":
+                queries.append(kwargs.get("filter", ""))
+            return await call(method, *args, **kwargs)
+
+        store.call = counted
+        asks = [[rows[i].id, rows[(i * 7) % 80].id, f"absent{i}"] for i in range(12)]
+        answers = await asyncio.gather(*(index.get(ids) for ids in asks))
+        assert len(queries) < len(asks)  # joined: the first alone, the others together
+        for ids, got in zip(asks, answers):
+            assert sorted(got) == sorted(i for i in set(ids) if not i.startswith("absent"))
+            for i, record in got.items():
+                assert stored(record) == stored(next(r for r in rows if r.id == i))
+        queries.clear()
+        everything = await index.get([r.id for r in rows], vectors=False)  # over _JOINED_GET ids
+        assert len(everything) == 80 and len(queries) == 1
+        assert all(r.local_features is None and r.vector.size == 0 for r in everything.values())
+        await store.drop("joined_gets")
+    finally:
+        await store.close()
+        pool.shutdown()
+
+
+def test_concurrent_gets_of_a_few_rows_are_one_query_and_each_caller_gets_its_own_on_milvus_lite(tmp_path):
+    asyncio.run(get_concurrently(str(tmp_path / "lite.db")))
+
+
+def test_concurrent_gets_of_a_few_rows_are_one_query_and_each_caller_gets_its_own_on_a_milvus_2_3_server(server_uri):
+    asyncio.run(get_concurrently(server_uri))

@@ -158,6 +158,23 @@ def _query(img: Image.Image) -> copies.QueryFeatures:
     return copies.QueryFeatures(grey, copies.extract_query(grey))
 
 
+@pytest.mark.parametrize("width", [10, 32])
+def test_the_two_nearest_descriptors_are_opencvs_with_their_hamming_distances(width):
+    import cv2
+
+    rng = np.random.default_rng(width)
+    query = rng.integers(0, 256, (450, 32), dtype=np.uint8)
+    stored = rng.integers(0, 256, (280, width), dtype=np.uint8)
+    stored[7] = query[3, :width]  # an exact match: distance 0
+    q, s = copies._same_width(query, stored)
+    dist, nearest = copies.two_nearest(q, s)
+    expected, opencv = cv2.batchDistance(q, s, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2)
+    assert (dist == expected).all()
+    untied = dist[:, 0] < dist[:, 1]  # where two stored ones are as near, either may come first
+    assert untied.mean() > 0.5 and (nearest[untied, 0] == opencv[untied, 0]).all()
+    assert dist[3, 0] == 0 and nearest[3, 0] == 7
+
+
 def test_rerank_puts_the_verified_original_first_and_keeps_the_rest_in_order():
     original, others = _texture(6), [_texture(7), _texture(8)]
     stored = {"orig": _stored(original), "a": _stored(others[0]), "b": _stored(others[1])}
@@ -194,6 +211,20 @@ def test_a_sure_first_candidate_that_does_not_verify_keeps_the_vector_answer_at_
     verifier = copies.Verifier(_query(_texture(31)), hits, sure=True)
     verifier.feed({"first": _stored(_texture(32))})
     assert verifier.settled and len(verifier.counts) == 1 and verifier.ranked()[0].id == "first"
+
+
+def test_a_sure_query_fetches_its_first_and_the_patience_after_it_in_one_read():
+    from revsearch_server.usecases.images import _chunk
+
+    original = _texture(11)
+    hits = [_hit("orig", 0.95)] + [_hit(f"o{n}", 0.5 - n / 100) for n in range(12)]
+    sure = copies.Verifier(_query(copy_edits.apply(original, "crop70", "ab" * 32)), hits, sure=True)
+    first = sure.wanted[:_chunk(sure)]
+    assert first == ["orig", "o0", "o1", "o2"] and len(first) == 1 + copies.PATIENCE
+    sure.feed({"orig": _stored(original), **{i: _stored(_texture(60 + n)) for n, i in enumerate(first[1:])}})
+    assert sure.settled and sure.ranked()[0].id == "orig"  # nothing more to read
+    unsure = copies.Verifier(_query(original), hits)
+    assert _chunk(unsure) == copies.FIRST_FETCH
 
 
 def test_candidates_added_later_are_verified_in_vector_order():

@@ -71,6 +71,7 @@ _ID_MAX, _URI_MAX = 80, 2048
 # a segment at 65,535, 165k at 8,192), but with the full schema an import still sealed segments of about
 # 54k rows (benchmarks/results/scale.md): the 17 segments of a million items come from elsewhere.
 _FEATURES_MAX = 8192
+_JOINED_GET = 64  # ids a get may have and still join others (MilvusStore.joined_gets)
 # Joined writes of at least this many rows go field by field: pymilvus packs a write of row dicts at
 # about 40 µs a row of the client's CPU and one of columns at about 15 (bare pymilvus into the 2.3
 # server, revsearch's schema, 500-row upserts: 15,200 against 20,200 rows/s), which pays for the
@@ -172,6 +173,10 @@ class MilvusStore:
         # Concurrent writes and id lookups of one collection go to Milvus as one call while one runs:
         # one-image IndexImages calls from 16 callers made four Milvus round trips each.
         self.joined = CallJoiner()
+        # Concurrent gets of a few rows each (copy detection fetches its candidates' rows, features
+        # included, two or three times a search) go as one query too: at most 16 callers of up to
+        # _JOINED_GET ids (about 1,000 rows of 4-5 KB) in one answer.
+        self.joined_gets = CallJoiner(max_items=16)
         self._on_missing: list = []  # callbacks(name) for a collection Milvus says is gone
         self._gates: dict[str, RewriteGate] = {}  # Lite: per collection (RewriteGate)
 
@@ -534,9 +539,11 @@ class MilvusIndex:
             columns[column] = [column_value(r.metadata, key) for r in records]
         return columns
 
-    async def _lookup(self, kind: str, values: list[str], output: list[str], consistency: str = "") -> list[dict]:
-        """Rows whose `kind` field is among values, joined with concurrent lookups of this collection
-        (each caller gets the rows of every value asked for meanwhile: a superset of its own)."""
+    async def _lookup(self, kind: str, values: list[str], output: list[str], joiner: CallJoiner | None,
+                      consistency: str = "") -> list[dict]:
+        """Rows whose `kind` field is among values, joined by joiner with concurrent lookups of this
+        collection (each caller gets the rows of every value asked for meanwhile: a superset of its
+        own); joiner None: this call goes alone."""
         level = consistency or self._store.consistency
 
         async def run(parts: list[list[str]]) -> list[dict]:
@@ -545,7 +552,9 @@ class MilvusIndex:
                 return await self._store.call("query", self._c, filter=f"{kind} in {_quote_list(wanted)}",
                                               output_fields=output, consistency_level=level)
 
-        return await self._store.joined.call(("query", self._c, kind, tuple(output), level), values, run)
+        if joiner is None:
+            return await run([values])
+        return await joiner.call(("query", self._c, kind, tuple(output), level), values, run)
 
     async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
         async with self._store.reading(self._c):
@@ -553,6 +562,8 @@ class MilvusIndex:
                 "search", self._c, data=[self._vector_in(q) for q in queries], limit=top_k,
                 output_fields=self._output, search_params=self._search_params(top_k),
                 consistency_level=self._store.consistency, **({"filter": self._where} if self._where else {}))
+        if self._vectors_only:  # crop views: the key and score alone (192 a copy-detection search)
+            return [[Hit(str(h["id"]), "", float(h["distance"]), "", {}, None) for h in hits] for hits in results]
         return [[self._hit(h) for h in hits] for hits in results]
 
     def _search_params(self, top_k: int) -> dict:
@@ -564,16 +575,17 @@ class MilvusIndex:
         if not digests:
             return {}
         wanted = set(digests)
-        return {r["sha256"]: r["id"] for r in await self._lookup("sha256", digests, ["id", "sha256"])
-                if r["sha256"] in wanted}
+        rows = await self._lookup("sha256", digests, ["id", "sha256"], self._store.joined)
+        return {r["sha256"]: r["id"] for r in rows if r["sha256"] in wanted}
 
     async def get(self, ids: list[str], vectors: bool = True) -> dict[str, Record]:
         if not ids:
             return {}
-        async with self._store.reading(self._c):
-            rows = await self._store.call("query", self._c, filter=f"id in {_quote_list(ids)}",
-                                          output_fields=self._fields(vectors), consistency_level=self._store.consistency)
-        return {r["id"]: self._record(r) for r in rows}
+        mine = set(ids)  # a joined answer holds the other callers' rows too
+        # A few rows (copy detection's candidates) join concurrent gets; a large get (GetItems) goes alone.
+        rows = await self._lookup("id", ids, self._fields(vectors),
+                                  joiner=self._store.joined_gets if len(ids) <= _JOINED_GET else None)
+        return {r["id"]: self._record(r) for r in rows if r["id"] in mine}
 
     async def list_rows(self, after: str, limit: int, where: RowFilter | None = None,
                         vectors: bool = False) -> list[Record]:
@@ -603,7 +615,7 @@ class MilvusIndex:
         # applied. On the Milvus 2.3 server a Session read after each write waited for it: imports that
         # asked which of 500 ids were stored ran at 1,400 rows/s; Bounded 12,000; writes alone 19,000.
         level = "" if recent else "Bounded"
-        return {r["id"] for r in await self._lookup("id", ids, ["id"], level) if r["id"] in wanted}
+        return {r["id"] for r in await self._lookup("id", ids, ["id"], self._store.joined, level) if r["id"] in wanted}
 
     async def delete(self, ids: list[str]) -> list[str]:
         unique = list(dict.fromkeys(ids))

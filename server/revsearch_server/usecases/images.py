@@ -473,10 +473,12 @@ def _above(result: SearchResult | RevsearchError, min_score: float | None) -> Se
 
 
 def _chunk(verifier: Verifier) -> int:
-    """How many more candidates' rows to fetch for a query: its first alone while only a sure answer is
-    at stake, PATIENCE once a copy is verified (at most that many more are needed), else FIRST_FETCH."""
+    """How many more candidates' rows to fetch for a query: for a sure one at first its first and the
+    PATIENCE after it (the first verifies on most copies, and then those are the ones needed: one
+    round trip to the store instead of two; when it does not, three rows were read for nothing),
+    PATIENCE once a copy is verified (at most that many more are needed), else FIRST_FETCH."""
     if verifier.sure and not verifier.counts:
-        return 1
+        return 1 + PATIENCE
     return PATIENCE if verifier.found else FIRST_FETCH
 
 
