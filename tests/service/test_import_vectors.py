@@ -175,7 +175,12 @@ def test_milvus_lite_builds_flat_only_and_says_so(fake_client):
 
 
 def test_a_search_breadth_is_ignored_by_exact_indexes(fake_client, target):
-    vector = _vectors(300, target.dimension)[42]
+    vectors = _vectors(300, target.dimension)
+    vector = vectors[42]
+    # The import of the first test again (it stores nothing twice), so that this test also runs alone.
+    fake_client.import_vectors("imported", [VectorInput(id=f"v{i}", vector=v, uri=f"archive://{i}", metadata={"n": i})
+                                            for i, v in enumerate(vectors)],
+                               model=target.model, model_version=target.model_version, per_message=128)
     assert fake_client.search("imported", vector=vector, top_k=1, search_breadth=7).hits[0].id == "v42"
     batch = fake_client.batch_search("imported", [vector], top_k=1, search_breadth=3)
     assert batch.results[0].hits[0].id == "v42"
