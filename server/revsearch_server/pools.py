@@ -7,9 +7,6 @@ CPU-heavy and blocking work stays off the event loop, in bounded pools:
              several calls fighting over two cores
   inference  the in-process ONNX Runtime fallback: one thread, each run using every core
   store      pymilvus's synchronous calls (--store-workers, default 4: they mostly wait on I/O)
-The decode workers are the parallelism of what they run: each holds faiss (copies.two_nearest) to
-one OpenMP thread (a per-thread setting), so that matching on every worker never asks for more
-threads than cores; with OpenMP's default of one per core, the spinning threads took the gain.
 """
 
 from __future__ import annotations
@@ -29,8 +26,7 @@ class Pools:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Pools":
-        return cls(decode=ThreadPoolExecutor(max(1, settings.decode_workers), thread_name_prefix="decode",
-                                             initializer=_one_thread_each),
+        return cls(decode=ThreadPoolExecutor(max(1, settings.decode_workers), thread_name_prefix="decode"),
                    faces=ThreadPoolExecutor(1, thread_name_prefix="faces"),
                    inference=ThreadPoolExecutor(1, thread_name_prefix="onnx-run"),
                    store=ThreadPoolExecutor(max(1, settings.store_workers), thread_name_prefix="store"))
@@ -38,10 +34,3 @@ class Pools:
     def shutdown(self) -> None:
         for pool in (self.decode, self.faces, self.inference, self.store):
             pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _one_thread_each() -> None:
-    """A decode worker's start: faiss's OpenMP to one thread in this thread."""
-    import faiss
-
-    faiss.omp_set_num_threads(1)
