@@ -7,6 +7,7 @@ written either way, hostile strings, filter-key columns, face fields and local f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 
@@ -134,6 +135,33 @@ def test_a_vectors_only_collection_stores_keys_and_vectors_alone_on_a_milvus_2_3
     asyncio.run(write_vectors_only_and_search(server_uri, False))
 
 
+@contextlib.asynccontextmanager
+async def opened_store(uri: str):
+    """A started MilvusStore of its own pool, closed (and its pool shut down) after."""
+    pool = ThreadPoolExecutor(4)
+    store = MilvusStore(uri, token="", timeout_s=60, consistency="Session", pool=pool)
+    try:
+        await store.start()
+        yield store
+    finally:
+        await store.close()
+        pool.shutdown()
+
+
+def count_queries(store: MilvusStore) -> list[str]:
+    """The filters of the queries the store makes from now on (a list that grows)."""
+    queries: list[str] = []
+    call = store.call
+
+    async def counted(method: str, *args, **kwargs):
+        if method == "query":
+            queries.append(kwargs.get("filter", ""))
+        return await call(method, *args, **kwargs)
+
+    store.call = counted
+    return queries
+
+
 async def get_concurrently(uri: str) -> None:
     """Gets of a few rows each, made while one runs, go to Milvus as one query (copy detection fetches
     its candidates' rows two or three times a search), and each caller gets its own rows alone;
@@ -146,15 +174,7 @@ async def get_concurrently(uri: str) -> None:
         index = store.index("joined_gets", DIM, LAYOUT_LOCAL_FEATURES, False)
         rows = records(80, "g")
         await index.insert(rows)
-        queries: list[str] = []
-        call = store.call
-
-        async def counted(method: str, *args, **kwargs):
-            if method == "query":
-                queries.append(kwargs.get("filter", ""))
-            return await call(method, *args, **kwargs)
-
-        store.call = counted
+        queries = count_queries(store)
         asks = [[rows[i].id, rows[(i * 7) % 80].id, f"absent{i}"] for i in range(12)]
         answers = await asyncio.gather(*(index.get(ids) for ids in asks))
         assert len(queries) < len(asks)  # joined: the first alone, the others together
@@ -178,3 +198,32 @@ def test_concurrent_gets_of_a_few_rows_are_one_query_and_each_caller_gets_its_ow
 
 def test_concurrent_gets_of_a_few_rows_are_one_query_and_each_caller_gets_its_own_on_a_milvus_2_3_server(server_uri):
     asyncio.run(get_concurrently(server_uri))
+
+
+async def look_up_owners_concurrently(uri: str) -> None:
+    """IndexImages's check before it writes, stored digests and taken ids, is one query (joined with
+    concurrent ones), and each caller gets the answer for what it asked alone: a digest stored under
+    another id, an id stored with another digest, and neither."""
+    async with opened_store(uri) as store:
+        await store.create("owners", DIM, "owners", layout=LAYOUT_LOCAL_FEATURES, float16=False)
+        index = store.index("owners", DIM, LAYOUT_LOCAL_FEATURES, False)
+        rows = records(40, "o")
+        await index.insert(rows)
+        queries = count_queries(store)
+        asks = [([rows[i].sha256, f"{1000 + i:064x}"], [rows[(i + 1) % 40].id, f"new{i}"]) for i in range(10)]
+        answers = await asyncio.gather(*(index.owners(digests, ids) for digests, ids in asks))
+        assert len(queries) < len(asks)
+        for i, (by_digest, taken) in enumerate(answers):
+            assert by_digest == {rows[i].sha256: rows[i].id}
+            assert taken == {rows[(i + 1) % 40].id}
+        assert await index.owners([], ["o001"]) == ({}, {"o001"})
+        assert await index.owners([rows[2].sha256], []) == ({rows[2].sha256: "o002"}, set())
+        await store.drop("owners")
+
+
+def test_stored_digests_and_taken_ids_are_looked_up_in_one_query_on_milvus_lite(tmp_path):
+    asyncio.run(look_up_owners_concurrently(str(tmp_path / "lite.db")))
+
+
+def test_stored_digests_and_taken_ids_are_looked_up_in_one_query_on_a_milvus_2_3_server(server_uri):
+    asyncio.run(look_up_owners_concurrently(server_uri))

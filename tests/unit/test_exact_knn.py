@@ -37,6 +37,7 @@ def test_knn_data_and_deletes_survive_a_reload(tmp_path):
     assert asyncio.run(reloaded.count()) == 49
     assert "id3" not in asyncio.run(reloaded.get(["id3"]))
     assert asyncio.run(reloaded.ids_for_sha256([f"{5:064x}"])) == {f"{5:064x}": "id5"}
+    assert asyncio.run(reloaded.owners([f"{5:064x}", f"{999:064x}"], ["id6", "nope"])) == ({f"{5:064x}": "id5"}, {"id6"})
 
 
 def test_an_id_indexed_again_after_delete_is_visible_after_reload(tmp_path):

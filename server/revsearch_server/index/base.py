@@ -115,6 +115,10 @@ class VectorIndex(Protocol):
         """Up to limit rows with a key greater than `after` ("" for the first), in key order, that
         match where; vectors as in get."""
 
+    async def owners(self, digests: list[str], ids: list[str]) -> tuple[dict[str, str], set[str]]:
+        """ids_for_sha256(digests) and existing_ids(ids) in one lookup (what IndexImages checks for
+        each batch before it writes)."""
+
     async def existing_ids(self, ids: list[str], recent: bool = True) -> set[str]:
         """The ids among ids that are stored (without fetching their rows). recent=False may miss rows
         written in the last seconds, and answers without waiting for them (bulk imports)."""

@@ -158,6 +158,9 @@ class ExactKnnIndex:
     async def existing_ids(self, ids: list[str], recent: bool = True) -> set[str]:
         return {i for i in ids if i in self._records}
 
+    async def owners(self, digests: list[str], ids: list[str]) -> tuple[dict[str, str], set[str]]:
+        return await self.ids_for_sha256(digests), await self.existing_ids(ids)
+
     async def delete(self, ids: list[str]) -> list[str]:
         async with self._lock:
             existing = [i for i in dict.fromkeys(ids) if i in self._records]

@@ -578,6 +578,26 @@ class MilvusIndex:
         rows = await self._lookup("sha256", digests, ["id", "sha256"], self._store.joined)
         return {r["sha256"]: r["id"] for r in rows if r["sha256"] in wanted}
 
+    async def owners(self, digests: list[str], ids: list[str]) -> tuple[dict[str, str], set[str]]:
+        """One query for both (`sha256 in [...] or id in [...]`), joined with concurrent ones: the two
+        lookups had been a quarter of the Milvus calls of one-image IndexImages calls."""
+        if not digests or not ids:
+            return (await self.ids_for_sha256(digests) if digests else {},
+                    await self.existing_ids(ids) if ids else set())
+        level = self._store.consistency
+
+        async def run(parts: list[tuple[list[str], list[str]]]) -> list[dict]:
+            by_digest = _quote_list(sorted({d for ds, _ in parts for d in ds}))
+            by_id = _quote_list(sorted({i for _, i_s in parts for i in i_s}))
+            async with self._store.reading(self._c):
+                return await self._store.call("query", self._c, filter=f"sha256 in {by_digest} or id in {by_id}",
+                                              output_fields=["id", "sha256"], consistency_level=level)
+
+        rows = await self._store.joined.call(("owners", self._c, level), (digests, ids), run)
+        wanted_digests, wanted_ids = set(digests), set(ids)
+        return ({r["sha256"]: r["id"] for r in rows if r["sha256"] in wanted_digests},
+                {r["id"] for r in rows if r["id"] in wanted_ids})
+
     async def get(self, ids: list[str], vectors: bool = True) -> dict[str, Record]:
         if not ids:
             return {}

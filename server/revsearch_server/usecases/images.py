@@ -164,11 +164,12 @@ class ImageSearch:
 
         # Deduplicate by content: against the collection, then within this batch.
         with self._metrics.stage("dedup"):
-            known = {d: item_of(r)
-                     for d, r in (await index.ids_for_sha256(sorted({digests[i] for i in live}))).items()}
+            # One lookup for both: the ids of items whose content is stored are looked up too,
+            # which changes nothing (such an item is a duplicate before its id is looked at).
             ids = {i: items[i].id or default_id(digests[i]) for i in live}
-            clashes = {item_of(r) for r in await index.existing_ids(
-                sorted({key(ids[i]) for i in live if digests[i] not in known}))}
+            owners, existing = await index.owners(sorted({digests[i] for i in live}), sorted({key(ids[i]) for i in live}))
+            known = {d: item_of(r) for d, r in owners.items()}
+            clashes = {item_of(r) for r in existing}
         first_in_batch: dict[str, int] = {}
         fresh, fresh_ids = [], set()
         for i in live:
