@@ -142,7 +142,7 @@ def _pad16(descriptors: np.ndarray) -> np.ndarray:
     return out
 
 
-def vocabulary(descriptors: np.ndarray, words: int, sample: int, seed: int = 1) -> np.ndarray:
+def learn(descriptors: np.ndarray, words: int, sample: int, seed: int = 1) -> np.ndarray:
     """Binary centroids (uint8 [words, 16], the 10 descriptor bytes zero-padded): k-means on the bits."""
     import faiss
 
@@ -154,12 +154,44 @@ def vocabulary(descriptors: np.ndarray, words: int, sample: int, seed: int = 1) 
     return _pad16(np.packbits(kmeans.centroids > 0.5, axis=1))
 
 
-def assign(descriptors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+def nearest(descriptors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     import faiss
 
     if not len(descriptors):
         return np.zeros(0, np.int64)
     return faiss.knn_hamming(_pad16(descriptors), centroids, 1)[1][:, 0]
+
+
+class Vocabulary:
+    """Visual words of binary descriptors: flat (every descriptor compared with every word) or, with
+    `branches`, a two-level tree (branches x branches words: the nearest of `branches` top centroids,
+    then the nearest of its own leaves; about 2 x branches comparisons instead of branches^2)."""
+
+    def __init__(self, descriptors: np.ndarray, words: int, sample: int, branches: int = 0):
+        if not branches:
+            self.top, self.leaves = learn(descriptors, words, sample), []
+            self.size = len(self.top)
+            return
+        descriptors = descriptors[np.random.default_rng(1).permutation(len(descriptors))[:sample]]
+        self.top = learn(descriptors, branches, len(descriptors))
+        owner = nearest(descriptors, self.top)
+        self.leaves = []
+        for c in range(branches):
+            members = descriptors[owner == c]
+            k = min(branches, len(members) // 4)
+            self.leaves.append(learn(members, k, len(members)) if k > 1 else self.top[c:c + 1])
+        self.base = np.cumsum([0] + [len(leaf) for leaf in self.leaves])
+        self.size = int(self.base[-1])
+
+    def assign(self, descriptors: np.ndarray) -> np.ndarray:
+        first = nearest(descriptors, self.top)
+        if not self.leaves or not len(descriptors):
+            return first
+        out = np.empty(len(descriptors), np.int64)
+        for c in np.unique(first):
+            mine = first == c
+            out[mine] = self.base[c] + nearest(descriptors[mine], self.leaves[c])
+        return out
 
 
 def grid_subset(points: np.ndarray, keep: int) -> np.ndarray:
@@ -213,14 +245,14 @@ def interleave(a: np.ndarray, b: np.ndarray, k: int) -> list[int]:
     return out[:k]
 
 
-def measure(data: dict, centroids: np.ndarray, idf: np.ndarray, keypoints: tuple[int, ...], sizes: list[int]) -> dict:
+def measure(data: dict, vocab: Vocabulary, idf: np.ndarray, keypoints: tuple[int, ...], sizes: list[int]) -> dict:
     vectors = data["vectors"].astype(np.float32)
     rows = vectors[:, 0]
     views = vectors[:, 1:, :VIEW_DIMENSION]
     views /= np.linalg.norm(views, axis=2, keepdims=True)
     scale = float(np.sqrt(VIEW_DIMENSION / rows.shape[1]))
     offsets = data["offsets"]
-    stored_words = [assign(data["descriptors"][offsets[i]:offsets[i + 1]], centroids) for i in range(len(rows))]
+    stored_words = [vocab.assign(data["descriptors"][offsets[i]:offsets[i + 1]]) for i in range(len(rows))]
     indexes = {}
     for keep in keypoints:
         item_words = [np.unique(w[grid_subset(data["points"][offsets[i]:offsets[i + 1]], keep)]) if len(w) else w
@@ -232,7 +264,7 @@ def measure(data: dict, centroids: np.ndarray, idf: np.ndarray, keypoints: tuple
     for q in range(len(data["target"])):
         target, edit = int(data["target"][q]), str(data["edit"][q])
         qv, zv = data["query_vectors"][q], data["zoomed"][q]
-        query_words = assign(data["query_descriptors"][q_off[q]:q_off[q + 1]], centroids)
+        query_words = vocab.assign(data["query_descriptors"][q_off[q]:q_off[q + 1]])
         lead = qv[:VIEW_DIMENSION] / np.linalg.norm(qv[:VIEW_DIMENSION])
         zlead = zv[:VIEW_DIMENSION] / np.linalg.norm(zv[:VIEW_DIMENSION])
         all_rows = rows @ qv  # an item's scores do not depend on the gallery's size: sliced below
@@ -257,13 +289,12 @@ def measure(data: dict, centroids: np.ndarray, idf: np.ndarray, keypoints: tuple
                     hit(f"served ∪ words ({keep})", set(interleave(lists["served"], w, depth)))
                     hit(f"served ∪ words ({keep}) + zoomed out", set(interleave(lists["served"], w, depth)) | zoom)
     words_per_item = {keep: index.words_per_item for keep, index in indexes.items()}
-    return {"found": found, "words_per_item": words_per_item, "assign_ms": assign_cost(data, centroids)}
+    return {"found": found, "words_per_item": words_per_item, "assign_ms": assign_cost(data, vocab)}
 
 
-def assign_cost(data: dict, centroids: np.ndarray, count: int = 200) -> dict:
-    """Median ms to find the nearest word of a query's descriptors and of an item's 160 (one thread,
-    faiss's exhaustive Hamming search over every centroid): what words would add to a search and to
-    indexing, before any vocabulary tree."""
+def assign_cost(data: dict, vocab: Vocabulary, count: int = 200) -> dict:
+    """Median ms to find the words of a query's descriptors and of an item's 160 (one thread): what
+    words would add to a search and to indexing."""
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -274,7 +305,7 @@ def assign_cost(data: dict, centroids: np.ndarray, count: int = 200) -> dict:
         times = []
         for a, b, source in spans:
             t = time.perf_counter()
-            assign(source[a:b], centroids)
+            vocab.assign(source[a:b])
             times.append((time.perf_counter() - t) * 1000)
         out[name] = round(float(np.median(times)), 2)
     faiss.omp_set_num_threads(2)
@@ -306,7 +337,7 @@ def markdown(result: dict) -> str:
              "`benchmarks/bench_copy_candidates.py`: how often an edited copy's original is among the first N "
              "candidates of each source (recall, not P@1: the server then verifies them). Development split: "
              f"{result['queries']} queries ({result['originals_queried']} originals x 17 edits). Vocabulary: "
-             f"{result['vocabulary']['words']:,} words learned from {result['vocabulary']['sample']:,} descriptors "
+             f"{result['vocabulary']['words']:,} words ({'a tree of ' + str(result['vocabulary']['tree']) + ' x ' + str(result['vocabulary']['tree']) if result['vocabulary']['tree'] else 'flat'}) learned from {result['vocabulary']['sample']:,} descriptors "
              "of the gallery's report-half originals; idf from the same images.", "",
              "| items | source | bytes an item for candidates | N | mean over edits | crop50 (photos / LFW / frames) "
              "| crop70+jpeg15 | grey+border |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -319,7 +350,7 @@ def markdown(result: dict) -> str:
                      f"{by.get('lfw', 0):.2f} / {by.get('video', 0):.2f}) | {r['crop70+jpeg15']:.3f} "
                      f"| {r['grey+border']:.3f} |")
     lines += ["", f"Words per item (distinct): {result['words_per_item']}. Finding the words, ms (median, one "
-              f"thread, every centroid compared): {result['assign_ms']}. Made in {result['seconds']:.0f} s "
+              f"thread): {result['assign_ms']}. Made in {result['seconds']:.0f} s "
               f"on {result['machine']['cpus']} CPUs.", ""]
     return "\n".join(lines)
 
@@ -330,6 +361,9 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=16384, help="vocabulary size")
     ap.add_argument("--sample", type=int, default=250000, help="descriptors the vocabulary is learned from")
     ap.add_argument("--word-keypoints", default="160,280", help="keypoints of an item that give its words")
+    ap.add_argument("--tree", type=int, default=0,
+                    help="a two-level vocabulary of TREE x TREE words instead of --words flat ones "
+                         "(results: copy_candidates_tree.{json,md})")
     args = ap.parse_args()
     started = time.perf_counter()
     model = ModelSpec.from_build_info(ROOT / "model_repository" / "efficientnet_lite0")
@@ -338,16 +372,16 @@ def main() -> None:
     offsets = data["offsets"]
     training = [i for i in range(n_orig) if not data["dev"][i]]  # report-half originals: never a query's
     train_desc = np.concatenate([data["descriptors"][offsets[i]:offsets[i + 1]] for i in training])
-    log(f"learning {args.words} words from {min(args.sample, len(train_desc))} of {len(train_desc)} descriptors")
-    centroids = vocabulary(train_desc, args.words, args.sample)
-    df = np.zeros(args.words)
+    log(f"learning {args.tree ** 2 if args.tree else args.words} words ({'a tree' if args.tree else 'flat'}) from {min(args.sample, len(train_desc))} of {len(train_desc)} descriptors")
+    vocab = Vocabulary(train_desc, args.words, args.sample, args.tree)
+    df = np.zeros(vocab.size)
     for i in training:
-        df[np.unique(assign(data["descriptors"][offsets[i]:offsets[i + 1]], centroids))] += 1
+        df[np.unique(vocab.assign(data["descriptors"][offsets[i]:offsets[i + 1]]))] += 1
     idf = np.log((len(training) + 1) / (df + 1)).astype(np.float32)
     sizes = [n_orig, 3 * n_orig, len(data["vectors"])]
     keypoints = tuple(int(k) for k in args.word_keypoints.split(","))
     log("measuring")
-    measured = measure(data, centroids, idf, keypoints, sizes)
+    measured = measure(data, vocab, idf, keypoints, sizes)
     rows = summarise(measured["found"], sizes)
     dims = data["vectors"].shape[2]
     bytes_ = {"served": f"{4 * dims + 4 * 4 * VIEW_DIMENSION:,} (float32)",
@@ -360,10 +394,11 @@ def main() -> None:
         bytes_[f"served ∪ words ({keep}) + zoomed out"] = bytes_[f"served ∪ words ({keep})"]
     result = {"time": now_utc(), "machine": machine(), "distractors": args.distractors, "sizes": sizes,
               "queries": len(data["target"]), "originals_queried": len(set(data["target"].tolist())),
-              "vocabulary": {"words": args.words, "sample": min(args.sample, len(train_desc)), "seed": 1},
+              "vocabulary": {"words": vocab.size, "tree": args.tree or None, "sample": min(args.sample, len(train_desc)),
+                             "seed": 1},
               "words_per_item": {str(k): round(v, 1) for k, v in measured["words_per_item"].items()},
               "bytes": bytes_, "rows": rows, "assign_ms": measured["assign_ms"], "seconds": time.perf_counter() - started}
-    write_results("copy_candidates", result, markdown(result))
+    write_results("copy_candidates_tree" if args.tree else "copy_candidates", result, markdown(result))
     print(markdown(result))
 
 
