@@ -137,9 +137,7 @@ def prepare(model: ModelSpec, distractors: int) -> dict:
 
 
 def _pad16(descriptors: np.ndarray) -> np.ndarray:
-    out = np.zeros((len(descriptors), 16), np.uint8)
-    out[:, :copies.STORED_DESCRIPTOR_BYTES] = descriptors[:, :copies.STORED_DESCRIPTOR_BYTES]
-    return out
+    return copies.padded_codes(descriptors, copies.STORED_DESCRIPTOR_BYTES)
 
 
 def learn(descriptors: np.ndarray, words: int, sample: int, seed: int = 1) -> np.ndarray:
@@ -195,17 +193,12 @@ class Vocabulary:
 
 
 def grid_subset(points: np.ndarray, keep: int) -> np.ndarray:
-    """Indices of `keep` keypoints, the first of each cell of a 4 x 4 grid over their extent in turn."""
+    """Indices of `keep` keypoints chosen as the server chooses its stored ones (copies.grid_round_robin),
+    over the keypoints' extent (the image's size is not stored), in their stored order within a cell."""
     if len(points) <= keep:
         return np.arange(len(points))
     lo, hi = points.min(0), points.max(0) + 1e-3
-    cells = (np.minimum(3, ((points[:, 1] - lo[1]) * 4 / (hi[1] - lo[1])).astype(int)) * 4
-             + np.minimum(3, ((points[:, 0] - lo[0]) * 4 / (hi[0] - lo[0])).astype(int)))
-    order = np.argsort(cells, kind="stable")
-    rank = np.empty(len(points), int)
-    starts = np.searchsorted(cells[order], np.arange(16))
-    rank[order] = np.arange(len(order)) - starts[cells[order]]
-    return np.argsort(rank, kind="stable")[:keep]
+    return copies.grid_round_robin(points, (lo[0], lo[1], hi[0] - lo[0], hi[1] - lo[1]), np.zeros(len(points)), keep)
 
 
 class Words:

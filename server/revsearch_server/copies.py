@@ -240,6 +240,21 @@ def extract_query(grey: np.ndarray) -> LocalFeatures:
                          np.concatenate([full.descriptors, half.descriptors]))
 
 
+def grid_round_robin(points: np.ndarray, extent: tuple[float, float, float, float], strength: np.ndarray,
+                     count: int) -> np.ndarray:
+    """Indices of `count` of the points [n, 2]: the strongest of each cell of a GRID x GRID grid over
+    extent (x0, y0, width, height) in turn, then the second strongest of each, and so on (ties in
+    the points' order)."""
+    x0, y0, w, h = extent
+    cells = (np.minimum(GRID - 1, ((points[:, 1] - y0) * GRID / h).astype(int)) * GRID
+             + np.minimum(GRID - 1, ((points[:, 0] - x0) * GRID / w).astype(int)))
+    order = np.lexsort((-strength, cells))  # by cell, strongest first within a cell
+    rank_in_cell = np.empty(len(order), int)
+    starts = np.searchsorted(cells[order], np.arange(GRID * GRID))
+    rank_in_cell[order] = np.arange(len(order)) - starts[cells[order]]
+    return np.lexsort((-strength, rank_in_cell))[:count]
+
+
 def extract_stored(grey: np.ndarray, max_features: int = STORED_FEATURES) -> LocalFeatures:
     """An item's keypoints to store: of OVERSAMPLE x as many ORB corners, the strongest of each grid
     cell in turn, so that every part of the image keeps some (a crop of any quarter still finds its
@@ -255,14 +270,8 @@ def extract_stored(grey: np.ndarray, max_features: int = STORED_FEATURES) -> Loc
         return EMPTY
     points = cv2.KeyPoint_convert(keypoints).reshape(-1, 2)
     h, w = grey.shape[:2]
-    cells = (np.minimum(GRID - 1, (points[:, 1] * GRID / h).astype(int)) * GRID
-             + np.minimum(GRID - 1, (points[:, 0] * GRID / w).astype(int)))
     strength = np.fromiter((k.response for k in keypoints), np.float32, len(keypoints))
-    order = np.lexsort((-strength, cells))  # by cell, strongest first within a cell
-    rank_in_cell = np.empty(len(order), int)
-    starts = np.searchsorted(cells[order], np.arange(GRID * GRID))
-    rank_in_cell[order] = np.arange(len(order)) - starts[cells[order]]
-    chosen = np.sort(np.lexsort((-strength, rank_in_cell))[:max_features])  # round-robin over the cells
+    chosen = np.sort(grid_round_robin(points, (0.0, 0.0, w, h), strength, max_features))
     kept, descriptors = orb.compute(grey, [keypoints[i] for i in chosen])
     if descriptors is None or not kept:
         return EMPTY
@@ -273,14 +282,16 @@ def _same_width(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.n
     """Both descriptor sets cut to the stored width and zero-padded to a multiple of 16 bytes (the
     same Hamming distances; two_nearest's kernel for 16-byte codes ran 2.7x its generic one on 10)."""
     width = stored.shape[1]
-    padded = -width % 16
+    fits = query.shape[1] == width and width % 16 == 0
+    return (query if fits else padded_codes(query, width)), padded_codes(stored, width)
 
-    def fit(d: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(d), width + padded), np.uint8)
-        out[:, :width] = d[:, :width]
-        return out
 
-    return (query if query.shape[1] == width + padded and not padded else fit(query)), fit(stored)
+def padded_codes(descriptors: np.ndarray, width: int) -> np.ndarray:
+    """The first `width` bytes of each descriptor, zero-padded to a multiple of 16 bytes (faiss's
+    fast Hamming kernels; the same distances)."""
+    out = np.zeros((len(descriptors), width + (-width % 16)), np.uint8)
+    out[:, :width] = descriptors[:, :width]
+    return out
 
 
 def two_nearest(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

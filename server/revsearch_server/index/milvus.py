@@ -539,22 +539,26 @@ class MilvusIndex:
             columns[column] = [column_value(r.metadata, key) for r in records]
         return columns
 
-    async def _lookup(self, kind: str, values: list[str], output: list[str], joiner: CallJoiner | None,
+    async def _lookup(self, wanted: dict[str, list[str]], output: list[str], joiner: CallJoiner | None,
                       consistency: str = "") -> list[dict]:
-        """Rows whose `kind` field is among values, joined by joiner with concurrent lookups of this
-        collection (each caller gets the rows of every value asked for meanwhile: a superset of its
-        own); joiner None: this call goes alone."""
+        """Rows whose field is among its values, for any of wanted's fields (`id in [...] or sha256 in
+        [...]`), joined by joiner with concurrent lookups of the same fields of this collection (each
+        caller gets the rows of every value asked for meanwhile: a superset of its own); joiner None:
+        this call goes alone."""
         level = consistency or self._store.consistency
+        fields = tuple(sorted(f for f, values in wanted.items() if values))
+        if not fields:
+            return []
 
-        async def run(parts: list[list[str]]) -> list[dict]:
-            wanted = sorted({v for part in parts for v in part})
+        async def run(parts: list[dict[str, list[str]]]) -> list[dict]:
+            where = " or ".join(f"{f} in {_quote_list(sorted({v for part in parts for v in part[f]}))}" for f in fields)
             async with self._store.reading(self._c):  # an id being rewritten is still stored
-                return await self._store.call("query", self._c, filter=f"{kind} in {_quote_list(wanted)}",
-                                              output_fields=output, consistency_level=level)
+                return await self._store.call("query", self._c, filter=where, output_fields=output,
+                                              consistency_level=level)
 
         if joiner is None:
-            return await run([values])
-        return await joiner.call(("query", self._c, kind, tuple(output), level), values, run)
+            return await run([wanted])
+        return await joiner.call(("query", self._c, fields, tuple(output), level), wanted, run)
 
     async def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
         async with self._store.reading(self._c):
@@ -575,25 +579,13 @@ class MilvusIndex:
         if not digests:
             return {}
         wanted = set(digests)
-        rows = await self._lookup("sha256", digests, ["id", "sha256"], self._store.joined)
+        rows = await self._lookup({"sha256": digests}, ["id", "sha256"], self._store.joined)
         return {r["sha256"]: r["id"] for r in rows if r["sha256"] in wanted}
 
     async def owners(self, digests: list[str], ids: list[str]) -> tuple[dict[str, str], set[str]]:
         """One query for both (`sha256 in [...] or id in [...]`), joined with concurrent ones: the two
         lookups had been a quarter of the Milvus calls of one-image IndexImages calls."""
-        if not digests or not ids:
-            return (await self.ids_for_sha256(digests) if digests else {},
-                    await self.existing_ids(ids) if ids else set())
-        level = self._store.consistency
-
-        async def run(parts: list[tuple[list[str], list[str]]]) -> list[dict]:
-            by_digest = _quote_list(sorted({d for ds, _ in parts for d in ds}))
-            by_id = _quote_list(sorted({i for _, i_s in parts for i in i_s}))
-            async with self._store.reading(self._c):
-                return await self._store.call("query", self._c, filter=f"sha256 in {by_digest} or id in {by_id}",
-                                              output_fields=["id", "sha256"], consistency_level=level)
-
-        rows = await self._store.joined.call(("owners", self._c, level), (digests, ids), run)
+        rows = await self._lookup({"sha256": digests, "id": ids}, ["id", "sha256"], self._store.joined)
         wanted_digests, wanted_ids = set(digests), set(ids)
         return ({r["sha256"]: r["id"] for r in rows if r["sha256"] in wanted_digests},
                 {r["id"] for r in rows if r["id"] in wanted_ids})
@@ -603,7 +595,7 @@ class MilvusIndex:
             return {}
         mine = set(ids)  # a joined answer holds the other callers' rows too
         # A few rows (copy detection's candidates) join concurrent gets; a large get (GetItems) goes alone.
-        rows = await self._lookup("id", ids, self._fields(vectors),
+        rows = await self._lookup({"id": ids}, self._fields(vectors),
                                   joiner=self._store.joined_gets if len(ids) <= _JOINED_GET else None)
         return {r["id"]: self._record(r) for r in rows if r["id"] in mine}
 
@@ -635,7 +627,7 @@ class MilvusIndex:
         # applied. On the Milvus 2.3 server a Session read after each write waited for it: imports that
         # asked which of 500 ids were stored ran at 1,400 rows/s; Bounded 12,000; writes alone 19,000.
         level = "" if recent else "Bounded"
-        return {r["id"] for r in await self._lookup("id", ids, ["id"], self._store.joined, level) if r["id"] in wanted}
+        return {r["id"] for r in await self._lookup({"id": ids}, ["id"], self._store.joined, level) if r["id"] in wanted}
 
     async def delete(self, ids: list[str]) -> list[str]:
         unique = list(dict.fromkeys(ids))
